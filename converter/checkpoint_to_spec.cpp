@@ -1,0 +1,205 @@
+#include "converter/checkpoint_to_spec.h"
+
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "common/error.h"
+#include "format/tensor_names.h"
+
+namespace itera {
+
+namespace {
+
+using pt::Tensor;
+using pt::Value;
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+    std::string s = "[";
+    for (size_t i = 0; i < shape.size(); i++) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+}
+
+class StateDict {
+public:
+    explicit StateDict(const pt::Checkpoint& c) : c_(c) {}
+    const Tensor* find(const std::string& name) const {
+        auto it = c_.tensors.find(name);
+        return it == c_.tensors.end() ? nullptr : &it->second;
+    }
+    const Tensor& get(const std::string& name) const {
+        const Tensor* t = find(name);
+        if (!t) throw Error("checkpoint is missing tensor '" + name + "' (not an Itera-Lite layout?)");
+        return *t;
+    }
+    int64_t dim(const std::string& name, size_t axis, size_t rank) const {
+        const Tensor& t = get(name);
+        if (t.shape.size() != rank)
+            throw Error("tensor '" + name + "' has shape " + shape_text(t.shape) + ", expected rank " +
+                        std::to_string(rank));
+        return t.shape[axis];
+    }
+
+private:
+    const pt::Checkpoint& c_;
+};
+
+int32_t checked_size(int64_t v, const std::string& what) {
+    if (v < 0 || v > (int64_t{1} << 30)) throw Error(what + " " + std::to_string(v) + " is out of range");
+    return static_cast<int32_t>(v);
+}
+
+// The value of an integer config field, from --config first, then the checkpoint's config.
+const Value* config_field(const pt::Checkpoint& ck, const ConvertOptions& o, const std::string& key) {
+    if (o.config_file) {
+        if (const Value* v = o.config_file->get(key)) return v;
+    }
+    if (ck.has_config) return ck.config.get(key);
+    return nullptr;
+}
+
+int64_t as_int(const Value& v, const std::string& key) {
+    if (v.kind == Value::Kind::integer) return v.i;
+    if (v.kind == Value::Kind::boolean) return v.b;
+    throw Error("config field '" + key + "' must be an integer");
+}
+
+// Config fields the shapes already determine must agree with them.
+void check_field(const pt::Checkpoint& ck, const ConvertOptions& o, const std::string& key, int64_t actual) {
+    const Value* v = config_field(ck, o, key);
+    if (v && as_int(*v, key) != actual)
+        throw Error("config says " + key + " = " + std::to_string(as_int(*v, key)) + " but the weights have " +
+                    std::to_string(actual));
+}
+
+ModelConfig infer_config(const pt::Checkpoint& ck, const StateDict& sd, const ConvertOptions& o) {
+    ModelConfig cfg;
+    cfg.vocab_size = checked_size(sd.dim("embedding.weight", 0, 2), "vocabulary size");
+    cfg.hidden = checked_size(sd.dim("embedding.weight", 1, 2), "hidden size");
+    cfg.max_seq_length = checked_size(sd.dim("position_embedding.weight", 0, 2), "max_seq_length");
+    int layers = 0;
+    while (sd.find(layer_prefix(layers) + "ssm.in_proj.weight")) layers++;
+    if (layers == 0) throw Error("checkpoint has no 'layers.0.ssm.in_proj.weight': not an Itera-Lite layout");
+    int64_t top_k = 2;
+    if (const Value* v = config_field(ck, o, "top_k_experts")) top_k = as_int(*v, "top_k_experts");
+    if (o.top_k > 0) top_k = o.top_k;
+    for (int l = 0; l < layers; l++) {
+        const std::string p = layer_prefix(l);
+        LayerConfig lc;
+        lc.inner = checked_size(sd.dim(p + "ssm.conv1d.weight", 0, 3), "SSM inner width");
+        lc.conv_kernel = checked_size(sd.dim(p + "ssm.conv1d.weight", 2, 3), "conv kernel");
+        lc.state = checked_size(sd.dim(p + "ssm.ssm.A_log", 0, 1), "SSM state size");
+        const std::string m = moe_prefix(l);
+        if (sd.find(m + "router.gate.weight")) {
+            const int32_t experts = checked_size(sd.dim(m + "router.gate.weight", 0, 2), "expert count");
+            if (experts == 0) {
+                if (!o.moe_empty_identity)
+                    throw Error("layer " + std::to_string(l) +
+                                " is a MoE layer with 0 experts (its expert weights were lost); use "
+                                "--moe-empty identity to run it as the identity");
+                lc.kind = ChannelKind::none;
+            } else {
+                lc.kind = ChannelKind::moe;
+                for (int e = 0; e < experts; e++)
+                    lc.ffn_widths.push_back(checked_size(sd.dim(expert_prefix(l, e) + "w1.weight", 0, 2), "expert width"));
+                if (top_k < 1 || top_k > experts)
+                    throw Error("top-k " + std::to_string(top_k) + " is not between 1 and layer " + std::to_string(l) +
+                                "'s " + std::to_string(experts) + " experts");
+                lc.top_k = static_cast<int32_t>(top_k);
+            }
+        } else {
+            lc.kind = ChannelKind::ffn;
+            lc.ffn_widths.push_back(checked_size(sd.dim(p + "moe.ffn.w1.weight", 0, 2), "FFN width"));
+        }
+        cfg.layers.push_back(lc);
+    }
+    check_field(ck, o, "vocab_size", cfg.vocab_size);
+    check_field(ck, o, "hidden_size", cfg.hidden);
+    check_field(ck, o, "num_layers", layers);
+    check_field(ck, o, "max_seq_length", cfg.max_seq_length);
+    // Tied when lm_head is absent or is the embedding's own storage (or identical values).
+    const Tensor* head = sd.find("lm_head.weight");
+    const Tensor& emb = sd.get("embedding.weight");
+    cfg.tied_head = !head || (head->shape == emb.shape &&
+                              ((!head->storage_key.empty() && head->storage_key == emb.storage_key &&
+                                head->storage_offset == emb.storage_offset) ||
+                               head->values == emb.values));
+    return cfg;
+}
+
+// Names whose presence in a checkpoint is expected but which inference does not use.
+bool ignorable(const std::string& name, const ModelConfig& cfg) {
+    const std::string suffix = "router.expert_counts";  // EMA of routing counts (training only)
+    if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+        return true;
+    if (name == "lm_head.weight" && cfg.tied_head) return true;
+    for (size_t l = 0; l < cfg.layers.size(); l++)  // the norm of an expert-less MoE layer
+        if (cfg.layers[l].kind == ChannelKind::none && name.rfind(moe_prefix(static_cast<int>(l)), 0) == 0)
+            return true;
+    return false;
+}
+
+bool keeps_fp32(const std::string& name, size_t rank) {
+    (void)name;
+    return rank < 2;  // LayerNorms, biases, A_log and D are small and sensitive
+}
+
+Value from_json(const nlohmann::json& j) {
+    Value v;
+    if (j.is_null()) return v;
+    if (j.is_boolean()) {
+        v.kind = Value::Kind::boolean;
+        v.b = j.get<bool>();
+    } else if (j.is_number_integer() || j.is_number_unsigned()) {
+        v.kind = Value::Kind::integer;
+        v.i = j.get<int64_t>();
+    } else if (j.is_number_float()) {
+        v.kind = Value::Kind::real;
+        v.f = j.get<double>();
+    } else if (j.is_string()) {
+        v.kind = Value::Kind::string;
+        v.s = j.get<std::string>();
+    } else if (j.is_array()) {
+        v.kind = Value::Kind::list;
+        for (const auto& x : j) v.items.push_back(from_json(x));
+    } else {
+        v.kind = Value::Kind::dict;
+        for (auto it = j.begin(); it != j.end(); ++it) v.entries.emplace_back(it.key(), from_json(it.value()));
+    }
+    return v;
+}
+
+}  // namespace
+
+Value json_to_value(const std::string& json_text, const std::string& what) {
+    nlohmann::json j = nlohmann::json::parse(json_text, nullptr, false);
+    if (j.is_discarded()) throw Error(what + " is not valid JSON");
+    if (!j.is_object()) throw Error(what + " must be a JSON object");
+    return from_json(j);
+}
+
+ModelSpec checkpoint_to_spec(const pt::Checkpoint& checkpoint, const ConvertOptions& options) {
+    const StateDict sd(checkpoint);
+    ModelSpec spec;
+    spec.config = infer_config(checkpoint, sd, options);
+    validate_config(spec.config);
+    std::set<std::string> used;
+    for (const ExpectedTensor& e : expected_tensors(spec.config)) {
+        const Tensor& t = sd.get(e.name);
+        if (t.shape != e.shape)
+            throw Error("tensor '" + e.name + "' has shape " + shape_text(t.shape) + ", expected " + shape_text(e.shape));
+        SpecTensor out;
+        out.name = e.name;
+        out.shape = e.shape;
+        out.dtype = options.dtype == DType::f16 && !keeps_fp32(e.name, e.shape.size()) ? DType::f16 : DType::f32;
+        out.values = t.values;
+        spec.tensors.push_back(std::move(out));
+        used.insert(e.name);
+    }
+    for (const std::string& name : checkpoint.order)
+        if (!used.count(name) && !ignorable(name, spec.config))
+            throw Error("unexpected tensor '" + name + "' in checkpoint (not part of an Itera-Lite model)");
+    return spec;
+}
+
+}  // namespace itera

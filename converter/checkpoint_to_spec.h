@@ -1,0 +1,23 @@
+// Maps a PyTorch checkpoint's state dict onto an Itera-Lite ModelSpec: the config is inferred from
+// tensor shapes and cross-checked against the checkpoint's config (or --config), every expected
+// tensor is taken with its exact shape, and any tensor left over is an error.
+#pragma once
+
+#include "converter/pt/checkpoint.h"
+#include "format/model_spec.h"
+
+namespace itera {
+
+struct ConvertOptions {
+    int32_t top_k = 0;                 // > 0: overrides any config
+    const pt::Value* config_file = nullptr;  // --config CFG.json, parsed; wins over the checkpoint's
+    DType dtype = DType::f32;          // fp16: matrices, embeddings, conv, B and C stored FP16
+    bool moe_empty_identity = false;   // a MoE layer with 0 experts becomes the identity
+};
+
+ModelSpec checkpoint_to_spec(const pt::Checkpoint& checkpoint, const ConvertOptions& options);
+
+// A JSON document as the same plain value tree the pickle reader produces.
+pt::Value json_to_value(const std::string& json_text, const std::string& what);
+
+}  // namespace itera

@@ -1,0 +1,254 @@
+// Loads an .itl file: maps it, checks every byte range and field before anything is used, and
+// exposes the tensors in place (docs/format.md).
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+
+#include "common/error.h"
+#include "format/itl_file.h"
+#include "format/itl_layout.h"
+#include "itera_generated.h"
+
+namespace itera {
+
+static_assert(std::endian::native == std::endian::little, "tensor bytes are used in place in host order");
+
+int64_t TensorView::elements() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+}
+
+std::unique_ptr<ItlFile> ItlFile::open(const std::string& path, LoadOptions options) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw Error("cannot open '" + path + "': " + std::strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        const int err = errno;
+        close(fd);
+        throw Error("cannot open '" + path + "': " + std::strerror(err));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        throw Error("'" + path + "' is not a regular file");
+    }
+    std::unique_ptr<ItlFile> file(new ItlFile());
+    file->size_ = static_cast<size_t>(st.st_size);
+    if (file->size_ > 0) {  // an empty file cannot be mapped; parse() rejects it
+        void* p = mmap(nullptr, file->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED) {
+            const int err = errno;
+            close(fd);
+            throw Error("cannot map '" + path + "': " + std::strerror(err));
+        }
+        file->mapping_ = p;
+        file->base_ = static_cast<const uint8_t*>(p);
+    }
+    close(fd);  // the mapping keeps the file alive
+    file->parse(options);
+    return file;
+}
+
+std::unique_ptr<ItlFile> ItlFile::from_memory(const void* data, size_t size, LoadOptions options) {
+    std::unique_ptr<ItlFile> file(new ItlFile());
+    file->size_ = size;
+    if (reinterpret_cast<uintptr_t>(data) % kItlTensorAlign == 0) {
+        file->base_ = static_cast<const uint8_t*>(data);
+    } else {  // tensors must be 64-aligned in memory: copy into an aligned spot of an owned buffer
+        file->owned_.resize(size + kItlTensorAlign - 1);
+        const uintptr_t start = reinterpret_cast<uintptr_t>(file->owned_.data());
+        uint8_t* aligned = file->owned_.data() + (align_up(start, kItlTensorAlign) - start);
+        if (size > 0) std::memcpy(aligned, data, size);
+        file->base_ = aligned;
+    }
+    file->parse(options);
+    return file;
+}
+
+ItlFile::~ItlFile() {
+    if (mapping_) munmap(mapping_, size_);
+}
+
+const TensorView* ItlFile::find(const std::string& name) const {
+    for (const TensorView& t : tensors_)
+        if (t.name == name) return &t;
+    return nullptr;
+}
+
+namespace {
+
+std::string str(const flatbuffers::String* s) { return s ? s->str() : std::string(); }
+
+// A byte range of the data region named by the metadata: 64-aligned and inside the region.
+void check_range(const std::string& what, uint64_t offset, uint64_t length, uint64_t data_length) {
+    if (offset % kItlTensorAlign != 0)
+        throw Error(what + ": offset " + std::to_string(offset) + " is not a multiple of 64");
+    if (offset > data_length || length > data_length - offset)
+        throw Error(what + ": bytes at offset " + std::to_string(offset) + " (length " + std::to_string(length) +
+                    ") lie outside the data region (" + std::to_string(data_length) + " bytes)");
+}
+
+ModelConfig read_config(const fb::ModelConfig& c) {
+    ModelConfig config;
+    config.vocab_size = c.vocab_size();
+    config.hidden = c.hidden();
+    config.max_seq_length = c.max_seq_length();
+    config.tied_head = c.tied_head();
+    config.norm_eps = c.norm_eps();
+    if (c.layers()) {
+        for (const fb::LayerConfig* l : *c.layers()) {
+            LayerConfig layer;
+            layer.inner = l->inner();
+            layer.state = l->state();
+            layer.conv_kernel = l->conv_kernel();
+            layer.kind = static_cast<ChannelKind>(l->kind());  // validate_config rejects unknown values
+            layer.top_k = l->top_k();
+            if (l->ffn_widths()) layer.ffn_widths.assign(l->ffn_widths()->begin(), l->ffn_widths()->end());
+            config.layers.push_back(std::move(layer));
+        }
+    }
+    validate_config(config);
+    return config;
+}
+
+// Decompresses (at most raw_length bytes) and verifies the token list.
+TokenizerSpec read_tokenizer(const fb::Tokenizer& t, const uint8_t* data, uint64_t data_length, int32_t vocab_size) {
+    TokenizerSpec tokenizer;
+    const int32_t kind = static_cast<int32_t>(t.kind());
+    if (kind != static_cast<int32_t>(TokenizerKind::word) && kind != static_cast<int32_t>(TokenizerKind::chars))
+        throw Error("tokenizer: unknown kind " + std::to_string(kind));
+    tokenizer.kind = static_cast<TokenizerKind>(kind);
+
+    const fb::Section& s = *t.tokens();
+    check_range("tokenizer", s.offset(), s.length(), data_length);
+    const uint64_t raw_length = s.raw_length();
+    if (raw_length > kItlMaxTokenizerBytes)
+        throw Error("tokenizer: raw_length " + std::to_string(raw_length) + " exceeds the 64 MiB limit");
+    const uint8_t* stored = data + s.offset();
+    std::vector<uint8_t> decompressed;
+    const uint8_t* raw = stored;
+    if (s.compression() == fb::Compression::none) {
+        if (s.length() != raw_length)
+            throw Error("tokenizer: uncompressed section of " + std::to_string(s.length()) +
+                        " bytes, raw_length says " + std::to_string(raw_length));
+    } else if (s.compression() == fb::Compression::zstd) {
+        const unsigned long long declared = ZSTD_getFrameContentSize(stored, s.length());
+        if (declared == ZSTD_CONTENTSIZE_ERROR || declared == ZSTD_CONTENTSIZE_UNKNOWN)
+            throw Error("tokenizer: not a zstd frame with a declared size");
+        if (declared != raw_length)
+            throw Error("tokenizer: zstd frame declares " + std::to_string(declared) + " bytes, raw_length says " +
+                        std::to_string(raw_length));
+        decompressed.resize(raw_length);
+        const size_t n = ZSTD_decompress(decompressed.data(), decompressed.size(), stored, s.length());
+        if (ZSTD_isError(n)) throw Error(std::string("tokenizer: zstd decompression failed: ") + ZSTD_getErrorName(n));
+        if (n != raw_length)
+            throw Error("tokenizer: decompressed " + std::to_string(n) + " bytes, raw_length says " +
+                        std::to_string(raw_length));
+        raw = decompressed.data();
+    } else {
+        throw Error("tokenizer: unknown compression " + std::to_string(static_cast<int32_t>(s.compression())));
+    }
+
+    flatbuffers::Verifier verifier(raw, raw_length);
+    if (!verifier.VerifyBuffer<fb::TokenList>(nullptr))
+        throw Error("tokenizer: corrupt token list (FlatBuffers verification failed)");
+    const fb::TokenList* list = flatbuffers::GetRoot<fb::TokenList>(raw);
+    if (list->tokens()) {
+        if (list->tokens()->size() > static_cast<uint32_t>(vocab_size))
+            throw Error("tokenizer: " + std::to_string(list->tokens()->size()) + " tokens, more than vocab_size " +
+                        std::to_string(vocab_size));
+        for (const flatbuffers::String* token : *list->tokens()) tokenizer.tokens.push_back(token->str());
+    }
+    return tokenizer;
+}
+
+}  // namespace
+
+// Checks in the order that gives the most useful message: header, checksum, metadata structure,
+// then every field the runtime will trust.
+void ItlFile::parse(LoadOptions options) {
+    if (size_ < kItlHeaderBytes)
+        throw Error("truncated file: " + std::to_string(size_) + " bytes, smaller than the 64-byte .itl header");
+    if (std::memcmp(base_, kItlMagic, sizeof kItlMagic) != 0) throw Error("not an .itl file (bad magic)");
+    const ItlHeader h = load_itl_header(base_);
+    if (h.format_version != kItlFormatVersion)
+        throw Error("unsupported .itl format version " + std::to_string(h.format_version) +
+                    " (this reader supports version " + std::to_string(kItlFormatVersion) + ")");
+    format_version_ = h.format_version;
+    if (h.header_bytes != kItlHeaderBytes || h.meta_offset != h.header_bytes)
+        throw Error("corrupt header: header_bytes " + std::to_string(h.header_bytes) + ", meta_offset " +
+                    std::to_string(h.meta_offset) + " (both must be 64)");
+    if (h.flags != 0 || h.reserved != 0) throw Error("corrupt header: unknown flags " + std::to_string(h.flags));
+    if (h.meta_length == 0 || h.meta_length > kItlMaxMetaBytes)
+        throw Error("corrupt header: meta_length " + std::to_string(h.meta_length));
+    if (h.data_offset % kItlDataAlign != 0 || h.data_offset < h.meta_offset + h.meta_length)
+        throw Error("corrupt header: data_offset " + std::to_string(h.data_offset));
+    if (h.data_offset > size_ || h.data_length != size_ - h.data_offset)
+        throw Error("truncated or corrupt file: " + std::to_string(size_) + " bytes, the header places " +
+                    std::to_string(h.data_length) + " data bytes at offset " + std::to_string(h.data_offset));
+    const uint8_t* meta = base_ + h.meta_offset;
+    const uint8_t* data = base_ + h.data_offset;
+    if (options.verify_checksum && itl_checksum(meta, h.meta_length, data, h.data_length) != h.checksum)
+        throw Error("checksum mismatch: file is corrupt");
+
+    flatbuffers::Verifier verifier(meta, h.meta_length);
+    if (!fb::VerifyModelBuffer(verifier)) throw Error("corrupt metadata: FlatBuffers verification failed");
+    const fb::Model* model = fb::GetModel(meta);
+    if (model->format_version() != h.format_version)
+        throw Error("corrupt metadata: format_version " + std::to_string(model->format_version()) +
+                    " differs from the header's " + std::to_string(h.format_version));
+    config_ = read_config(*model->config());
+
+    if (model->tensors()) {
+        for (const fb::Tensor* t : *model->tensors()) {
+            TensorView view;
+            view.name = t->name()->str();
+            const std::string what = "tensor '" + view.name + "'";
+            const int32_t dtype = static_cast<int32_t>(t->dtype());
+            if (dtype != static_cast<int32_t>(DType::f32) && dtype != static_cast<int32_t>(DType::f16))
+                throw Error(what + ": unsupported dtype " + std::to_string(dtype) +
+                            " (this reader knows 0 fp32, 1 fp16)");
+            view.dtype = static_cast<DType>(dtype);
+            if (t->layout() != fb::Layout::row_major)
+                throw Error(what + ": unsupported layout " + std::to_string(static_cast<int32_t>(t->layout())));
+            const size_t rank = t->shape() ? t->shape()->size() : 0;
+            if (rank > kItlMaxRank) throw Error(what + ": rank " + std::to_string(rank) + " (at most 4)");
+            for (size_t i = 0; i < rank; i++)
+                view.shape.push_back(t->shape()->Get(static_cast<flatbuffers::uoffset_t>(i)));
+            const int64_t n = checked_elements(what, view.shape.data(), rank);
+            check_range(what, t->offset(), t->length(), h.data_length);
+            const size_t expected = dtype_bytes(view.dtype, static_cast<size_t>(n));
+            if (t->length() != expected)
+                throw Error(what + ": " + std::to_string(t->length()) + " bytes, its shape and dtype need " +
+                            std::to_string(expected));
+            view.data = data + t->offset();
+            view.bytes = expected;
+            tensors_.push_back(std::move(view));
+        }
+    }
+    std::vector<const std::string*> names;
+    for (const TensorView& t : tensors_) names.push_back(&t.name);
+    std::sort(names.begin(), names.end(), [](const std::string* a, const std::string* b) { return *a < *b; });
+    for (size_t i = 1; i < names.size(); i++)
+        if (*names[i] == *names[i - 1]) throw Error("duplicate tensor name '" + *names[i] + "'");
+
+    if (model->tokenizer()) {
+        tokenizer_ = read_tokenizer(*model->tokenizer(), data, h.data_length, config_.vocab_size);
+        has_tokenizer_ = true;
+    }
+    if (const fb::Provenance* p = model->provenance()) {
+        provenance_.source_name = str(p->source_name());
+        provenance_.source_sha256 = str(p->source_sha256());
+        provenance_.converter_version = str(p->converter_version());
+        provenance_.options = str(p->options());
+    }
+}
+
+}  // namespace itera

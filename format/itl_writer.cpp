@@ -1,0 +1,186 @@
+// Writes a ModelSpec as an .itl file: header, FlatBuffer metadata, data region (docs/format.md).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include <bit>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <set>
+#include <string_view>
+
+#include "common/error.h"
+#include "format/half.h"
+#include "format/itl_file.h"
+#include "format/itl_layout.h"
+#include "itera_generated.h"
+
+namespace itera {
+
+static_assert(std::endian::native == std::endian::little, "tensor bytes are written in host order");
+
+namespace {
+
+constexpr int kZstdLevel = 19;  // token lists are small: spend the time, the file is written once
+
+// The tokenizer section's raw bytes: a FlatBuffer with root TokenList.
+std::vector<uint8_t> token_list_bytes(const std::vector<std::string>& tokens) {
+    flatbuffers::FlatBufferBuilder fbb;
+    const auto list = fbb.CreateVectorOfStrings(tokens);
+    fbb.Finish(fb::CreateTokenList(fbb, list));
+    return {fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize()};
+}
+
+std::vector<uint8_t> zstd_compress(const std::vector<uint8_t>& raw) {
+    std::vector<uint8_t> out(ZSTD_compressBound(raw.size()));
+    const size_t n = ZSTD_compress(out.data(), out.size(), raw.data(), raw.size(), kZstdLevel);
+    if (ZSTD_isError(n)) throw Error(std::string("zstd compression failed: ") + ZSTD_getErrorName(n));
+    out.resize(n);
+    return out;
+}
+
+struct Placed {
+    uint64_t offset = 0;  // in the data region
+    uint64_t length = 0;
+};
+
+// Reserves a 64-aligned range at the end of the data region.
+Placed place(uint64_t* cursor, uint64_t length) {
+    const Placed p{align_up(*cursor, kItlTensorAlign), length};
+    *cursor = p.offset + length;
+    return p;
+}
+
+}  // namespace
+
+std::vector<uint8_t> serialize_itl(const ModelSpec& spec) {
+    validate_config(spec.config);
+
+    // Lay out the data region: tensors in spec order, then the tokenizer section.
+    uint64_t cursor = 0;
+    std::vector<Placed> placed;
+    std::set<std::string_view> names;
+    for (const SpecTensor& t : spec.tensors) {
+        const std::string what = "tensor '" + t.name + "'";
+        if (t.name.empty()) throw Error("a tensor has an empty name");
+        if (!names.insert(t.name).second) throw Error("duplicate tensor name '" + t.name + "'");
+        if (t.dtype != DType::f32 && t.dtype != DType::f16)
+            throw Error(what + ": unknown dtype " + std::to_string(static_cast<int32_t>(t.dtype)));
+        const int64_t n = checked_elements(what, t.shape.data(), t.shape.size());
+        if (t.values.size() != static_cast<size_t>(n))
+            throw Error(what + ": " + std::to_string(t.values.size()) + " values for " + std::to_string(n) +
+                        " elements");
+        placed.push_back(place(&cursor, dtype_bytes(t.dtype, static_cast<size_t>(n))));
+    }
+    std::vector<uint8_t> token_raw, token_stored;
+    Placed token_place;
+    fb::Compression compression = fb::Compression::none;
+    if (spec.has_tokenizer) {
+        const TokenizerKind kind = spec.tokenizer.kind;
+        if (kind != TokenizerKind::word && kind != TokenizerKind::chars)
+            throw Error("unknown tokenizer kind " + std::to_string(static_cast<int32_t>(kind)));
+        if (spec.tokenizer.tokens.size() > static_cast<size_t>(spec.config.vocab_size))
+            throw Error("tokenizer has " + std::to_string(spec.tokenizer.tokens.size()) +
+                        " tokens, more than vocab_size " + std::to_string(spec.config.vocab_size));
+        token_raw = token_list_bytes(spec.tokenizer.tokens);
+        if (token_raw.size() > kItlMaxTokenizerBytes) throw Error("tokenizer is larger than 64 MiB");
+        token_stored = zstd_compress(token_raw);
+        if (token_stored.size() < token_raw.size()) {
+            compression = fb::Compression::zstd;
+        } else {
+            token_stored = token_raw;
+        }
+        token_place = place(&cursor, token_stored.size());
+    }
+    const uint64_t data_length = cursor;
+
+    // Metadata.
+    flatbuffers::FlatBufferBuilder fbb;
+    const ModelConfig& c = spec.config;
+    std::vector<flatbuffers::Offset<fb::LayerConfig>> layers;
+    for (const LayerConfig& l : c.layers)
+        layers.push_back(fb::CreateLayerConfig(fbb, l.inner, l.state, l.conv_kernel,
+                                               static_cast<fb::ChannelKind>(l.kind), l.top_k,
+                                               fbb.CreateVector(l.ffn_widths)));
+    const auto config = fb::CreateModelConfig(fbb, c.vocab_size, c.hidden, c.max_seq_length, c.tied_head, c.norm_eps,
+                                              fbb.CreateVector(layers));
+    flatbuffers::Offset<fb::Tokenizer> tokenizer = 0;
+    if (spec.has_tokenizer) {
+        const auto section =
+            fb::CreateSection(fbb, token_place.offset, token_place.length, compression, token_raw.size());
+        tokenizer = fb::CreateTokenizer(fbb, static_cast<fb::TokenizerKind>(spec.tokenizer.kind), section);
+    }
+    const Provenance& p = spec.provenance;
+    const auto provenance =
+        fb::CreateProvenance(fbb, fbb.CreateString(p.source_name), fbb.CreateString(p.source_sha256),
+                             fbb.CreateString(p.converter_version), fbb.CreateString(p.options));
+    std::vector<flatbuffers::Offset<fb::Tensor>> tensors;
+    for (size_t i = 0; i < spec.tensors.size(); i++) {
+        const SpecTensor& t = spec.tensors[i];
+        tensors.push_back(fb::CreateTensor(fbb, fbb.CreateString(t.name), fbb.CreateVector(t.shape),
+                                           static_cast<fb::DType>(t.dtype), fb::Layout::row_major, 0, placed[i].offset,
+                                           placed[i].length));
+    }
+    fb::FinishModelBuffer(
+        fbb, fb::CreateModel(fbb, kItlFormatVersion, config, tokenizer, provenance, fbb.CreateVector(tensors)));
+    const uint64_t meta_length = fbb.GetSize();
+    if (meta_length > kItlMaxMetaBytes) throw Error("metadata is larger than the format allows");
+
+    // Bytes: header, metadata, zero padding to the page-aligned data region, data.
+    ItlHeader h;
+    h.format_version = kItlFormatVersion;
+    h.header_bytes = kItlHeaderBytes;
+    h.meta_offset = kItlHeaderBytes;
+    h.meta_length = meta_length;
+    h.data_offset = align_up(h.meta_offset + meta_length, kItlDataAlign);
+    h.data_length = data_length;
+    std::vector<uint8_t> out(h.data_offset + data_length, 0);
+    std::memcpy(out.data() + h.meta_offset, fbb.GetBufferPointer(), meta_length);
+    uint8_t* data = out.data() + h.data_offset;
+    for (size_t i = 0; i < spec.tensors.size(); i++) {
+        const SpecTensor& t = spec.tensors[i];
+        uint8_t* dst = data + placed[i].offset;
+        if (t.dtype == DType::f32) {
+            std::memcpy(dst, t.values.data(), placed[i].length);
+        } else {
+            for (size_t j = 0; j < t.values.size(); j++) {
+                const uint16_t half = fp32_to_fp16(t.values[j]);
+                std::memcpy(dst + 2 * j, &half, 2);
+            }
+        }
+    }
+    if (spec.has_tokenizer) std::memcpy(data + token_place.offset, token_stored.data(), token_stored.size());
+    h.checksum = itl_checksum(out.data() + h.meta_offset, meta_length, data, data_length);
+    store_itl_header(h, out.data());
+    return out;
+}
+
+// Temp file in the same directory + rename: readers never see a half-written file.
+void write_itl(const ModelSpec& spec, const std::string& path) {
+    const std::vector<uint8_t> bytes = serialize_itl(spec);
+    std::string tmp = path + ".tmp-XXXXXX";
+    const int fd = mkstemp(tmp.data());
+    if (fd < 0) throw Error("cannot create a temporary file next to '" + path + "': " + std::strerror(errno));
+    int err = 0;
+    if (fchmod(fd, 0644) != 0) err = errno;
+    for (size_t done = 0; err == 0 && done < bytes.size();) {
+        const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+        if (n > 0)
+            done += static_cast<size_t>(n);
+        else if (n == 0)
+            err = EIO;
+        else if (errno != EINTR)
+            err = errno;
+    }
+    if (err == 0 && fsync(fd) != 0) err = errno;
+    if (close(fd) != 0 && err == 0) err = errno;
+    if (err == 0 && std::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
+    if (err != 0) {
+        unlink(tmp.c_str());
+        throw Error("cannot write '" + path + "': " + std::strerror(err));
+    }
+}
+
+}  // namespace itera

@@ -1,0 +1,307 @@
+// itera-run: generate text, print logits, score perplexity and describe a .itl model.
+#include <CLI/CLI.hpp>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "common/error.h"
+#include "common/file_io.h"
+#include "runtime/builtin_model.h"
+#include "runtime/context.h"
+#include "runtime/model.h"
+#include "runtime/sampler.h"
+#include "version.h"
+
+namespace {
+
+using itera::Error;
+
+constexpr const char* kBuiltinPrompt = "and god said";
+constexpr uint64_t kMaxTextBytes = uint64_t{1} << 30;
+
+struct Args {
+    std::string model_path, prompt, ids_text, file;
+    bool has_prompt = false, print_ids = false, json = false, allow_unk = false;
+    int32_t n_predict = 64, ctx = 0;
+    itera::SamplerParams sampling;
+    bool has_seed = false, has_ctx = false;
+};
+
+std::unique_ptr<itera::Model> load(const Args& args) {
+    if (args.model_path.empty())
+        return itera::load_model(itera::ItlFile::from_memory(itera_builtin_model, itera_builtin_model_size));
+    return itera::load_model_file(args.model_path);
+}
+
+std::vector<int32_t> parse_ids(const std::string& text) {
+    std::vector<int32_t> ids;
+    const char* p = text.data();
+    const char* end = p + text.size();
+    while (p < end) {
+        int32_t id = 0;
+        auto [next, ec] = std::from_chars(p, end, id);
+        if (ec != std::errc() || id < 0) throw Error("--ids must be a comma-separated list of token ids, got '" + text + "'");
+        ids.push_back(id);
+        p = next;
+        if (p < end && *p != ',') throw Error("--ids must be a comma-separated list of token ids, got '" + text + "'");
+        if (p < end) p++;
+    }
+    return ids;
+}
+
+const itera::Tokenizer& tokenizer_of(const itera::Model& model) {
+    if (!model.has_tokenizer) throw Error("the model has no tokenizer: pass token ids with --ids");
+    return model.tokenizer;
+}
+
+// The prompt as ids: --ids, or -p text (unknown words are an error unless --allow-unk).
+std::vector<int32_t> prompt_ids(const itera::Model& model, const Args& args, bool builtin) {
+    std::vector<int32_t> ids;
+    if (!args.ids_text.empty()) {
+        ids = parse_ids(args.ids_text);
+    } else {
+        if (!args.has_prompt && !builtin) throw Error("no prompt: give -p TEXT or --ids LIST");
+        const std::string text = args.has_prompt ? args.prompt : kBuiltinPrompt;
+        std::vector<std::string> unknown;
+        ids = tokenizer_of(model).encode(text, &unknown);
+        if (!unknown.empty() && !args.allow_unk)
+            throw Error("'" + unknown[0] + "' is not in the model's vocabulary (use --allow-unk to map unknown words to <UNK>)");
+    }
+    if (ids.empty()) throw Error("empty prompt");
+    for (int32_t id : ids)
+        if (id >= model.config.vocab_size)
+            throw Error("token id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                        std::to_string(model.config.vocab_size) + ")");
+    return ids;
+}
+
+int generate(const Args& args) {
+    const auto model = load(args);
+    const std::vector<int32_t> prompt = prompt_ids(*model, args, args.model_path.empty());
+    itera::Context ctx(*model);
+    itera::SamplerParams sp = args.sampling;
+    if (!args.has_seed) sp.seed = std::random_device{}();
+    itera::Sampler sampler(sp);
+    const bool stream_text = !args.print_ids && model->has_tokenizer;  // no tokenizer: ids
+    if (stream_text) {
+        std::string text = tokenizer_of(*model).decode(prompt);
+        std::fputs(text.c_str(), stdout);
+    }
+    const float* logits = nullptr;
+    for (size_t i = 0; i < prompt.size(); i++) logits = ctx.eval(prompt[i], i + 1 == prompt.size());
+    const int32_t eos = model->has_tokenizer ? model->tokenizer.eos() : -1;
+    for (int32_t i = 0; i < args.n_predict; i++) {
+        const int32_t next = sampler.sample(logits, model->config.vocab_size);
+        if (next == eos) break;
+        if (stream_text) {
+            std::fputs(model->tokenizer.piece(next, false).c_str(), stdout);
+        } else {
+            std::printf(i ? " %d" : "%d", next);
+        }
+        std::fflush(stdout);
+        if (i + 1 < args.n_predict) logits = ctx.eval(next);
+    }
+    std::putchar('\n');
+    return 0;
+}
+
+int logits(const Args& args) {
+    const auto model = load(args);
+    const std::vector<int32_t> ids = prompt_ids(*model, args, false);
+    if (static_cast<int32_t>(ids.size()) > model->config.max_seq_length)
+        throw Error(std::to_string(ids.size()) + " ids exceed max_seq_length " + std::to_string(model->config.max_seq_length));
+    itera::Context ctx(*model);
+    std::string out = "{\"logits\": [";
+    char buf[32];
+    for (size_t i = 0; i < ids.size(); i++) {
+        const float* row = ctx.eval(ids[i]);
+        out += i ? ", [" : "[";
+        for (int32_t v = 0; v < model->config.vocab_size; v++) {
+            std::snprintf(buf, sizeof buf, v ? ", %.9g" : "%.9g", static_cast<double>(row[v]));
+            out += buf;
+        }
+        out += "]";
+    }
+    out += "]}\n";
+    std::fputs(out.c_str(), stdout);
+    return 0;
+}
+
+double log_softmax_at(const float* logits, int32_t n, int32_t target) {
+    double top = logits[0];
+    for (int32_t i = 1; i < n; i++) top = std::max(top, static_cast<double>(logits[i]));
+    double sum = 0.0;
+    for (int32_t i = 0; i < n; i++) sum += std::exp(logits[i] - top);
+    return logits[target] - top - std::log(sum);
+}
+
+int perplexity(const Args& args) {
+    const auto model = load(args);
+    const itera::Tokenizer& tok = tokenizer_of(*model);
+    if (args.file.empty()) throw Error("ppl needs --file TEXT");
+    const std::string text = itera::read_file_text(args.file, kMaxTextBytes);
+    const std::vector<int32_t> ids = tok.encode(text);
+    if (ids.size() < 2) throw Error("'" + args.file + "' has fewer than 2 tokens to score");
+    const int32_t n = args.has_ctx ? args.ctx : model->config.max_seq_length;
+    if (n < 1 || n > model->config.max_seq_length)
+        throw Error("--ctx must be between 1 and max_seq_length " + std::to_string(model->config.max_seq_length));
+    // Non-overlapping windows from zero state; every position is scored against the token after
+    // it (for a window's last position that is the next window's first token), as upstream does.
+    itera::Context ctx(*model);
+    double nll = 0.0;
+    size_t scored = 0;
+    for (size_t start = 0; start + 1 < ids.size(); start += static_cast<size_t>(n)) {
+        ctx.reset();
+        const size_t end = std::min(start + static_cast<size_t>(n), ids.size() - 1);
+        for (size_t t = start; t < end; t++) {
+            const float* row = ctx.eval(ids[t]);
+            nll -= log_softmax_at(row, model->config.vocab_size, ids[t + 1]);
+            scored++;
+        }
+    }
+    size_t unk = 0;
+    for (int32_t id : ids) unk += id == tok.unk();
+    const double ppl = std::exp(nll / static_cast<double>(scored));
+    const double unk_fraction = static_cast<double>(unk) / static_cast<double>(ids.size());
+    if (args.json) {
+        std::printf("{\"ppl\": %.6f, \"tokens\": %zu, \"scored\": %zu, \"unk_fraction\": %.6f}\n", ppl, ids.size(),
+                    scored, unk_fraction);
+    } else {
+        std::printf("perplexity %.4f over %zu scored positions (%zu tokens, %.2f%% <UNK>, windows of %d)\n", ppl, scored,
+                    ids.size(), 100.0 * unk_fraction, n);
+    }
+    return 0;
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+    std::string s = "[";
+    for (size_t i = 0; i < shape.size(); i++) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+}
+
+int info(const Args& args) {
+    const auto model = load(args);
+    const itera::ModelConfig& c = model->config;
+    const itera::ItlFile& f = *model->file;
+    int64_t params = 0;
+    uint64_t bytes = 0;
+    for (const auto& t : f.tensors()) {
+        params += t.elements();
+        bytes += t.bytes;
+    }
+    const double bpw = 8.0 * static_cast<double>(bytes) / static_cast<double>(params);
+    const char* kinds[] = {"ffn", "moe", "none"};
+    const std::string source = args.model_path.empty() ? "(built-in)" : args.model_path;
+    if (args.json) {
+        std::string out = "{\"file\": \"" + source + "\", \"file_bytes\": " + std::to_string(f.file_size()) +
+                          ", \"format_version\": " + std::to_string(f.format_version()) +
+                          ", \"vocab_size\": " + std::to_string(c.vocab_size) + ", \"hidden\": " + std::to_string(c.hidden) +
+                          ", \"max_seq_length\": " + std::to_string(c.max_seq_length) +
+                          ", \"tied_head\": " + (c.tied_head ? "true" : "false") + ", \"layers\": [";
+        for (size_t l = 0; l < c.layers.size(); l++) {
+            const auto& lc = c.layers[l];
+            out += std::string(l ? ", " : "") + "{\"inner\": " + std::to_string(lc.inner) +
+                   ", \"state\": " + std::to_string(lc.state) + ", \"conv_kernel\": " + std::to_string(lc.conv_kernel) +
+                   ", \"kind\": \"" + kinds[static_cast<int>(lc.kind)] + "\", \"top_k\": " + std::to_string(lc.top_k) +
+                   ", \"ffn_widths\": [";
+            for (size_t i = 0; i < lc.ffn_widths.size(); i++) out += (i ? ", " : "") + std::to_string(lc.ffn_widths[i]);
+            out += "]}";
+        }
+        out += "], \"tensors\": [";
+        for (size_t i = 0; i < f.tensors().size(); i++) {
+            const auto& t = f.tensors()[i];
+            out += std::string(i ? ", " : "") + "{\"name\": \"" + t.name + "\", \"shape\": " + shape_text(t.shape) +
+                   ", \"dtype\": \"" + std::string(itera::dtype_name(t.dtype)) + "\", \"bytes\": " + std::to_string(t.bytes) + "}";
+        }
+        char tail[160];
+        std::snprintf(tail, sizeof tail, "], \"parameters\": %lld, \"tensor_bytes\": %ju, \"bits_per_weight\": %.4f, ",
+                      static_cast<long long>(params), static_cast<uintmax_t>(bytes), bpw);
+        out += tail;
+        out += "\"tokenizer_tokens\": " + std::to_string(model->has_tokenizer ? model->tokenizer.size() : 0) +
+               ", \"source_sha256\": \"" + f.provenance().source_sha256 + "\"}\n";
+        std::fputs(out.c_str(), stdout);
+        return 0;
+    }
+    std::printf("model       %s (%zu bytes, format v%u)\n", source.c_str(), f.file_size(), f.format_version());
+    std::printf("source      %s sha256 %s (itera-convert %s)\n", f.provenance().source_name.c_str(),
+                f.provenance().source_sha256.c_str(), f.provenance().converter_version.c_str());
+    std::printf("config      vocab %d, hidden %d, max_seq_length %d, %zu layers, %s head\n", c.vocab_size, c.hidden,
+                c.max_seq_length, c.layers.size(), c.tied_head ? "tied" : "untied");
+    for (size_t l = 0; l < c.layers.size(); l++) {
+        const auto& lc = c.layers[l];
+        std::printf("layer %-4zu  ssm inner %d state %d conv %d; %s", l, lc.inner, lc.state, lc.conv_kernel,
+                    kinds[static_cast<int>(lc.kind)]);
+        if (lc.kind == itera::ChannelKind::moe) std::printf(" %zu experts top-%d width %d", lc.ffn_widths.size(), lc.top_k, lc.ffn_widths[0]);
+        if (lc.kind == itera::ChannelKind::ffn) std::printf(" width %d", lc.ffn_widths[0]);
+        std::printf("\n");
+    }
+    std::printf("tokenizer   %s\n", model->has_tokenizer ? (std::to_string(model->tokenizer.size()) + " tokens, " +
+                                                           (model->tokenizer.kind() == itera::TokenizerKind::word ? "word" : "char") + " level").c_str()
+                                                        : "none");
+    for (const auto& t : f.tensors())
+        std::printf("  %-48s %-16s %-5s %10zu bytes\n", t.name.c_str(), shape_text(t.shape).c_str(),
+                    std::string(itera::dtype_name(t.dtype)).c_str(), t.bytes);
+    std::printf("parameters  %lld, tensor bytes %ju, %.2f bits per weight\n", static_cast<long long>(params),
+                static_cast<uintmax_t>(bytes), bpw);
+    return 0;
+}
+
+int run(int argc, char** argv) {
+    CLI::App app{"itera-run: generate text with an Itera-Lite model (.itl); without -m it uses the built-in model.\n"
+                 "Subcommands: generate (default), logits, ppl, info."};
+    Args a;
+    app.add_option("-m,--model", a.model_path, "model file (.itl); default: the built-in model");
+    app.add_option("-p,--prompt", a.prompt, "prompt text");
+    app.add_option("--ids", a.ids_text, "prompt as comma-separated token ids (instead of -p)");
+    app.add_option("-n,--n-predict", a.n_predict, "tokens to generate (default 64)")->check(CLI::Range(0, 1 << 30));
+    app.add_option("--temp", a.sampling.temperature, "sampling temperature (default 0.8; 0 = greedy)")->check(CLI::Range(0.0, 100.0));
+    app.add_option("--top-k", a.sampling.top_k, "keep the k most likely tokens (default 40; 0 = all)")->check(CLI::Range(0, 1 << 30));
+    app.add_option("--top-p", a.sampling.top_p, "nucleus sampling mass (default 0.95; 1 = off)")->check(CLI::Range(0.0, 1.0));
+    app.add_option("--seed", a.sampling.seed, "random seed (same seed, same text; default: random)");
+    app.add_flag("--greedy", a.sampling.greedy, "always take the most likely token");
+    app.add_flag("--print-ids", a.print_ids, "print only the generated token ids, space-separated");
+    app.add_flag("--allow-unk", a.allow_unk, "map prompt words missing from the vocabulary to <UNK> instead of failing");
+    app.set_version_flag("--version", ITERA_VERSION);
+    auto* gen = app.add_subcommand("generate", "generate text (the default)")->fallthrough();
+    auto* lg = app.add_subcommand("logits", "print JSON logits for every position of --ids/-p (one forward from zero state)")->fallthrough();
+    auto* ppl = app.add_subcommand("ppl", "perplexity of a text file: non-overlapping windows from zero state")->fallthrough();
+    ppl->add_option("--file", a.file, "text file to score")->required();
+    ppl->add_option("--ctx", a.ctx, "window length in tokens (default max_seq_length)");
+    ppl->add_flag("--json", a.json, "print {\"ppl\", \"tokens\", \"scored\", \"unk_fraction\"}");
+    auto* inf = app.add_subcommand("info", "describe the model: config, tensors, sizes")->fallthrough();
+    inf->add_flag("--json", a.json, "print JSON");
+    app.require_subcommand(0, 1);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForVersion& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        std::fprintf(stderr, "error: %s (see itera-run --help)\n", e.what());
+        return 2;
+    }
+    a.has_prompt = app.count("--prompt") > 0;
+    a.has_seed = app.count("--seed") > 0;
+    a.has_ctx = ppl->count("--ctx") > 0;
+    if (*lg) return logits(a);
+    if (*ppl) return perplexity(a);
+    if (*inf) return info(a);
+    (void)gen;
+    return generate(a);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,231 @@
+// Runtime pieces on their own: reference kernels against their formulas, tokenizer, sampler, and
+// the context's recurrent state (window semantics past max_seq_length, reset, fp16 storage).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <random>
+
+#include "common/error.h"
+#include "format/itl_file.h"
+#include "format/tensor_names.h"
+#include "kernels_cpu/ref_ops.h"
+#include "runtime/context.h"
+#include "runtime/model.h"
+#include "runtime/sampler.h"
+#include "runtime/tokenizer.h"
+
+using namespace itera;
+
+namespace {
+
+Weight view(const std::vector<float>& v, int32_t rows, int32_t cols) { return {DType::f32, rows, cols, v.data()}; }
+
+ModelConfig small_config() {
+    ModelConfig c;
+    c.vocab_size = 23;
+    c.hidden = 12;
+    c.max_seq_length = 6;
+    c.tied_head = false;
+    LayerConfig ssm_ffn{10, 3, 3, ChannelKind::ffn, 0, {7}};
+    LayerConfig ssm_moe{8, 4, 4, ChannelKind::moe, 2, {5, 6, 4}};
+    c.layers = {ssm_ffn, ssm_moe};
+    return c;
+}
+
+ModelSpec random_spec(const ModelConfig& c, DType dtype, uint32_t seed) {
+    ModelSpec spec;
+    spec.config = c;
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal(0.0f, 0.5f);
+    for (const ExpectedTensor& e : expected_tensors(c)) {
+        SpecTensor t;
+        t.name = e.name;
+        t.shape = e.shape;
+        t.dtype = e.shape.size() >= 2 ? dtype : DType::f32;
+        int64_t n = 1;
+        for (int64_t d : e.shape) n *= d;
+        for (int64_t i = 0; i < n; i++) t.values.push_back(normal(rng));
+        spec.tensors.push_back(std::move(t));
+    }
+    return spec;
+}
+
+std::unique_ptr<Model> model_from(const ModelSpec& spec) {
+    const std::vector<uint8_t> bytes = serialize_itl(spec);
+    return load_model(ItlFile::from_memory(bytes.data(), bytes.size()));
+}
+
+std::vector<float> run(Context& ctx, const std::vector<int32_t>& ids) {
+    const float* logits = nullptr;
+    for (int32_t id : ids) logits = ctx.eval(id);
+    return {logits, logits + ctx.model().config.vocab_size};
+}
+
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+    float m = 0.0f;
+    for (size_t i = 0; i < a.size(); i++) m = std::max(m, std::fabs(a[i] - b[i]));
+    return m;
+}
+
+}  // namespace
+
+TEST_CASE("reference kernels follow their formulas") {
+    const std::vector<float> x = {1.0f, 2.0f, 4.0f, -3.0f};
+    const std::vector<float> gamma = {1.0f, 2.0f, 1.0f, 0.5f}, beta = {0.0f, 1.0f, -1.0f, 0.0f};
+    std::vector<float> out(4);
+    ref::layer_norm(x.data(), view(gamma, 1, 4), view(beta, 1, 4), 1e-5f, 4, out.data());
+    const float mean = 1.0f, var = (0.0f + 1.0f + 9.0f + 16.0f) / 4.0f;
+    for (int i = 0; i < 4; i++) CHECK(out[i] == doctest::Approx((x[i] - mean) / std::sqrt(var + 1e-5f) * gamma[i] + beta[i]));
+
+    CHECK(ref::gelu(1.0f) == doctest::Approx(0.8413447f));   // 0.5 * (1 + erf(1/sqrt 2))
+    CHECK(ref::silu(2.0f) == doctest::Approx(2.0f / (1.0f + std::exp(-2.0f))));
+    CHECK(ref::softplus(30.0f) == 30.0f);
+    CHECK(ref::softplus(0.0f) == doctest::Approx(std::log(2.0f)));
+
+    // Causal depthwise conv, K = 3, fed a sequence token by token, equals the direct sum.
+    const std::vector<float> w = {0.5f, -1.0f, 2.0f, 1.0f, 1.0f, 1.0f}, b = {0.25f, -0.5f};
+    std::vector<float> history(4, 0.0f), y(2);
+    const float seq[4][2] = {{1, 2}, {3, -1}, {-2, 5}, {4, 4}};
+    for (int t = 0; t < 4; t++) {
+        ref::conv_step(view(w, 2, 3), view(b, 1, 2), 2, 3, seq[t], history.data(), y.data());
+        for (int d = 0; d < 2; d++) {
+            float want = b[d];
+            for (int j = 0; j < 3; j++) {
+                const int src = t - 2 + j;
+                if (src >= 0) want += w[d * 3 + j] * seq[src][d];
+            }
+            CHECK(y[d] == doctest::Approx(want));
+        }
+    }
+
+    int32_t index[2];
+    float weight[2];
+    const float router[4] = {0.1f, 2.0f, -1.0f, 1.0f};
+    ref::top_k_softmax(router, 4, 2, index, weight);
+    CHECK(index[0] == 1);
+    CHECK(index[1] == 3);
+    CHECK(weight[0] == doctest::Approx(1.0f / (1.0f + std::exp(-1.0f))));
+    MESSAGE("layer_norm, gelu, silu, softplus, conv_step over 4 steps and top-k softmax match their formulas");
+}
+
+TEST_CASE("scan_step matches the diagonal SSM recurrence") {
+    const int32_t inner = 3, state = 2;
+    const std::vector<float> a_log = {0.0f, std::log(2.0f)}, B = {1, 0, 1, 0, 1, -1}, C = {1, 0, 0, 1, 1, 1}, D = {0.5f, 0.5f, 0.5f};
+    const std::vector<float> v = {1.0f, 2.0f, 3.0f}, delta = {0.0f, 0.0f, 0.0f};
+    std::vector<float> s = {1.0f, -1.0f}, y(3);
+    ref::scan_step(view(a_log, 1, 2), view(B, 2, 3), view(C, 3, 2), view(D, 1, 3), inner, state, v.data(), delta.data(),
+                   s.data(), y.data());
+    const float dt = std::log(2.0f);  // mean softplus(0)
+    const float s0 = std::exp(-dt) * 1.0f + dt * (1 + 3), s1 = std::exp(-2 * dt) * -1.0f + dt * (2 - 3);
+    CHECK(s[0] == doctest::Approx(s0));
+    CHECK(s[1] == doctest::Approx(s1));
+    CHECK(y[2] == doctest::Approx(s0 + s1 + 1.5f));
+    MESSAGE("one scan step: s = exp(dt*A)*s + dt*B v, y = C s + D v with dt = mean softplus");
+}
+
+TEST_CASE("word and char tokenizers") {
+    TokenizerSpec word{TokenizerKind::word, {"<PAD>", "<UNK>", "<BOS>", "<EOS>", "the", "lord", "said,", "god"}};
+    const Tokenizer w(word);
+    std::vector<std::string> unknown;
+    const std::vector<int32_t> ids = w.encode("  The LORD\tsaid, unto\n god ", &unknown);
+    CHECK(ids == std::vector<int32_t>{4, 5, 6, 1, 7});
+    REQUIRE(unknown.size() == 1);
+    CHECK(unknown[0] == "unto");
+    CHECK(w.decode({4, 5, 6}) == "the lord said,");
+    CHECK(w.eos() == 3);
+    CHECK(w.encode(" \n\t").empty());
+
+    TokenizerSpec chars{TokenizerKind::chars, {"<PAD>", "<UNK>", "<BOS>", "<EOS>", "a", "B", " ", "\xc3\xa9"}};
+    const Tokenizer c(chars);
+    CHECK(c.encode("aB \xc3\xa9z") == std::vector<int32_t>{4, 5, 6, 7, 1});
+    CHECK(c.decode({5, 4, 6, 7}) == "Ba \xc3\xa9");
+
+    const Tokenizer no_unk(TokenizerSpec{TokenizerKind::word, {"a", "b"}});
+    CHECK_THROWS_WITH_AS(no_unk.encode("a c"), doctest::Contains("no <UNK>"), Error);
+    MESSAGE("word: lower-case, whitespace split, punctuation attached, <UNK>; char: UTF-8 code points, case kept");
+}
+
+TEST_CASE("sampler: greedy, seeds and filters") {
+    const std::vector<float> logits = {0.1f, 3.0f, 2.9f, -1.0f, 0.5f};
+    SamplerParams greedy;
+    greedy.greedy = true;
+    CHECK(Sampler(greedy).sample(logits.data(), 5) == 1);
+
+    SamplerParams p;
+    p.temperature = 1.0f;
+    p.top_k = 0;
+    p.top_p = 1.0f;
+    p.seed = 42;
+    Sampler a(p), b(p);
+    std::vector<int32_t> sa, sb;
+    for (int i = 0; i < 200; i++) {
+        sa.push_back(a.sample(logits.data(), 5));
+        sb.push_back(b.sample(logits.data(), 5));
+    }
+    CHECK(sa == sb);
+    std::vector<int> counts(5, 0);
+    for (int32_t id : sa) counts[static_cast<size_t>(id)]++;
+    CHECK(counts[1] > 40);
+    CHECK(counts[2] > 40);  // 3.0 vs 2.9: both common
+    CHECK(counts[0] + counts[3] + counts[4] > 0);
+
+    p.top_k = 2;
+    Sampler k2(p);
+    for (int i = 0; i < 200; i++) {
+        const int32_t id = k2.sample(logits.data(), 5);
+        CHECK((id == 1 || id == 2));
+    }
+    p.top_k = 0;
+    p.top_p = 0.1f;
+    Sampler nucleus(p);
+    for (int i = 0; i < 50; i++) CHECK(nucleus.sample(logits.data(), 5) == 1);
+    MESSAGE("greedy picks argmax; same seed gives the same 200 draws; top-k 2 and top-p 0.1 restrict the choice");
+}
+
+TEST_CASE("context: recurrent decoding, window past max_seq_length, reset, fp16 storage") {
+    const ModelConfig cfg = small_config();
+    const auto model = model_from(random_spec(cfg, DType::f32, 7));
+    Context ctx(*model);
+    const std::vector<int32_t> seq = {3, 17, 5, 22, 0, 9, 11, 4, 8};  // longer than max_seq_length 6
+    std::vector<float> last;
+    for (size_t i = 0; i < seq.size(); i++) last = run(ctx, {seq[i]});
+    // Upstream: the logits after 9 tokens are those of the last 6 run from zero state.
+    Context fresh(*model);
+    const std::vector<float> window = run(fresh, {seq.begin() + 3, seq.end()});
+    CHECK(max_abs_diff(last, window) == 0.0f);
+    CHECK(ctx.position() == 6);
+
+    ctx.reset();
+    Context other(*model);
+    CHECK(max_abs_diff(run(ctx, {1, 2, 3}), run(other, {1, 2, 3})) == 0.0f);
+    CHECK(ctx.state_bytes() == (10 * 2 + 8 * 3 + 3 + 4) * sizeof(float));
+    CHECK_THROWS_WITH_AS(ctx.eval(23), doctest::Contains("outside the vocabulary"), Error);
+
+    const auto half = model_from(random_spec(cfg, DType::f16, 7));
+    Context h(*half);
+    Context f(*model);
+    const float diff = max_abs_diff(run(h, {1, 2, 3, 4}), run(f, {1, 2, 3, 4}));
+    CHECK(diff > 0.0f);
+    CHECK(diff < 0.05f);
+    MESSAGE("window re-run equals a fresh run of the last 6 tokens; reset is exact; fp16 storage max |d| " << diff);
+}
+
+TEST_CASE("loading refuses models whose tensors do not match the config") {
+    const ModelConfig cfg = small_config();
+    ModelSpec missing = random_spec(cfg, DType::f32, 1);
+    missing.tensors.erase(missing.tensors.begin() + 5);
+    CHECK_THROWS_WITH_AS(model_from(missing), doctest::Contains("missing tensor"), Error);
+
+    ModelSpec extra = random_spec(cfg, DType::f32, 1);
+    extra.tensors.push_back({"layers.9.ssm.norm.weight", {12}, DType::f32, std::vector<float>(12, 1.0f)});
+    CHECK_THROWS_WITH_AS(model_from(extra), doctest::Contains("unexpected tensor"), Error);
+
+    ModelSpec wrong = random_spec(cfg, DType::f32, 1);
+    for (SpecTensor& t : wrong.tensors)
+        if (t.name == "layers.1.moe.layer.experts.2.w1.weight") {
+            t.shape = {5, 12};
+            t.values.resize(60);
+        }
+    CHECK_THROWS_WITH_AS(model_from(wrong), doctest::Contains("config implies"), Error);
+    MESSAGE("missing, extra and mis-shaped tensors are each refused with a named error");
+}
