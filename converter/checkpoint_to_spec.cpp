@@ -139,11 +139,6 @@ bool ignorable(const std::string& name, const ModelConfig& cfg) {
     return false;
 }
 
-bool keeps_fp32(const std::string& name, size_t rank) {
-    (void)name;
-    return rank < 2;  // LayerNorms, biases, A_log and D are small and sensitive
-}
-
 Value from_json(const nlohmann::json& j) {
     Value v;
     if (j.is_null()) return v;
@@ -191,7 +186,6 @@ ModelSpec checkpoint_to_spec(const pt::Checkpoint& checkpoint, const ConvertOpti
         SpecTensor out;
         out.name = e.name;
         out.shape = e.shape;
-        out.dtype = options.dtype == DType::f16 && !keeps_fp32(e.name, e.shape.size()) ? DType::f16 : DType::f32;
         out.values = t.values;
         spec.tensors.push_back(std::move(out));
         used.insert(e.name);

@@ -11,7 +11,6 @@ namespace itera {
 struct ConvertOptions {
     int32_t top_k = 0;                 // > 0: overrides any config
     const pt::Value* config_file = nullptr;  // --config CFG.json, parsed; wins over the checkpoint's
-    DType dtype = DType::f32;          // fp16: matrices, embeddings, conv, B and C stored FP16
     bool moe_empty_identity = false;   // a MoE layer with 0 experts becomes the identity
 };
 

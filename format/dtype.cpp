@@ -4,21 +4,29 @@
 #include <string>
 
 #include "common/error.h"
+#include "format/quant_blocks.h"
 
 namespace itera {
 
+namespace {
+
+constexpr DType kAll[] = {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4};
+
+}  // namespace
+
 std::string_view dtype_name(DType dtype) {
     switch (dtype) {
-        case DType::f32:
-            return "fp32";
-        case DType::f16:
-            return "fp16";
+        case DType::f32: return "fp32";
+        case DType::f16: return "fp16";
+        case DType::q8_0: return "q8";
+        case DType::q4_0: return "q4";
+        case DType::nf4: return "nf4";
     }
     return "unknown";
 }
 
 bool parse_dtype(std::string_view name, DType* out) {
-    for (DType dtype : {DType::f32, DType::f16}) {
+    for (DType dtype : kAll) {
         if (name == dtype_name(dtype)) {
             *out = dtype;
             return true;
@@ -27,11 +35,42 @@ bool parse_dtype(std::string_view name, DType* out) {
     return false;
 }
 
-size_t dtype_bytes(DType dtype, size_t elements) {
-    const size_t width = dtype == DType::f32 ? 4 : dtype == DType::f16 ? 2 : 0;
-    if (width == 0) throw Error("unknown dtype " + std::to_string(static_cast<int32_t>(dtype)));
-    if (elements > SIZE_MAX / width) throw Error("tensor of " + std::to_string(elements) + " elements is too large");
-    return elements * width;
+bool dtype_known(int32_t value) { return value >= 0 && value <= static_cast<int32_t>(DType::nf4); }
+
+bool is_quantized(DType dtype) { return dtype == DType::q8_0 || dtype == DType::q4_0 || dtype == DType::nf4; }
+
+int dtype_block(DType dtype) {
+    switch (dtype) {
+        case DType::q8_0: return kQ8Block;
+        case DType::q4_0: return kQ4Block;
+        case DType::nf4: return kNf4Block;
+        default: return 1;
+    }
+}
+
+size_t dtype_block_bytes(DType dtype) {
+    switch (dtype) {
+        case DType::f32: return 4;
+        case DType::f16: return 2;
+        case DType::q8_0: return sizeof(BlockQ8);
+        case DType::q4_0: return sizeof(BlockQ4);
+        case DType::nf4: return sizeof(BlockNf4);
+    }
+    throw Error("unknown dtype " + std::to_string(static_cast<int32_t>(dtype)));
+}
+
+size_t dtype_row_bytes(DType dtype, int64_t cols) {
+    const int64_t block = dtype_block(dtype);
+    return static_cast<size_t>((cols + block - 1) / block) * dtype_block_bytes(dtype);
+}
+
+size_t tensor_bytes(DType dtype, const std::vector<int64_t>& shape) {
+    // Callers bound every dimension and the element count (< 2^31) first, so this cannot overflow.
+    const int64_t cols = shape.empty() ? 1 : shape.back();
+    int64_t rows = 1;
+    for (size_t i = 0; i + 1 < shape.size(); i++) rows *= shape[i];
+    if (cols < 0 || rows < 0) throw Error("negative tensor dimension");
+    return static_cast<size_t>(rows) * dtype_row_bytes(dtype, cols);
 }
 
 }  // namespace itera

@@ -1,17 +1,26 @@
 // Element types of tensors in a .itl file. The numeric values are the file's int32 enum
-// (format/itera.fbs `DType`) and never change; quantized block formats come later.
+// (format/itera.fbs `DType`) and never change. Block formats are laid out in format/quant_blocks.h.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
+#include <vector>
 
 namespace itera {
 
-enum class DType : int32_t { f32 = 0, f16 = 1 };
+enum class DType : int32_t { f32 = 0, f16 = 1, q8_0 = 2, q4_0 = 3, nf4 = 4 };
 
-std::string_view dtype_name(DType dtype);        // "fp32", "fp16"
+std::string_view dtype_name(DType dtype);             // "fp32", "fp16", "q8", "q4", "nf4"
 bool parse_dtype(std::string_view name, DType* out);  // accepts the names above
-size_t dtype_bytes(DType dtype, size_t elements);  // bytes that many elements occupy
+bool dtype_known(int32_t value);
+bool is_quantized(DType dtype);                       // a block format
+int dtype_block(DType dtype);                         // elements per block (1 for fp32 / fp16)
+size_t dtype_block_bytes(DType dtype);                // bytes per block (per element for fp32 / fp16)
+// Bytes of one row of `cols` elements: whole blocks, the last one padded.
+size_t dtype_row_bytes(DType dtype, int64_t cols);
+// Bytes of a tensor: rows of its last dimension (a scalar is one row of one element). Throws
+// itera::Error on overflow.
+size_t tensor_bytes(DType dtype, const std::vector<int64_t>& shape);
 
 }  // namespace itera

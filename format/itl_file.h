@@ -17,6 +17,7 @@
 namespace itera {
 
 constexpr uint32_t kItlFormatVersion = 1;
+constexpr uint32_t kQuantVersion = 1;  // the block layouts of format/quant_blocks.h
 
 // Serialises a spec (tensors converted to their stored dtype; the tokenizer section zstd-compressed
 // when that is smaller). Throws itera::Error.
@@ -53,6 +54,8 @@ public:
     const std::vector<TensorView>& tensors() const { return tensors_; }
     const TensorView* find(const std::string& name) const;  // nullptr when absent
     uint32_t format_version() const { return format_version_; }
+    // The header checksum (XXH3-64 of metadata and data): identifies the model's exact content.
+    uint64_t checksum() const { return checksum_; }
     size_t file_size() const { return size_; }
 
 private:
@@ -64,6 +67,7 @@ private:
     void* mapping_ = nullptr;              // munmap on destruction when set
     std::vector<uint8_t> owned_;           // copy for from_memory when the buffer is not aligned
     uint32_t format_version_ = 0;
+    uint64_t checksum_ = 0;
     ModelConfig config_;
     bool has_tokenizer_ = false;
     TokenizerSpec tokenizer_;

@@ -102,6 +102,7 @@ ModelConfig read_config(const fb::ModelConfig& c) {
     config.max_seq_length = c.max_seq_length();
     config.tied_head = c.tied_head();
     config.norm_eps = c.norm_eps();
+    if (c.vocab_ids()) config.vocab_ids.assign(c.vocab_ids()->begin(), c.vocab_ids()->end());
     if (c.layers()) {
         for (const fb::LayerConfig* l : *c.layers()) {
             LayerConfig layer;
@@ -182,6 +183,7 @@ void ItlFile::parse(LoadOptions options) {
         throw Error("unsupported .itl format version " + std::to_string(h.format_version) +
                     " (this reader supports version " + std::to_string(kItlFormatVersion) + ")");
     format_version_ = h.format_version;
+    checksum_ = h.checksum;
     if (h.header_bytes != kItlHeaderBytes || h.meta_offset != h.header_bytes)
         throw Error("corrupt header: header_bytes " + std::to_string(h.header_bytes) + ", meta_offset " +
                     std::to_string(h.meta_offset) + " (both must be 64)");
@@ -204,6 +206,10 @@ void ItlFile::parse(LoadOptions options) {
     if (model->format_version() != h.format_version)
         throw Error("corrupt metadata: format_version " + std::to_string(model->format_version()) +
                     " differs from the header's " + std::to_string(h.format_version));
+    // Files without block-format tensors record 0; any other version must be one this reader knows.
+    if (model->quant_version() > kQuantVersion)
+        throw Error("unsupported quantization format version " + std::to_string(model->quant_version()) +
+                    " (this reader supports up to " + std::to_string(kQuantVersion) + ")");
     config_ = read_config(*model->config());
 
     if (model->tensors()) {
@@ -212,9 +218,9 @@ void ItlFile::parse(LoadOptions options) {
             view.name = t->name()->str();
             const std::string what = "tensor '" + view.name + "'";
             const int32_t dtype = static_cast<int32_t>(t->dtype());
-            if (dtype != static_cast<int32_t>(DType::f32) && dtype != static_cast<int32_t>(DType::f16))
+            if (!dtype_known(dtype))
                 throw Error(what + ": unsupported dtype " + std::to_string(dtype) +
-                            " (this reader knows 0 fp32, 1 fp16)");
+                            " (this reader knows 0 fp32, 1 fp16, 2 q8, 3 q4, 4 nf4)");
             view.dtype = static_cast<DType>(dtype);
             if (t->layout() != fb::Layout::row_major)
                 throw Error(what + ": unsupported layout " + std::to_string(static_cast<int32_t>(t->layout())));
@@ -224,7 +230,8 @@ void ItlFile::parse(LoadOptions options) {
                 view.shape.push_back(t->shape()->Get(static_cast<flatbuffers::uoffset_t>(i)));
             const int64_t n = checked_elements(what, view.shape.data(), rank);
             check_range(what, t->offset(), t->length(), h.data_length);
-            const size_t expected = dtype_bytes(view.dtype, static_cast<size_t>(n));
+            (void)n;  // bounds the dimensions before tensor_bytes multiplies them
+            const size_t expected = tensor_bytes(view.dtype, view.shape);
             if (t->length() != expected)
                 throw Error(what + ": " + std::to_string(t->length()) + " bytes, its shape and dtype need " +
                             std::to_string(expected));

@@ -13,6 +13,7 @@
 
 #include "common/error.h"
 #include "format/half.h"
+#include "format/quant_blocks.h"
 #include "format/itl_file.h"
 #include "format/itl_layout.h"
 #include "itera_generated.h"
@@ -53,6 +54,33 @@ Placed place(uint64_t* cursor, uint64_t length) {
     return p;
 }
 
+// Writes a tensor's bytes in its stored dtype: verbatim when pre-encoded, else from its values.
+void encode_tensor(const SpecTensor& t, uint8_t* dst) {
+    if (!t.packed.empty()) {
+        std::memcpy(dst, t.packed.data(), t.packed.size());
+        return;
+    }
+    const int64_t cols = t.shape.empty() ? 1 : t.shape.back();
+    const int64_t rows = cols ? static_cast<int64_t>(t.values.size()) / cols : 0;
+    const size_t row_bytes = dtype_row_bytes(t.dtype, cols);
+    for (int64_t r = 0; r < rows; r++) {
+        const float* x = t.values.data() + r * cols;
+        uint8_t* out = dst + static_cast<size_t>(r) * row_bytes;
+        switch (t.dtype) {
+            case DType::f32: std::memcpy(out, x, row_bytes); break;
+            case DType::f16:
+                for (int64_t c = 0; c < cols; c++) {
+                    const uint16_t half = fp32_to_fp16(x[c]);
+                    std::memcpy(out + 2 * c, &half, 2);
+                }
+                break;
+            case DType::q8_0: quantize_row_q8_0(x, cols, reinterpret_cast<BlockQ8*>(out)); break;
+            case DType::q4_0: quantize_row_q4_0(x, cols, reinterpret_cast<BlockQ4*>(out)); break;
+            case DType::nf4: quantize_row_nf4(x, cols, reinterpret_cast<BlockNf4*>(out)); break;
+        }
+    }
+}
+
 }  // namespace
 
 std::vector<uint8_t> serialize_itl(const ModelSpec& spec) {
@@ -66,13 +94,17 @@ std::vector<uint8_t> serialize_itl(const ModelSpec& spec) {
         const std::string what = "tensor '" + t.name + "'";
         if (t.name.empty()) throw Error("a tensor has an empty name");
         if (!names.insert(t.name).second) throw Error("duplicate tensor name '" + t.name + "'");
-        if (t.dtype != DType::f32 && t.dtype != DType::f16)
+        if (!dtype_known(static_cast<int32_t>(t.dtype)))
             throw Error(what + ": unknown dtype " + std::to_string(static_cast<int32_t>(t.dtype)));
         const int64_t n = checked_elements(what, t.shape.data(), t.shape.size());
-        if (t.values.size() != static_cast<size_t>(n))
+        const size_t bytes = tensor_bytes(t.dtype, t.shape);
+        if (!t.packed.empty() && t.packed.size() != bytes)
+            throw Error(what + ": " + std::to_string(t.packed.size()) + " packed bytes, its shape and dtype need " +
+                        std::to_string(bytes));
+        if (t.packed.empty() && t.values.size() != static_cast<size_t>(n))
             throw Error(what + ": " + std::to_string(t.values.size()) + " values for " + std::to_string(n) +
                         " elements");
-        placed.push_back(place(&cursor, dtype_bytes(t.dtype, static_cast<size_t>(n))));
+        placed.push_back(place(&cursor, bytes));
     }
     std::vector<uint8_t> token_raw, token_stored;
     Placed token_place;
@@ -104,8 +136,9 @@ std::vector<uint8_t> serialize_itl(const ModelSpec& spec) {
         layers.push_back(fb::CreateLayerConfig(fbb, l.inner, l.state, l.conv_kernel,
                                                static_cast<fb::ChannelKind>(l.kind), l.top_k,
                                                fbb.CreateVector(l.ffn_widths)));
+    const auto vocab_ids = c.vocab_ids.empty() ? 0 : fbb.CreateVector(c.vocab_ids);
     const auto config = fb::CreateModelConfig(fbb, c.vocab_size, c.hidden, c.max_seq_length, c.tied_head, c.norm_eps,
-                                              fbb.CreateVector(layers));
+                                              fbb.CreateVector(layers), vocab_ids);
     flatbuffers::Offset<fb::Tokenizer> tokenizer = 0;
     if (spec.has_tokenizer) {
         const auto section =
@@ -120,11 +153,11 @@ std::vector<uint8_t> serialize_itl(const ModelSpec& spec) {
     for (size_t i = 0; i < spec.tensors.size(); i++) {
         const SpecTensor& t = spec.tensors[i];
         tensors.push_back(fb::CreateTensor(fbb, fbb.CreateString(t.name), fbb.CreateVector(t.shape),
-                                           static_cast<fb::DType>(t.dtype), fb::Layout::row_major, 0, placed[i].offset,
+                                           static_cast<fb::DType>(t.dtype), fb::Layout::row_major, placed[i].offset,
                                            placed[i].length));
     }
     fb::FinishModelBuffer(
-        fbb, fb::CreateModel(fbb, kItlFormatVersion, config, tokenizer, provenance, fbb.CreateVector(tensors)));
+        fbb, fb::CreateModel(fbb, kItlFormatVersion, kQuantVersion, config, tokenizer, provenance, fbb.CreateVector(tensors)));
     const uint64_t meta_length = fbb.GetSize();
     if (meta_length > kItlMaxMetaBytes) throw Error("metadata is larger than the format allows");
 
@@ -141,15 +174,7 @@ std::vector<uint8_t> serialize_itl(const ModelSpec& spec) {
     uint8_t* data = out.data() + h.data_offset;
     for (size_t i = 0; i < spec.tensors.size(); i++) {
         const SpecTensor& t = spec.tensors[i];
-        uint8_t* dst = data + placed[i].offset;
-        if (t.dtype == DType::f32) {
-            std::memcpy(dst, t.values.data(), placed[i].length);
-        } else {
-            for (size_t j = 0; j < t.values.size(); j++) {
-                const uint16_t half = fp32_to_fp16(t.values[j]);
-                std::memcpy(dst + 2 * j, &half, 2);
-            }
-        }
+        encode_tensor(t, data + placed[i].offset);
     }
     if (spec.has_tokenizer) std::memcpy(data + token_place.offset, token_stored.data(), token_stored.size());
     h.checksum = itl_checksum(out.data() + h.meta_offset, meta_length, data, data_length);

@@ -27,6 +27,14 @@ static void check_range(const std::string& field, int64_t value, int64_t lo, int
 
 void validate_config(const ModelConfig& config) {
     check_range("vocab_size", config.vocab_size, 1, kMaxVocab);
+    if (!config.vocab_ids.empty()) {
+        check_range("vocab_ids count", static_cast<int64_t>(config.vocab_ids.size()), config.vocab_size,
+                    config.vocab_size);
+        for (size_t i = 0; i < config.vocab_ids.size(); i++) {
+            const int64_t floor = i ? int64_t{config.vocab_ids[i - 1]} + 1 : 0;  // strictly ascending
+            check_range("vocab_ids[" + std::to_string(i) + "]", config.vocab_ids[i], floor, kMaxVocab - 1);
+        }
+    }
     check_range("hidden", config.hidden, 1, kMaxHidden);
     check_range("max_seq_length", config.max_seq_length, 1, kMaxSeqLength);
     if (!std::isfinite(config.norm_eps) || config.norm_eps <= 0.0f)

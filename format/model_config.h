@@ -28,6 +28,9 @@ struct ModelConfig {
     bool tied_head = true;       // lm_head shares embedding.weight
     float norm_eps = 1e-5f;
     std::vector<LayerConfig> layers;
+    // Vocabulary trimming: checkpoint token id of each embedding row, ascending (vocab_size of
+    // them). Empty: row i is id i.
+    std::vector<int32_t> vocab_ids;
 };
 
 // Throws itera::Error naming the first field out of range (sizes must be positive and bounded

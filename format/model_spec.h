@@ -30,6 +30,9 @@ struct SpecTensor {
     std::vector<int64_t> shape;
     DType dtype = DType::f32;     // stored type
     std::vector<float> values;    // row-major, product(shape) values
+    // Already-encoded bytes in `dtype` (e.g. from a calibrated quantizer), written verbatim;
+    // when empty the writer encodes `values` (round-to-nearest for block formats).
+    std::vector<uint8_t> packed;
 };
 
 struct ModelSpec {

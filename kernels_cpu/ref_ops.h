@@ -12,9 +12,9 @@ namespace itera::ref {
 void matvec(const Weight& w, const float* x, float* y);
 // y[r] += bias[r]
 void add_bias(const Weight& bias, float* y);
-// out[c] = W[row, c]
+// out[c] = W[row, c], for any dtype (block formats dequantize the row)
 void load_row(const Weight& w, int32_t row, float* out);
-// Element i of a weight stored in any float dtype (for the small per-channel tensors).
+// Element i of a weight stored in fp32 or fp16 (for the small per-channel tensors).
 float element(const Weight& w, int64_t i);
 
 // LayerNorm over n values: (x - mean) / sqrt(var_biased + eps) * gamma + beta.

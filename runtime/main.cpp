@@ -22,7 +22,7 @@ constexpr const char* kBuiltinPrompt = "and god said";
 constexpr uint64_t kMaxTextBytes = uint64_t{1} << 30;
 
 struct Args {
-    std::string model_path, prompt, ids_text, file;
+    std::string model_path, prompt, ids_text, file, kld_ref;
     bool has_prompt = false, print_ids = false, json = false, allow_unk = false;
     int32_t n_predict = 64, ctx = 0;
     itera::SamplerParams sampling;
@@ -71,9 +71,7 @@ std::vector<int32_t> prompt_ids(const itera::Model& model, const Args& args, boo
     }
     if (ids.empty()) throw Error("empty prompt");
     for (int32_t id : ids)
-        if (id >= model.config.vocab_size)
-            throw Error("token id " + std::to_string(id) + " is outside the vocabulary [0, " +
-                        std::to_string(model.config.vocab_size) + ")");
+        if (model.row_of(id) < 0) throw Error("token id " + std::to_string(id) + " is not in the model's vocabulary");
     return ids;
 }
 
@@ -93,7 +91,7 @@ int generate(const Args& args) {
     for (size_t i = 0; i < prompt.size(); i++) logits = ctx.eval(prompt[i], i + 1 == prompt.size());
     const int32_t eos = model->has_tokenizer ? model->tokenizer.eos() : -1;
     for (int32_t i = 0; i < args.n_predict; i++) {
-        const int32_t next = sampler.sample(logits, model->config.vocab_size);
+        const int32_t next = model->id_of(sampler.sample(logits, model->vocab_rows()));
         if (next == eos) break;
         if (stream_text) {
             std::fputs(model->tokenizer.piece(next, false).c_str(), stdout);
@@ -113,28 +111,38 @@ int logits(const Args& args) {
     if (static_cast<int32_t>(ids.size()) > model->config.max_seq_length)
         throw Error(std::to_string(ids.size()) + " ids exceed max_seq_length " + std::to_string(model->config.max_seq_length));
     itera::Context ctx(*model);
+    // With a trimmed vocabulary the columns are the kept ids, listed in "vocab_ids".
     std::string out = "{\"logits\": [";
     char buf[32];
     for (size_t i = 0; i < ids.size(); i++) {
         const float* row = ctx.eval(ids[i]);
         out += i ? ", [" : "[";
-        for (int32_t v = 0; v < model->config.vocab_size; v++) {
+        for (int32_t v = 0; v < model->vocab_rows(); v++) {
             std::snprintf(buf, sizeof buf, v ? ", %.9g" : "%.9g", static_cast<double>(row[v]));
             out += buf;
         }
         out += "]";
     }
-    out += "]}\n";
+    out += "]";
+    if (!model->config.vocab_ids.empty()) {
+        out += ", \"vocab_ids\": [";
+        for (int32_t v = 0; v < model->vocab_rows(); v++) out += (v ? ", " : "") + std::to_string(model->id_of(v));
+        out += "]";
+    }
+    out += "}\n";
     std::fputs(out.c_str(), stdout);
     return 0;
 }
 
-double log_softmax_at(const float* logits, int32_t n, int32_t target) {
+// log softmax of n logits (double precision) into out.
+void log_softmax(const float* logits, int32_t n, std::vector<double>* out) {
     double top = logits[0];
     for (int32_t i = 1; i < n; i++) top = std::max(top, static_cast<double>(logits[i]));
     double sum = 0.0;
     for (int32_t i = 0; i < n; i++) sum += std::exp(logits[i] - top);
-    return logits[target] - top - std::log(sum);
+    const double norm = top + std::log(sum);
+    out->resize(static_cast<size_t>(n));
+    for (int32_t i = 0; i < n; i++) (*out)[static_cast<size_t>(i)] = logits[i] - norm;
 }
 
 int perplexity(const Args& args) {
@@ -147,30 +155,61 @@ int perplexity(const Args& args) {
     const int32_t n = args.has_ctx ? args.ctx : model->config.max_seq_length;
     if (n < 1 || n > model->config.max_seq_length)
         throw Error("--ctx must be between 1 and max_seq_length " + std::to_string(model->config.max_seq_length));
+    // --kld-ref: the reference runs the same windows; both distributions are compared over this
+    // model's ids (all of the reference's when nothing was trimmed), each renormalized over them.
+    std::unique_ptr<itera::Model> ref;
+    std::vector<int32_t> ref_rows;  // the reference's row for each of this model's rows
+    if (!args.kld_ref.empty()) {
+        ref = itera::load_model_file(args.kld_ref);
+        if (n > ref->config.max_seq_length) throw Error("--ctx exceeds the reference's max_seq_length");
+        for (int32_t r = 0; r < model->vocab_rows(); r++) {
+            ref_rows.push_back(ref->row_of(model->id_of(r)));
+            if (ref_rows.back() < 0)
+                throw Error("token id " + std::to_string(model->id_of(r)) + " is not in the reference's vocabulary");
+        }
+    }
     // Non-overlapping windows from zero state; every position is scored against the token after
     // it (for a window's last position that is the next window's first token), as upstream does.
     itera::Context ctx(*model);
-    double nll = 0.0;
-    size_t scored = 0;
+    std::unique_ptr<itera::Context> ref_ctx = ref ? std::make_unique<itera::Context>(*ref) : nullptr;
+    std::vector<double> logp, ref_sub, ref_logp;
+    std::vector<float> picked(ref_rows.size());
+    double nll = 0.0, kld = 0.0;
+    size_t scored = 0, agree = 0;
     for (size_t start = 0; start + 1 < ids.size(); start += static_cast<size_t>(n)) {
         ctx.reset();
+        if (ref_ctx) ref_ctx->reset();
         const size_t end = std::min(start + static_cast<size_t>(n), ids.size() - 1);
         for (size_t t = start; t < end; t++) {
             const float* row = ctx.eval(ids[t]);
-            nll -= log_softmax_at(row, model->config.vocab_size, ids[t + 1]);
+            log_softmax(row, model->vocab_rows(), &logp);
+            nll -= logp[static_cast<size_t>(model->row_of(ids[t + 1]))];
             scored++;
+            if (!ref_ctx) continue;
+            const float* ref_row = ref_ctx->eval(ids[t]);
+            for (size_t r = 0; r < ref_rows.size(); r++) picked[r] = ref_row[ref_rows[r]];
+            log_softmax(picked.data(), model->vocab_rows(), &ref_logp);
+            for (size_t r = 0; r < logp.size(); r++) kld += std::exp(ref_logp[r]) * (ref_logp[r] - logp[r]);
+            agree += itera::argmax(row, model->vocab_rows()) == itera::argmax(picked.data(), model->vocab_rows());
         }
     }
     size_t unk = 0;
     for (int32_t id : ids) unk += id == tok.unk();
     const double ppl = std::exp(nll / static_cast<double>(scored));
     const double unk_fraction = static_cast<double>(unk) / static_cast<double>(ids.size());
+    const double mean_kld = kld / static_cast<double>(scored);
+    const double top1 = static_cast<double>(agree) / static_cast<double>(scored);
     if (args.json) {
-        std::printf("{\"ppl\": %.6f, \"tokens\": %zu, \"scored\": %zu, \"unk_fraction\": %.6f}\n", ppl, ids.size(),
-                    scored, unk_fraction);
+        std::printf("{\"ppl\": %.6f, \"tokens\": %zu, \"scored\": %zu, \"unk_fraction\": %.6f", ppl, ids.size(), scored,
+                    unk_fraction);
+        if (ref) std::printf(", \"kld\": %.8f, \"top1\": %.6f", mean_kld, top1);
+        std::printf("}\n");
     } else {
         std::printf("perplexity %.4f over %zu scored positions (%zu tokens, %.2f%% <UNK>, windows of %d)\n", ppl, scored,
                     ids.size(), 100.0 * unk_fraction, n);
+        if (ref)
+            std::printf("vs %s: mean KL divergence %.6f nats, top-1 agreement %.2f%%\n", args.kld_ref.c_str(), mean_kld,
+                        100.0 * top1);
     }
     return 0;
 }
@@ -269,7 +308,10 @@ int run(int argc, char** argv) {
     auto* ppl = app.add_subcommand("ppl", "perplexity of a text file: non-overlapping windows from zero state")->fallthrough();
     ppl->add_option("--file", a.file, "text file to score")->required();
     ppl->add_option("--ctx", a.ctx, "window length in tokens (default max_seq_length)");
-    ppl->add_flag("--json", a.json, "print {\"ppl\", \"tokens\", \"scored\", \"unk_fraction\"}");
+    ppl->add_option("--kld-ref", a.kld_ref,
+                    "reference model (e.g. the FP32 file): also report the mean KL divergence of this model's next-token "
+                    "distribution from the reference's, and their top-1 agreement, on the same windows");
+    ppl->add_flag("--json", a.json, "print {\"ppl\", \"tokens\", \"scored\", \"unk_fraction\"[, \"kld\", \"top1\"]}");
     auto* inf = app.add_subcommand("info", "describe the model: config, tensors, sizes")->fallthrough();
     inf->add_flag("--json", a.json, "print JSON");
     app.require_subcommand(0, 1);

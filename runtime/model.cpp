@@ -1,6 +1,7 @@
 #include "runtime/model.h"
 
 #include <map>
+#include <set>
 
 #include "common/error.h"
 #include "format/tensor_names.h"
@@ -27,6 +28,12 @@ public:
         }
     }
 
+    // Marks tensors read as whole rows, which may use block formats.
+    Weight rows(const std::string& name) {
+        row_access_.insert(name);
+        return get(name);
+    }
+
     Weight get(const std::string& name) const {
         auto it = views_.find(name);
         if (it == views_.end()) throw Error("model file is missing tensor '" + name + "'");
@@ -35,6 +42,11 @@ public:
         if (t.shape != want)
             throw Error("tensor '" + name + "' has shape " + shape_text(t.shape) + ", config implies " +
                         shape_text(want));
+        // Only matrices read row by row (products, embedding lookups) may be in a block format;
+        // the kernels read everything else element by element.
+        if (is_quantized(t.dtype) && !row_access_.count(name))
+            throw Error("tensor '" + name + "' is stored as " + std::string(dtype_name(t.dtype)) +
+                        " but is read element-wise (fp32 or fp16 only)");
         Weight w;
         w.dtype = t.dtype;
         w.data = t.data;
@@ -51,6 +63,7 @@ public:
 private:
     std::map<std::string, std::vector<int64_t>> expected_;
     std::map<std::string, const TensorView*> views_;
+    std::set<std::string> row_access_;
 };
 
 }  // namespace
@@ -59,12 +72,12 @@ std::unique_ptr<Model> load_model(std::unique_ptr<ItlFile> file) {
     auto model = std::make_unique<Model>();
     model->config = file->config();
     const ModelConfig& cfg = model->config;
-    const WeightTable w(*file);
-    model->embedding = w.get("embedding.weight");
-    model->position = w.get("position_embedding.weight");
+    WeightTable w(*file);
+    model->embedding = w.rows("embedding.weight");
+    model->position = w.rows("position_embedding.weight");
     model->final_norm_w = w.get("norm.weight");
     model->final_norm_b = w.get("norm.bias");
-    model->lm_head = cfg.tied_head ? model->embedding : w.get("lm_head.weight");
+    model->lm_head = cfg.tied_head ? model->embedding : w.rows("lm_head.weight");
     for (size_t l = 0; l < cfg.layers.size(); l++) {
         const LayerConfig& lc = cfg.layers[l];
         const std::string p = layer_prefix(static_cast<int>(l));
@@ -72,38 +85,44 @@ std::unique_ptr<Model> load_model(std::unique_ptr<ItlFile> file) {
         SsmWeights& s = layer.ssm;
         s.norm_w = w.get(p + "ssm.norm.weight");
         s.norm_b = w.get(p + "ssm.norm.bias");
-        s.in_proj = w.get(p + "ssm.in_proj.weight");
+        s.in_proj = w.rows(p + "ssm.in_proj.weight");
         s.conv_w = w.get(p + "ssm.conv1d.weight");
         s.conv_b = w.get(p + "ssm.conv1d.bias");
         s.a_log = w.get(p + "ssm.ssm.A_log");
         s.b = w.get(p + "ssm.ssm.B");
         s.c = w.get(p + "ssm.ssm.C");
         s.d = w.get(p + "ssm.ssm.D");
-        s.delta_w = w.get(p + "ssm.ssm.delta_proj.weight");
+        s.delta_w = w.rows(p + "ssm.ssm.delta_proj.weight");
         s.delta_b = w.get(p + "ssm.ssm.delta_proj.bias");
-        s.out_proj = w.get(p + "ssm.out_proj.weight");
+        s.out_proj = w.rows(p + "ssm.out_proj.weight");
         if (lc.kind == ChannelKind::ffn) {
             layer.mix_norm_w = w.get(p + "moe.norm.weight");
             layer.mix_norm_b = w.get(p + "moe.norm.bias");
-            layer.experts.push_back({w.get(p + "moe.ffn.w1.weight"), w.get(p + "moe.ffn.w2.weight")});
+            layer.experts.push_back({w.rows(p + "moe.ffn.w1.weight"), w.rows(p + "moe.ffn.w2.weight")});
         } else if (lc.kind == ChannelKind::moe) {
             const std::string m = moe_prefix(static_cast<int>(l));
             layer.mix_norm_w = w.get(m + "norm.weight");
             layer.mix_norm_b = w.get(m + "norm.bias");
-            layer.router = w.get(m + "router.gate.weight");
+            layer.router = w.rows(m + "router.gate.weight");
             for (size_t e = 0; e < lc.ffn_widths.size(); e++) {
                 const std::string x = expert_prefix(static_cast<int>(l), static_cast<int>(e));
-                layer.experts.push_back({w.get(x + "w1.weight"), w.get(x + "w2.weight")});
+                layer.experts.push_back({w.rows(x + "w1.weight"), w.rows(x + "w2.weight")});
             }
         }
         model->layers.push_back(std::move(layer));
     }
+    if (cfg.vocab_ids.empty()) {
+        for (int32_t r = 0; r < cfg.vocab_size; r++) model->row_of_id.push_back(r);
+    } else {
+        model->row_of_id.assign(static_cast<size_t>(cfg.vocab_ids.back()) + 1, -1);
+        for (int32_t r = 0; r < cfg.vocab_size; r++) model->row_of_id[static_cast<size_t>(cfg.vocab_ids[r])] = r;
+    }
     model->has_tokenizer = file->has_tokenizer();
     if (model->has_tokenizer) {
         model->tokenizer = Tokenizer(file->tokenizer());
-        if (model->tokenizer.size() > cfg.vocab_size)
+        if (model->tokenizer.size() > model->id_limit())
             throw Error("tokenizer has " + std::to_string(model->tokenizer.size()) +
-                        " tokens but the model's vocabulary is " + std::to_string(cfg.vocab_size));
+                        " tokens but the model knows ids below " + std::to_string(model->id_limit()) + " only");
     }
     model->file = std::move(file);
     return model;

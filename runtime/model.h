@@ -40,6 +40,15 @@ struct Model {
     Tokenizer tokenizer;
     Weight embedding, position, final_norm_w, final_norm_b, lm_head;
     std::vector<LayerWeights> layers;
+    // Token ids are the checkpoint's. With a trimmed vocabulary, embedding / lm head row r holds
+    // id config.vocab_ids[r]; logits come per row.
+    std::vector<int32_t> row_of_id;  // -1: the id was trimmed away
+
+    int32_t vocab_rows() const { return config.vocab_size; }
+    // One past the largest token id the model knows.
+    int32_t id_limit() const { return static_cast<int32_t>(row_of_id.size()); }
+    int32_t row_of(int32_t id) const { return id >= 0 && id < id_limit() ? row_of_id[static_cast<size_t>(id)] : -1; }
+    int32_t id_of(int32_t row) const { return config.vocab_ids.empty() ? row : config.vocab_ids[static_cast<size_t>(row)]; }
 };
 
 // Loads and validates: every tensor the config implies must be present with its exact shape, and

@@ -61,7 +61,7 @@ uint16_t reference_to_half(float f) {
 // --- building specs -----------------------------------------------------------------------------
 
 SpecTensor tensor(const std::string& name, std::vector<int64_t> shape, DType dtype, std::mt19937* rng) {
-    SpecTensor t{name, std::move(shape), dtype, {}};
+    SpecTensor t{name, std::move(shape), dtype, {}, {}};
     int64_t n = 1;
     for (int64_t d : t.shape) n *= d;
     std::normal_distribution<float> dist(0.0f, 0.5f);
@@ -117,7 +117,7 @@ ModelSpec make_spec(TokenizerKind kind, std::vector<std::string> tokens) {
     // fp16 edge cases: infinities, NaN, signed zero, subnormals, overflow, the largest half.
     const float special[] = {INFINITY,  -INFINITY, NAN,      -0.0f,    1e-7f,         6e-8f,    2.9802322e-8f, 1e5f,
                              -70000.0f, 65504.0f,  65519.0f, 65520.0f, 6.1035156e-5f, 1.0f / 3, -2.5f};
-    SpecTensor s{"special", {static_cast<int64_t>(std::size(special))}, DType::f16, {}};
+    SpecTensor s{"special", {static_cast<int64_t>(std::size(special))}, DType::f16, {}, {}};
     s.values.assign(std::begin(special), std::end(special));
     spec.tensors.push_back(s);
     return spec;
@@ -231,7 +231,7 @@ void check_matches(const ItlFile& file, const ModelSpec& spec) {
         CHECK(got->shape == want.shape);
         CHECK(got->dtype == want.dtype);
         CHECK(got->elements() == static_cast<int64_t>(want.values.size()));
-        CHECK(got->bytes == dtype_bytes(want.dtype, want.values.size()));
+        CHECK(got->bytes == tensor_bytes(want.dtype, want.shape));
         CHECK(reinterpret_cast<uintptr_t>(got->data) % 64 == 0);
         for (size_t i = 0; i < want.values.size(); i++) {
             const float w = want.values[i];
@@ -310,9 +310,12 @@ TEST_CASE("dtype names and sizes") {
     CHECK(parse_dtype("fp32", &d));
     CHECK(d == DType::f32);
     CHECK_FALSE(parse_dtype("int8", &d));
-    CHECK(dtype_bytes(DType::f32, 7) == 28);
-    CHECK(dtype_bytes(DType::f16, 7) == 14);
-    CHECK_THROWS_WITH_AS(dtype_bytes(static_cast<DType>(9), 1), "unknown dtype 9", Error);
+    CHECK(tensor_bytes(DType::f32, {7}) == 28);
+    CHECK(tensor_bytes(DType::f16, {7}) == 14);
+    CHECK(tensor_bytes(DType::q8_0, {3, 40}) == 3 * 2 * 34);  // 40 columns: two blocks, the last padded
+    CHECK(tensor_bytes(DType::q4_0, {5, 32}) == 5 * 18);
+    CHECK(tensor_bytes(DType::nf4, {2, 65}) == 2 * 2 * 34);
+    CHECK_THROWS_WITH_AS(dtype_block_bytes(static_cast<DType>(9)), "unknown dtype 9", Error);
 }
 
 TEST_CASE("validate_config rejects out-of-range fields by name") {
@@ -576,8 +579,8 @@ TEST_CASE("bad tensor entries, config and tokenizer are rejected with their mess
         "tensor 'position_embedding.weight': offset " + std::to_string(t1_offset + 8) + " is not a multiple of 64"));
     CHECK(contains(error_after([&](auto m) { set(t1(m), fb::Tensor::VT_LENGTH, uint64_t{814}); }),
                    "tensor 'position_embedding.weight': 814 bytes, its shape and dtype need 816"));
-    CHECK(contains(error_after([&](auto m) { set(t1(m), fb::Tensor::VT_DTYPE, int32_t{2}); }),
-                   "tensor 'position_embedding.weight': unsupported dtype 2"));
+    CHECK(contains(error_after([&](auto m) { set(t1(m), fb::Tensor::VT_DTYPE, int32_t{9}); }),
+                   "tensor 'position_embedding.weight': unsupported dtype 9"));
     CHECK(contains(error_after([&](auto m) { set(t1(m), fb::Tensor::VT_DTYPE, int32_t{0}); }),
                    "816 bytes, its shape and dtype need 1632"));
 

@@ -69,12 +69,15 @@ def shape(rows):
     return f"[{len(rows)}x{len(rows[0]) if rows else 0}]"
 
 
-def runtime_logits(args, itl, ids):
+def runtime_logits(args, itl, ids, with_vocab_ids=False):
+    """The logits rows; with_vocab_ids: (rows, the "vocab_ids" column ids or None)."""
     rc, out, err = run([args.run, "logits", "-m", itl, "--ids", ",".join(map(str, ids))])
     if rc != 0:
         return None, why(rc, err)
     try:
-        return json.loads(out)["logits"], ""
+        parsed = json.loads(out)
+        logits = parsed["logits"]
+        return ((logits, parsed.get("vocab_ids")) if with_vocab_ids else logits), ""
     except (ValueError, KeyError, TypeError) as e:
         return None, f"(unparsable output: {e}: {out[:200]!r})"
 
@@ -282,7 +285,8 @@ def upstream(args):
             check(rc == 1 and len(lines) == 1 and lines[0].startswith("error:")
                   and re.search(r"\b0 experts?\b", lines[0]) is not None,
                   f"{label}: refused without --moe-empty ({lines[0] if len(lines) == 1 else why(rc, err)})")
-        if not convert(label, args, pt, itl, ["--tokenizer", tok] + extra):
+        # Untrimmed: exactly upstream's vocabulary, so logits, greedy ids and ppl compare 1:1.
+        if not convert(label, args, pt, itl, ["--tokenizer", tok, "--no-trim-vocab"] + extra):
             continue
         ids = encode(tok, prompt)
         with torch.no_grad():
@@ -305,8 +309,30 @@ def upstream(args):
                   f"{label}: last-position top-5 runtime {top5}, reference {top5_ref}, "
                   f"upstream.md [44, 35, 34, 40, 13]")
         check_greedy(label, args, itl, ids, greedy)
+        check_trimmed(label, args, pt, itl[:-4] + "-trimmed.itl", tok, extra, ids, want)
         if label == "upstream micro":
             check_ppl(label, args, itl, model, tok, os.path.join(data, "datasets", "wikitext2_test.txt"), 8142.99)
+
+
+def check_trimmed(label, args, pt, itl, tok, extra, ids, want):
+    """Vocabulary trimming (the default with a tokenizer) keeps the rows the tokenizer can produce:
+    the logits are the reference's columns for those ids, listed in "vocab_ids"."""
+    if not convert(label + " trimmed", args, pt, itl, ["--tokenizer", tok] + extra):
+        return
+    got, err = runtime_logits(args, itl, ids, with_vocab_ids=True)
+    if got is None:
+        check(False, f"{label} trimmed: logits {err}")
+        return
+    logits, vocab_ids = got
+    n_tokens = len(json.load(open(tok, encoding="utf-8")).get("id_to_token") or
+                   json.load(open(tok, encoding="utf-8"))["id2token"])
+    if vocab_ids != list(range(n_tokens)):
+        check(False, f"{label} trimmed: vocab_ids {str(vocab_ids)[:80]}, expected 0..{n_tokens - 1}")
+        return
+    d = max_abs_diff(logits, want[:, vocab_ids].tolist())
+    check(d is not None and d <= TOL_FP32,
+          f"{label} trimmed to {n_tokens} of {want.shape[1]} rows: logits = reference columns, max |d| "
+          f"{d if d is None else f'{d:.1e}'} <= {TOL_FP32:g}")
 
 
 def main():

@@ -1,0 +1,130 @@
+// GEMV timings of the quantized kernels: every format on every kernel path this CPU has, for the
+// shapes of the Itera-Lite projections, plus the activation quantizer. Single thread; each figure
+// is the median over repeats of a timed batch of calls. Usage: bench_quant_kernels [repeats]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "format/quant_blocks.h"
+#include "kernels_cpu/quant_ops.h"
+#include "kernels_cpu/ref_ops.h"
+
+using namespace itera;
+
+namespace {
+
+volatile float g_sink;
+
+// Median ns per call of fn, timed in batches of about 50 us.
+template <class Fn>
+double median_ns(Fn fn, int repeats) {
+    using clock = std::chrono::steady_clock;
+    int batch = 1;
+    for (;;) {  // grow the batch until it takes 50 us
+        const auto t0 = clock::now();
+        for (int i = 0; i < batch; i++) fn();
+        if (clock::now() - t0 > std::chrono::microseconds(50) || batch >= (1 << 20)) break;
+        batch *= 2;
+    }
+    std::vector<double> ns(static_cast<size_t>(repeats));
+    for (double& t : ns) {
+        const auto t0 = clock::now();
+        for (int i = 0; i < batch; i++) fn();
+        t = std::chrono::duration<double, std::nano>(clock::now() - t0).count() / batch;
+    }
+    std::nth_element(ns.begin(), ns.begin() + repeats / 2, ns.end());
+    return ns[static_cast<size_t>(repeats / 2)];
+}
+
+std::vector<uint8_t> quantize_matrix(DType dtype, const std::vector<float>& w, int32_t rows, int32_t cols) {
+    const size_t row_bytes = dtype_row_bytes(dtype, cols);
+    std::vector<uint8_t> bytes(row_bytes * static_cast<size_t>(rows) + 2);
+    std::vector<uint8_t> row(row_bytes + 2);
+    for (int32_t r = 0; r < rows; r++) {
+        const float* src = w.data() + static_cast<size_t>(r) * cols;
+        switch (dtype) {
+            case DType::q8_0: quantize_row_q8_0(src, cols, reinterpret_cast<BlockQ8*>(row.data())); break;
+            case DType::q4_0: quantize_row_q4_0(src, cols, reinterpret_cast<BlockQ4*>(row.data())); break;
+            default: quantize_row_nf4(src, cols, reinterpret_cast<BlockNf4*>(row.data())); break;
+        }
+        std::copy(row.begin(), row.begin() + static_cast<ptrdiff_t>(row_bytes), bytes.begin() + 2 + r * row_bytes);
+    }
+    return bytes;  // data at offset 2, as in a .itl file: 2-byte aligned blocks
+}
+
+int run(int argc, char** argv) {
+    const int repeats = argc > 1 ? std::max(1, std::atoi(argv[1])) : 51;
+    std::vector<KernelPath> paths;
+    for (KernelPath p : {KernelPath::scalar, KernelPath::avx2, KernelPath::avx512})
+        if (kernel_path_supported(p)) paths.push_back(p);
+    std::printf("bench_quant_kernels: single thread, median of %d repeats; default path %s\n", repeats,
+                kernel_path_name());
+
+    struct Shape {
+        int32_t rows, cols;
+    };
+    const Shape shapes[] = {{128, 64}, {256, 256}, {64, 128}, {2000, 64}};
+    std::mt19937 rng(1);
+    std::normal_distribution<float> dist(0.0f, 1.0f);
+
+    std::printf("\nquantize_activation (ns per vector)\n%-8s", "n");
+    for (KernelPath p : paths) std::printf(" %10s", kernel_path_name(p));
+    std::printf("\n");
+    for (int32_t n : {64, 128, 256}) {
+        std::vector<float> x(static_cast<size_t>(n));
+        for (float& f : x) f = dist(rng);
+        std::vector<ActQ8> q(static_cast<size_t>(act_blocks(n)));
+        std::printf("%-8d", n);
+        for (KernelPath p : paths)
+            std::printf(" %10.1f", median_ns([&] { quantize_activation(p, x.data(), n, q.data()); g_sink = q[0].d; }, repeats));
+        std::printf("\n");
+    }
+
+    std::printf("\nmatvec (rows x cols): ns per call, GB/s of weight bytes\n");
+    std::printf("%-12s %-6s %9s", "shape", "format", "bytes");
+    for (KernelPath p : paths) std::printf(" %10s %6s", kernel_path_name(p), "GB/s");
+    std::printf("\n");
+    for (const Shape& s : shapes) {
+        std::vector<float> w(static_cast<size_t>(s.rows) * s.cols), x(static_cast<size_t>(s.cols));
+        for (float& f : w) f = dist(rng);
+        for (float& f : x) f = dist(rng);
+        std::vector<ActQ8> xq(static_cast<size_t>(act_blocks(s.cols)));
+        quantize_activation(x.data(), s.cols, xq.data());
+        std::vector<float> y(static_cast<size_t>(s.rows));
+        char shape[32];
+        std::snprintf(shape, sizeof(shape), "%dx%d", s.rows, s.cols);
+        for (DType dtype : {DType::q8_0, DType::q4_0, DType::nf4}) {
+            const std::vector<uint8_t> bytes = quantize_matrix(dtype, w, s.rows, s.cols);
+            const Weight wq = {dtype, s.rows, s.cols, bytes.data() + 2};
+            const double size = static_cast<double>(bytes.size() - 2);
+            std::printf("%-12s %-6s %9.0f", shape, std::string(dtype_name(dtype)).c_str(), size);
+            for (KernelPath p : paths) {
+                const double ns = median_ns([&] { matvec_quant(p, wq, xq.data(), y.data()); g_sink = y[0]; }, repeats);
+                std::printf(" %10.1f %6.2f", ns, size / ns);
+            }
+            std::printf("\n");
+        }
+        // for scale: the FP32 scalar reference kernel on the unquantized weights
+        const Weight wf = {DType::f32, s.rows, s.cols, w.data()};
+        const double ns = median_ns([&] { ref::matvec(wf, x.data(), y.data()); g_sink = y[0]; }, repeats);
+        const double size = static_cast<double>(w.size() * sizeof(float));
+        std::printf("%-12s %-6s %9.0f  ref::matvec %.1f ns, %.2f GB/s\n", shape, "fp32", size, ns, size / ns);
+    }
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const Error& e) {  // e.g. ITERA_KERNELS names a path this CPU lacks
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+}

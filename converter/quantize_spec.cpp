@@ -1,0 +1,135 @@
+#include "converter/quantize_spec.h"
+
+#include <fnmatch.h>
+
+#include <cmath>
+#include <cstdio>
+
+#include "common/error.h"
+#include "converter/quant/gptq.h"
+#include "format/dtype.h"
+
+namespace itera {
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Tensors the runtime reads element by element rather than through a matrix product.
+bool read_elementwise(const std::string& name, size_t rank) {
+    return rank < 2 || ends_with(name, "conv1d.weight") || ends_with(name, "ssm.B") || ends_with(name, "ssm.C");
+}
+
+double relative_rms(const std::vector<float>& w, const std::vector<float>& q) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < w.size(); i++) {
+        num += (double{w[i]} - q[i]) * (double{w[i]} - q[i]);
+        den += double{w[i]} * w[i];
+    }
+    return den > 0 ? std::sqrt(num / den) : 0.0;
+}
+
+// trace(W H W^T), the energy of the layer's output on the calibration inputs.
+double output_energy(const std::vector<float>& w, int64_t rows, int64_t cols, const double* h) {
+    const std::vector<float> zero(w.size(), 0.0f);
+    return weighted_error(w.data(), zero.data(), rows, cols, h);
+}
+
+}  // namespace
+
+void trim_vocabulary(ModelSpec& spec) {
+    if (!spec.has_tokenizer || !spec.config.vocab_ids.empty()) return;
+    const int32_t kept = static_cast<int32_t>(spec.tokenizer.tokens.size());  // ids 0..kept-1 are producible
+    const int32_t vocab = spec.config.vocab_size;
+    if (kept >= vocab) return;
+    const int64_t H = spec.config.hidden;
+    for (SpecTensor& t : spec.tensors) {
+        if (t.name != "embedding.weight" && t.name != "lm_head.weight") continue;
+        t.shape[0] = kept;
+        t.values.resize(static_cast<size_t>(kept * H));
+    }
+    for (int32_t id = 0; id < kept; id++) spec.config.vocab_ids.push_back(id);
+    spec.config.vocab_size = kept;
+}
+
+DType choose_dtype(const std::string& name, size_t rank, const QuantOptions& options) {
+    const bool elementwise = read_elementwise(name, rank);
+    DType dtype = options.base;
+    if (rank < 2) {
+        dtype = DType::f32;  // LayerNorms, biases, A_log, D: small and sensitive
+    } else if (elementwise && options.base != DType::f32) {
+        dtype = DType::f16;  // conv weights, B, C
+    }
+    for (const auto& [glob, wanted] : options.keep)
+        if (fnmatch(glob.c_str(), name.c_str(), 0) == 0) dtype = wanted;
+    if (elementwise && is_quantized(dtype))
+        throw Error("tensor '" + name + "' is read element-wise and can only be stored as fp32 or fp16, not " +
+                    std::string(dtype_name(dtype)));
+    return dtype;
+}
+
+std::vector<TensorReport> quantize_spec(ModelSpec& spec, const QuantOptions& options,
+                                        const std::map<std::string, ActivationStats>* stats) {
+    std::vector<TensorReport> report;
+    for (SpecTensor& t : spec.tensors) {
+        t.dtype = choose_dtype(t.name, t.shape.size(), options);
+        TensorReport r;
+        r.name = t.name;
+        r.shape = t.shape;
+        r.dtype = t.dtype;
+        r.bytes = tensor_bytes(t.dtype, t.shape);
+        if (is_quantized(t.dtype)) {
+            const int64_t cols = t.shape.back();
+            const int64_t rows = static_cast<int64_t>(t.values.size()) / cols;
+            const QuantResult rtn = quantize_rtn(t.values.data(), rows, cols, t.dtype);
+            r.rms_error_rtn = relative_rms(t.values, rtn.dequantized);
+            t.packed = rtn.packed;
+            const ActivationStats* st = nullptr;
+            if (stats) {
+                const auto it = stats->find(t.name);
+                if (it != stats->end() && it->second.cols == cols && it->second.tokens > 0) st = &it->second;
+            }
+            if (st) {
+                const double* h = st->xtx.data();
+                const QuantResult cal = quantize_gptq(t.values.data(), rows, cols, t.dtype, h, st->tokens, {});
+                const double energy = output_energy(t.values, rows, cols, h);
+                r.rms_error_calibrated = relative_rms(t.values, cal.dequantized);
+                r.output_error_rtn = weighted_error(t.values.data(), rtn.dequantized.data(), rows, cols, h) / energy;
+                r.output_error_calibrated =
+                    weighted_error(t.values.data(), cal.dequantized.data(), rows, cols, h) / energy;
+                t.packed = cal.packed;
+            }
+        }
+        report.push_back(std::move(r));
+    }
+    return report;
+}
+
+std::string report_json(const std::vector<TensorReport>& report, size_t file_bytes) {
+    std::string out = "{\n  \"file_bytes\": " + std::to_string(file_bytes) + ",\n  \"tensors\": [\n";
+    char buf[512];
+    for (size_t i = 0; i < report.size(); i++) {
+        const TensorReport& r = report[i];
+        std::string shape = "[";
+        for (size_t d = 0; d < r.shape.size(); d++) shape += (d ? ", " : "") + std::to_string(r.shape[d]);
+        shape += "]";
+        auto num = [](double v) {
+            char b[32];
+            std::snprintf(b, sizeof b, "%.6g", v);
+            return v < 0 ? std::string("null") : std::string(b);
+        };
+        std::snprintf(buf, sizeof buf,
+                      "    {\"name\": \"%s\", \"shape\": %s, \"dtype\": \"%s\", \"bytes\": %zu, \"rms_error_rtn\": %s, "
+                      "\"rms_error_calibrated\": %s, \"output_error_rtn\": %s, \"output_error_calibrated\": %s}%s\n",
+                      r.name.c_str(), shape.c_str(), std::string(dtype_name(r.dtype)).c_str(), r.bytes,
+                      num(is_quantized(r.dtype) ? r.rms_error_rtn : 0.0).c_str(), num(r.rms_error_calibrated).c_str(),
+                      num(r.output_error_rtn).c_str(), num(r.output_error_calibrated).c_str(),
+                      i + 1 < report.size() ? "," : "");
+        out += buf;
+    }
+    return out + "  ]\n}\n";
+}
+
+}  // namespace itera

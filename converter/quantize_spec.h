@@ -1,0 +1,47 @@
+// Lowers a converted FP32 ModelSpec to the stored dtypes a user asked for: vocabulary trimming,
+// the per-tensor dtype policy (--quant, --keep), and round-to-nearest or calibrated (GPTQ)
+// quantization of the block formats. Records what it did for --report.
+#pragma once
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "converter/calibration.h"
+#include "format/model_spec.h"
+
+namespace itera {
+
+struct QuantOptions {
+    DType base = DType::f32;                             // --quant: the matrices' dtype
+    std::vector<std::pair<std::string, DType>> keep;     // --keep GLOB=dtype, later rules win
+    bool trim_vocab = true;                              // drop rows no tokenizer string can produce
+};
+
+struct TensorReport {
+    std::string name;
+    std::vector<int64_t> shape;
+    DType dtype = DType::f32;
+    size_t bytes = 0;
+    double rms_error_rtn = 0;         // ||W - Q|| / ||W|| with round-to-nearest
+    double rms_error_calibrated = -1; // the same with GPTQ (-1: not calibrated)
+    double output_error_rtn = -1;     // trace((W-Q) H (W-Q)^T) / trace(W H W^T) on the calibration inputs
+    double output_error_calibrated = -1;
+};
+
+// Drops embedding / lm head rows whose ids the tokenizer cannot produce; records the kept ids.
+void trim_vocabulary(ModelSpec& spec);
+
+// The dtype each tensor is stored in. Throws itera::Error for a block format on a tensor the
+// runtime reads element-wise (LayerNorms, biases, A_log, D, conv weights, B, C).
+DType choose_dtype(const std::string& name, size_t rank, const QuantOptions& options);
+
+// Sets every tensor's dtype and, for block formats, its packed bytes: calibrated when `stats`
+// has the tensor's input statistics, round-to-nearest otherwise.
+std::vector<TensorReport> quantize_spec(ModelSpec& spec, const QuantOptions& options,
+                                        const std::map<std::string, ActivationStats>* stats);
+
+std::string report_json(const std::vector<TensorReport>& report, size_t file_bytes);
+
+}  // namespace itera

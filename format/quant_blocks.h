@@ -1,0 +1,75 @@
+// Quantized block formats: the exact bytes a .itl file stores for a q8_0, q4_0 or nf4 tensor, and
+// the scalar reference quantize / dequantize of one row. The kernels read these layouts in place.
+//
+// A quantized matrix [rows, cols] is stored row by row; each row is ceil(cols / B) blocks of B
+// consecutive elements along the input dimension (the last block zero-padded). Little-endian.
+//
+//   q8_0  B = 32, 34 bytes (8.5 bits/weight):  fp16 d | int8 q[32]         x[i] = d * q[i]
+//   q4_0  B = 32, 18 bytes (4.5 bits/weight):  fp16 d | uint8 qs[16]       x[i] = d * (n[i] - 8)
+//         byte j holds element j in its low nibble and element j + 16 in its high nibble (ggml Q4_0)
+//   nf4   B = 64, 34 bytes (4.25 bits/weight): fp16 d | uint8 qs[32]       x[i] = d * kNf4[n[i]]
+//         byte j holds element j in its low nibble and element j + 32 in its high nibble;
+//         d is the block's absmax and kNf4 the 16 NormalFloat4 levels of QLoRA (in [-1, 1])
+//
+// q8_0 and q4_0 are ggml's Q8_0 and Q4_0 blocks bit for bit.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace itera {
+
+constexpr int kQ8Block = 32;
+constexpr int kQ4Block = 32;
+constexpr int kNf4Block = 64;
+
+struct BlockQ8 {
+    uint16_t d;  // fp16 scale
+    int8_t q[kQ8Block];
+};
+static_assert(sizeof(BlockQ8) == 34, "q8_0 block is 34 bytes");
+
+struct BlockQ4 {
+    uint16_t d;  // fp16 scale
+    uint8_t qs[kQ4Block / 2];
+};
+static_assert(sizeof(BlockQ4) == 18, "q4_0 block is 18 bytes");
+
+struct BlockNf4 {
+    uint16_t d;  // fp16 absmax
+    uint8_t qs[kNf4Block / 2];
+};
+static_assert(sizeof(BlockNf4) == 34, "nf4 block is 34 bytes");
+
+// NormalFloat4 levels (QLoRA, Dettmers et al. 2023): quantiles of N(0, 1) scaled to [-1, 1],
+// with an exact zero.
+constexpr float kNf4[16] = {-1.0f,
+                            -0.6961928009986877f,
+                            -0.5250730514526367f,
+                            -0.39491748809814453f,
+                            -0.28444138169288635f,
+                            -0.18477343022823334f,
+                            -0.09105003625154495f,
+                            0.0f,
+                            0.07958029955625534f,
+                            0.16093020141124725f,
+                            0.24611230194568634f,
+                            0.33791524171829224f,
+                            0.44070982933044434f,
+                            0.5626170039176941f,
+                            0.7229568362236023f,
+                            1.0f};
+
+// Round-to-nearest quantization of one row of `cols` values into ceil(cols / B) blocks, and back.
+// q8_0 / q4_0 scales follow ggml (q4_0: d = max-magnitude value / -8, so that value is exact).
+void quantize_row_q8_0(const float* x, int64_t cols, BlockQ8* out);
+void quantize_row_q4_0(const float* x, int64_t cols, BlockQ4* out);
+void quantize_row_nf4(const float* x, int64_t cols, BlockNf4* out);
+void dequantize_row_q8_0(const BlockQ8* in, int64_t cols, float* out);
+void dequantize_row_q4_0(const BlockQ4* in, int64_t cols, float* out);
+void dequantize_row_nf4(const BlockNf4* in, int64_t cols, float* out);
+
+// Nearest NF4 level index of v in [-1, 1].
+int nf4_index(float v);
+
+}  // namespace itera

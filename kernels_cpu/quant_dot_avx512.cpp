@@ -1,0 +1,162 @@
+// AVX-512 VNNI kernels (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni; called only
+// when the CPU has them).
+//
+// vpdpbusd multiplies unsigned by signed bytes and adds each group of four products into an int32
+// lane without saturation, so every weight becomes an unsigned code plus a constant the kernel
+// takes back through the activation block's sum: q8_0 w + 128 (xor 0x80), q4_0 its nibble (w + 8),
+// nf4 its int8 level + 128. The correction -offset * sum x enters as the accumulator's start
+// value, so each block's integer dot is exact before its FP32 scale. The dots run on 256-bit
+// vectors (one 32-element block each, AVX-512 VL) and four rows share each activation load.
+
+// g++ 12 warns inside its own AVX-512 intrinsics (their _mm512_undefined_* operands, GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include "format/quant_blocks.h"
+#include "kernels_cpu/quant_dot.h"
+
+namespace itera::quant_avx512 {
+
+namespace {
+
+// The block's fp16 scale in all 8 lanes (a broadcast load and one conversion).
+inline __m256 scale_of(const uint8_t* block) {
+    uint16_t h;
+    __builtin_memcpy(&h, block, sizeof(h));
+    return _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(h)));
+}
+
+inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+inline __m256i lane0(int32_t v) { return _mm256_zextsi128_si256(_mm_cvtsi32_si128(v)); }
+
+inline float hsum(__m256 a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+template <int R>
+inline void store_sums(const __m256* acc, float* y) {
+    if constexpr (R == 4) {
+        const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+        _mm_storeu_ps(y, _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
+    } else {
+        for (int i = 0; i < R; i++) y[i] = hsum(acc[i]);
+    }
+}
+
+using RowsFn = void (*)(const uint8_t* row, size_t stride, int32_t nx, const ActQ8* x, float* y);
+
+inline void each_rows(const QuantRows& w, const ActQ8* x, float* y, RowsFn four, RowsFn one) {
+    int32_t r = 0;
+    for (; r + 4 <= w.rows; r += 4) four(w.data + static_cast<size_t>(r) * w.row_bytes, w.row_bytes, w.nx, x, y + r);
+    for (; r < w.rows; r++) one(w.data + static_cast<size_t>(r) * w.row_bytes, w.row_bytes, w.nx, x, y + r);
+}
+
+template <int R>
+void rows_q8_0(const uint8_t* row, size_t stride, int32_t nx, const ActQ8* x, float* y) {
+    const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+    __m256 acc[R];
+    for (int i = 0; i < R; i++) acc[i] = _mm256_setzero_ps();
+    for (int32_t b = 0; b < nx; b++) {
+        const __m256i qx = load32(x[b].q);
+        const __m256 dx = _mm256_set1_ps(x[b].d);
+        const __m256i start = lane0(-128 * x[b].sum);
+        for (int i = 0; i < R; i++) {
+            const uint8_t* blk = row + i * stride + static_cast<size_t>(b) * sizeof(BlockQ8);
+            const __m256i p = _mm256_dpbusd_epi32(start, _mm256_xor_si256(load32(blk + 2), flip), qx);
+            acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(scale_of(blk), dx), _mm256_cvtepi32_ps(p), acc[i]);
+        }
+    }
+    store_sums<R>(acc, y);
+}
+
+template <int R>
+void rows_q4_0(const uint8_t* row, size_t stride, int32_t nx, const ActQ8* x, float* y) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i upper4 = _mm256_setr_epi64x(0, 0, 4, 4);
+    __m256 acc[R];
+    for (int i = 0; i < R; i++) acc[i] = _mm256_setzero_ps();
+    for (int32_t b = 0; b < nx; b++) {
+        const __m256i qx = load32(x[b].q);
+        const __m256 dx = _mm256_set1_ps(x[b].d);
+        const __m256i start = lane0(-8 * x[b].sum);
+        for (int i = 0; i < R; i++) {
+            const uint8_t* blk = row + i * stride + static_cast<size_t>(b) * sizeof(BlockQ4);
+            // the 16 bytes in both halves, the upper shifted by 4: elements 0..15 are the low
+            // nibbles, 16..31 the high ones
+            const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)));
+            const __m256i n = _mm256_and_si256(_mm256_srlv_epi64(raw, upper4), m4);
+            const __m256i p = _mm256_dpbusd_epi32(start, n, qx);
+            acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(scale_of(blk), dx), _mm256_cvtepi32_ps(p), acc[i]);
+        }
+    }
+    store_sums<R>(acc, y);
+}
+
+template <int R>
+void rows_nf4(const uint8_t* row, size_t stride, int32_t nx, const ActQ8* x, float* y) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i levels = _mm256_xor_si256(  // kNf4I8 + 128 as unsigned bytes
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4I8))),
+        _mm256_set1_epi8(static_cast<char>(0x80)));
+    __m256 acc[R];
+    for (int i = 0; i < R; i++) acc[i] = _mm256_setzero_ps();
+    // Activation blocks 2k and 2k + 1 meet the low and high nibbles of nf4 block k.
+    for (int32_t u = 0; u < nx; u += 2) {
+        const bool both = u + 1 < nx;  // false: the row ends in the first half of this block
+        const __m256i q0 = load32(x[u].q);
+        const __m256i start0 = lane0(-128 * x[u].sum);
+        const __m256i q1 = both ? load32(x[u + 1].q) : _mm256_setzero_si256();
+        const __m256i start1 = lane0(both ? -128 * x[u + 1].sum : 0);
+        const __m256 dx0 = _mm256_set1_ps(x[u].d * (1.0f / 127.0f));  // the levels' 127 folded in
+        const __m256 dx1 = _mm256_set1_ps(both ? x[u + 1].d * (1.0f / 127.0f) : 0.0f);
+        for (int i = 0; i < R; i++) {
+            const uint8_t* blk = row + i * stride + static_cast<size_t>(u / 2) * sizeof(BlockNf4);
+            const __m256i raw = load32(blk + 2);
+            const __m256i lo = _mm256_and_si256(raw, m4);
+            const __m256i p0 = _mm256_dpbusd_epi32(start0, _mm256_shuffle_epi8(levels, lo), q0);
+            const __m256 dw = scale_of(blk);
+            acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx0), _mm256_cvtepi32_ps(p0), acc[i]);
+            if (both) {
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                const __m256i p1 = _mm256_dpbusd_epi32(start1, _mm256_shuffle_epi8(levels, hi), q1);
+                acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx1), _mm256_cvtepi32_ps(p1), acc[i]);
+            }
+        }
+    }
+    store_sums<R>(acc, y);
+}
+
+// Lanes [0, count) of 16 set, count clamped to [0, 16].
+inline __mmask16 first_lanes(int32_t count) {
+    return count >= 16 ? static_cast<__mmask16>(0xffff)
+                       : static_cast<__mmask16>(count > 0 ? (1u << count) - 1u : 0u);
+}
+
+}  // namespace
+
+void quantize_activation(const float* x, int32_t n, ActQ8* out) {
+    for (int32_t b = 0; b < act_blocks(n); b++) {
+        const float* p = x + static_cast<size_t>(b) * kActBlock;
+        const int32_t left = n - b * kActBlock;  // masked loads zero the tail and never touch it
+        const __m512 v0 = _mm512_maskz_loadu_ps(first_lanes(left), p);
+        const __m512 v1 = _mm512_maskz_loadu_ps(first_lanes(left - 16), p + 16);
+        const float d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1))) / 127.0f;
+        const __m512 id = _mm512_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+        const __m512i q0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v0, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m512i q1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v1, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].q), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].q + 16), _mm512_cvtepi32_epi8(q1));
+        out[b].d = d;
+        out[b].sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    }
+}
+
+void matvec_q8_0(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_q8_0<4>, rows_q8_0<1>); }
+void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_q4_0<4>, rows_q4_0<1>); }
+void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_nf4<4>, rows_nf4<1>); }
+
+}  // namespace itera::quant_avx512

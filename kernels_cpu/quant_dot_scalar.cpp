@@ -1,0 +1,95 @@
+// Scalar integer kernels: the same integer block dots and FP32 scale products as the SIMD
+// paths, in plain loops. Used when the CPU has no AVX2, and as the path the SIMD kernels must
+// match up to summation order.
+#include <cmath>
+#include <cstring>
+
+#include "format/half.h"
+#include "format/quant_blocks.h"
+#include "kernels_cpu/quant_dot.h"
+
+namespace itera::quant_scalar {
+
+namespace {
+
+float scale_of(const uint8_t* block) {
+    uint16_t h;
+    std::memcpy(&h, block, sizeof(h));
+    return fp16_to_fp32(h);
+}
+
+}  // namespace
+
+void quantize_activation(const float* x, int32_t n, ActQ8* out) {
+    for (int32_t b = 0; b < act_blocks(n); b++) {
+        float v[kActBlock];
+        float amax = 0.0f;
+        for (int32_t i = 0; i < kActBlock; i++) {
+            const int32_t c = b * kActBlock + i;
+            v[i] = c < n ? x[c] : 0.0f;
+            amax = std::fmax(amax, std::fabs(v[i]));
+        }
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        int32_t sum = 0;
+        for (int32_t i = 0; i < kActBlock; i++) {
+            // nearbyint rounds half to even, as the SIMD paths' round instructions do
+            out[b].q[i] = static_cast<int8_t>(std::nearbyint(v[i] * id));
+            sum += out[b].q[i];
+        }
+        out[b].d = d;
+        out[b].sum = sum;
+    }
+}
+
+void matvec_q8_0(const QuantRows& w, const ActQ8* x, float* y) {
+    for (int32_t r = 0; r < w.rows; r++) {
+        const uint8_t* row = w.data + static_cast<size_t>(r) * w.row_bytes;
+        float acc = 0.0f;
+        for (int32_t b = 0; b < w.nx; b++) {
+            const uint8_t* blk = row + static_cast<size_t>(b) * sizeof(BlockQ8);
+            const int8_t* q = reinterpret_cast<const int8_t*>(blk + 2);
+            int32_t s = 0;
+            for (int i = 0; i < kQ8Block; i++) s += q[i] * x[b].q[i];
+            acc += scale_of(blk) * x[b].d * static_cast<float>(s);
+        }
+        y[r] = acc;
+    }
+}
+
+void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y) {
+    constexpr int half = kQ4Block / 2;
+    for (int32_t r = 0; r < w.rows; r++) {
+        const uint8_t* row = w.data + static_cast<size_t>(r) * w.row_bytes;
+        float acc = 0.0f;
+        for (int32_t b = 0; b < w.nx; b++) {
+            const uint8_t* blk = row + static_cast<size_t>(b) * sizeof(BlockQ4);
+            const uint8_t* qs = blk + 2;
+            int32_t s = 0;  // sum (n - 8) q = sum n q - 8 sum q
+            for (int i = 0; i < half; i++) s += (qs[i] & 0x0f) * x[b].q[i] + (qs[i] >> 4) * x[b].q[i + half];
+            s -= 8 * x[b].sum;
+            acc += scale_of(blk) * x[b].d * static_cast<float>(s);
+        }
+        y[r] = acc;
+    }
+}
+
+void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y) {
+    // Activation block u meets nf4 block u / 2: its low nibbles (elements 0..31) when u is even,
+    // its high nibbles (32..63) when odd. An odd nx ends with half a block.
+    for (int32_t r = 0; r < w.rows; r++) {
+        const uint8_t* row = w.data + static_cast<size_t>(r) * w.row_bytes;
+        float acc = 0.0f;
+        for (int32_t u = 0; u < w.nx; u++) {
+            const uint8_t* blk = row + static_cast<size_t>(u / 2) * sizeof(BlockNf4);
+            const uint8_t* qs = blk + 2;
+            const int shift = (u % 2) * 4;
+            int32_t s = 0;
+            for (int i = 0; i < kActBlock; i++) s += kNf4I8[(qs[i] >> shift) & 0x0f] * x[u].q[i];
+            acc += scale_of(blk) * (x[u].d * (1.0f / 127.0f)) * static_cast<float>(s);
+        }
+        y[r] = acc;
+    }
+}
+
+}  // namespace itera::quant_scalar

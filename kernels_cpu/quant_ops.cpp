@@ -1,0 +1,146 @@
+#include "kernels_cpu/quant_ops.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "format/quant_blocks.h"
+#include "kernels_cpu/cpu_features.h"
+#include "kernels_cpu/quant_dot.h"
+
+namespace itera {
+
+namespace {
+
+struct Kernels {
+    void (*quantize)(const float* x, int32_t n, ActQ8* out);
+    void (*q8_0)(const QuantRows& w, const ActQ8* x, float* y);
+    void (*q4_0)(const QuantRows& w, const ActQ8* x, float* y);
+    void (*nf4)(const QuantRows& w, const ActQ8* x, float* y);
+};
+
+constexpr Kernels kScalar = {quant_scalar::quantize_activation, quant_scalar::matvec_q8_0, quant_scalar::matvec_q4_0,
+                             quant_scalar::matvec_nf4};
+constexpr Kernels kAvx2 = {quant_avx2::quantize_activation, quant_avx2::matvec_q8_0, quant_avx2::matvec_q4_0,
+                           quant_avx2::matvec_nf4};
+constexpr Kernels kAvx512 = {quant_avx512::quantize_activation, quant_avx512::matvec_q8_0,
+                             quant_avx512::matvec_q4_0, quant_avx512::matvec_nf4};
+
+constexpr KernelPath kWidestFirst[] = {KernelPath::avx512, KernelPath::avx2, KernelPath::scalar};
+
+// Only a supported path's table is ever handed out.
+const Kernels& kernels(KernelPath path) {
+    if (!kernel_path_supported(path)) throw Error(std::string("kernel path ") + kernel_path_name(path) + " is not supported by this CPU");
+    switch (path) {
+        case KernelPath::avx512: return kAvx512;
+        case KernelPath::avx2: return kAvx2;
+        case KernelPath::scalar: break;
+    }
+    return kScalar;
+}
+
+// The table of kernel_path(), looked up once.
+const Kernels& active() {
+    static const Kernels& k = kernels(kernel_path());
+    return k;
+}
+
+void check_weight(const Weight& w) {
+    if (!is_quantized(w.dtype))
+        throw Error("matvec_quant: weight dtype " + std::string(dtype_name(w.dtype)) + " is not a block format");
+    if (w.rows < 0 || w.cols < 0 || (w.data == nullptr && w.rows > 0 && w.cols > 0))
+        throw Error("matvec_quant: bad weight shape or data");
+}
+
+}  // namespace
+
+bool kernel_path_supported(KernelPath path) {
+    const CpuFeatures& f = cpu_features();
+    switch (path) {
+        case KernelPath::scalar: return true;
+        case KernelPath::avx2: return f.avx2 && f.fma && f.f16c;
+        case KernelPath::avx512: return f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
+    }
+    return false;
+}
+
+const char* kernel_path_name(KernelPath path) {
+    switch (path) {
+        case KernelPath::scalar: return "scalar";
+        case KernelPath::avx2: return "avx2";
+        case KernelPath::avx512: return "avx512";
+    }
+    return "unknown";
+}
+
+KernelPath select_kernel_path(const char* name) {
+    if (name == nullptr || name[0] == '\0') {
+        for (KernelPath path : kWidestFirst)
+            if (kernel_path_supported(path)) return path;
+        return KernelPath::scalar;
+    }
+    for (KernelPath path : kWidestFirst) {
+        if (std::strcmp(name, kernel_path_name(path)) != 0) continue;
+        if (!kernel_path_supported(path))
+            throw Error(std::string("ITERA_KERNELS=") + name + ": this CPU lacks the instructions of that path");
+        return path;
+    }
+    throw Error(std::string("ITERA_KERNELS=") + name + ": unknown kernel path (expected scalar, avx2 or avx512)");
+}
+
+KernelPath kernel_path() {
+    static const KernelPath path = select_kernel_path(std::getenv("ITERA_KERNELS"));
+    return path;
+}
+
+const char* kernel_path_name() { return kernel_path_name(kernel_path()); }
+
+void quantize_activation(KernelPath path, const float* x, int32_t n, ActQ8* out) {
+    kernels(path).quantize(x, n, out);
+}
+
+void quantize_activation(const float* x, int32_t n, ActQ8* out) { active().quantize(x, n, out); }
+
+namespace {
+
+void run_matvec(const Kernels& k, const Weight& w, const ActQ8* x, float* y) {
+    check_weight(w);
+    const QuantRows rows = {static_cast<const uint8_t*>(w.data), dtype_row_bytes(w.dtype, w.cols), w.rows,
+                            act_blocks(w.cols)};
+    switch (w.dtype) {
+        case DType::q8_0: return k.q8_0(rows, x, y);
+        case DType::q4_0: return k.q4_0(rows, x, y);
+        case DType::nf4: return k.nf4(rows, x, y);
+        default: break;
+    }
+}
+
+}  // namespace
+
+void matvec_quant(KernelPath path, const Weight& w, const ActQ8* x, float* y) { run_matvec(kernels(path), w, x, y); }
+
+void matvec_quant(const Weight& w, const ActQ8* x, float* y) { run_matvec(active(), w, x, y); }
+
+void matvec_quant_ref(const Weight& w, const ActQ8* x, float* y) {
+    check_weight(w);
+    std::vector<float> row(static_cast<size_t>(w.cols));
+    const size_t row_bytes = dtype_row_bytes(w.dtype, w.cols);
+    for (int32_t r = 0; r < w.rows; r++) {
+        const void* data = static_cast<const uint8_t*>(w.data) + static_cast<size_t>(r) * row_bytes;
+        switch (w.dtype) {
+            case DType::q8_0: dequantize_row_q8_0(static_cast<const BlockQ8*>(data), w.cols, row.data()); break;
+            case DType::q4_0: dequantize_row_q4_0(static_cast<const BlockQ4*>(data), w.cols, row.data()); break;
+            default: dequantize_row_nf4(static_cast<const BlockNf4*>(data), w.cols, row.data()); break;
+        }
+        float sum = 0.0f;
+        for (int32_t c = 0; c < w.cols; c++) {
+            const ActQ8& b = x[c / kActBlock];
+            sum += row[static_cast<size_t>(c)] * (b.d * static_cast<float>(b.q[c % kActBlock]));
+        }
+        y[r] = sum;
+    }
+}
+
+}  // namespace itera

@@ -1,0 +1,442 @@
+// The C API (runtime/include/itera.h) over the C++ runtime. Every entry point runs its body in
+// guarded(), which turns any exception into an error code and the thread's last-error message:
+// itera::Error -> the code that entry point documents, std::bad_alloc -> OUT_OF_MEMORY, anything
+// else -> INTERNAL.
+#include "itera.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "format/itl_file.h"
+#include "runtime/context.h"
+#include "runtime/model.h"
+#include "runtime/sampler.h"
+
+struct itera_model {
+    // The caller's bytes when copy_buffer asked for a copy; declared first so the model that
+    // points into them is destroyed before them.
+    std::unique_ptr<uint8_t, decltype(&std::free)> copy{nullptr, &std::free};
+    std::unique_ptr<itera::Model> model;
+};
+
+// The C API indexes logits by token id. A model whose vocabulary was trimmed with gaps computes
+// fewer rows than ids; its logits are then spread out to one per id, -inf for the dropped ids.
+struct itera_context {
+    explicit itera_context(const itera::Model& model) : ctx(model) {}
+
+    // Call after anything that changes ctx.
+    void update_logits() {
+        const itera::Model& model = ctx.model();
+        const float* rows = ctx.logits();
+        if (!rows || model.id_limit() == model.vocab_rows()) {  // rows are ids
+            logits = rows;
+            return;
+        }
+        by_id.assign(static_cast<size_t>(model.id_limit()), -INFINITY);
+        for (int32_t r = 0; r < model.vocab_rows(); r++) by_id[static_cast<size_t>(model.id_of(r))] = rows[r];
+        logits = by_id.data();
+    }
+
+    itera::Context ctx;
+    const float* logits = nullptr;  // [id_limit] or nullptr
+    std::vector<float> by_id;
+};
+
+struct itera_sampler {
+    explicit itera_sampler(const itera::SamplerParams& params) : sampler(params) {}
+    itera::Sampler sampler;
+};
+
+namespace {
+
+// A fixed buffer: recording an error never allocates, so it cannot fail itself.
+thread_local char last_error[1024] = "";
+
+int fail(int code, const char* message) {
+    std::snprintf(last_error, sizeof last_error, "%s", message);
+    return code;
+}
+
+int fail(int code, const std::string& message) { return fail(code, message.c_str()); }
+
+// Runs `body` (which returns an error code) and maps what it throws; `error_code` is the code of
+// an itera::Error in this entry point.
+template <class Body>
+int guarded(int error_code, Body&& body) noexcept {
+    try {
+        return body();
+    } catch (const itera::Error& e) {
+        return fail(error_code, e.what());
+    } catch (const std::bad_alloc&) {
+        return fail(ITERA_ERR_OUT_OF_MEMORY, "out of memory");
+    } catch (const std::exception& e) {
+        return fail(ITERA_ERR_INTERNAL, std::string("internal error: ") + e.what());
+    } catch (...) {
+        return fail(ITERA_ERR_INTERNAL, "internal error: unknown exception");
+    }
+}
+
+int null_argument(const char* function, const char* names) {
+    return fail(ITERA_ERR_INVALID_ARGUMENT, std::string(function) + ": " + names + " must not be NULL");
+}
+
+itera::LoadOptions load_options(const itera_model_params* params) {
+    itera::LoadOptions options;
+    options.verify_checksum = params ? params->verify_checksum != 0 : true;
+    return options;
+}
+
+// Token ids the model can evaluate (all of [0, vocab_size) unless its vocabulary was trimmed).
+int check_token(const itera::Model& model, int32_t token) {
+    if (model.row_of(token) < 0)
+        return fail(ITERA_ERR_INVALID_ARGUMENT, "token id " + std::to_string(token) + " is not in the model's vocabulary");
+    return ITERA_OK;
+}
+
+// Token ids that have text: [0, vocab_size).
+int check_text_token(const itera::Model& model, int32_t token) {
+    if (token < 0 || token >= model.id_limit())
+        return fail(ITERA_ERR_INVALID_ARGUMENT, "token id " + std::to_string(token) + " is outside the vocabulary [0, " +
+                                                    std::to_string(model.id_limit()) + ")");
+    return ITERA_OK;
+}
+
+int no_tokenizer() { return fail(ITERA_ERR_NO_TOKENIZER, "the model has no tokenizer: use token ids"); }
+
+// Copies `s` and its NUL to `text` when it fits; *len_out gets its length either way.
+int write_text(const std::string& s, char* text, size_t capacity, size_t* len_out) {
+    *len_out = s.size();
+    if (capacity < s.size() + 1)
+        return fail(ITERA_ERR_BUFFER_TOO_SMALL, "text needs " + std::to_string(s.size() + 1) + " bytes, the buffer has " +
+                                                    std::to_string(capacity));
+    std::memcpy(text, s.c_str(), s.size() + 1);
+    return ITERA_OK;
+}
+
+bool has_nan(const float* logits, int32_t n) {
+    for (int32_t i = 0; i < n; i++)
+        if (std::isnan(logits[i])) return true;
+    return false;
+}
+
+int sampler_params(const itera_sampler_params* p, itera::SamplerParams* out) {
+    const itera_sampler_params params = p ? *p : itera_sampler_default_params();
+    if (!std::isfinite(params.temperature)) return fail(ITERA_ERR_INVALID_ARGUMENT, "sampler temperature must be finite");
+    if (params.top_k < 0) return fail(ITERA_ERR_INVALID_ARGUMENT, "sampler top_k must be >= 0");
+    if (!(params.top_p >= 0.0f && params.top_p <= 1.0f))
+        return fail(ITERA_ERR_INVALID_ARGUMENT, "sampler top_p must be in [0, 1]");
+    out->greedy = params.greedy != 0;
+    out->temperature = params.temperature;
+    out->top_k = params.top_k;
+    out->top_p = params.top_p;
+    out->seed = params.seed;
+    return ITERA_OK;
+}
+
+}  // namespace
+
+extern "C" {
+
+// ---- errors ----
+
+const char* itera_last_error(void) { return last_error; }
+
+const char* itera_error_name(int code) {
+    switch (code) {
+    case ITERA_OK: return "ITERA_OK";
+    case ITERA_ERR_INVALID_ARGUMENT: return "ITERA_ERR_INVALID_ARGUMENT";
+    case ITERA_ERR_IO: return "ITERA_ERR_IO";
+    case ITERA_ERR_FORMAT: return "ITERA_ERR_FORMAT";
+    case ITERA_ERR_UNKNOWN_TOKEN: return "ITERA_ERR_UNKNOWN_TOKEN";
+    case ITERA_ERR_OUT_OF_MEMORY: return "ITERA_ERR_OUT_OF_MEMORY";
+    case ITERA_ERR_INTERNAL: return "ITERA_ERR_INTERNAL";
+    case ITERA_ERR_BUFFER_TOO_SMALL: return "ITERA_ERR_BUFFER_TOO_SMALL";
+    case ITERA_ERR_MODEL_MISMATCH: return "ITERA_ERR_MODEL_MISMATCH";
+    case ITERA_ERR_NO_TOKENIZER: return "ITERA_ERR_NO_TOKENIZER";
+    }
+    return "ITERA_ERR_UNKNOWN_CODE";
+}
+
+const char* itera_version(void) { return ITERA_VERSION_STRING; }
+
+// ---- model ----
+
+itera_model_params itera_model_default_params(void) {
+    itera_model_params p;
+    p.verify_checksum = 1;
+    p.copy_buffer = 0;
+    return p;
+}
+
+int itera_model_load_file(const char* path, const itera_model_params* params, itera_model** out) {
+    if (!path || !out) return null_argument("itera_model_load_file", "path and out");
+    *out = nullptr;
+    // Opening is tried here first so that a missing, unreadable or non-regular file is an IO
+    // error; anything the reader refuses after that is the file's content.
+    const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fail(ITERA_ERR_IO, std::string("cannot open '") + path + "': " + std::strerror(errno));
+    struct stat st;
+    const bool regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    ::close(fd);
+    if (!regular) return fail(ITERA_ERR_IO, std::string("'") + path + "' is not a regular file");
+    return guarded(ITERA_ERR_FORMAT, [&]() -> int {
+        auto m = std::make_unique<itera_model>();
+        m->model = itera::load_model(itera::ItlFile::open(path, load_options(params)));
+        *out = m.release();
+        return ITERA_OK;
+    });
+}
+
+int itera_model_load_memory(const void* data, size_t size, const itera_model_params* params, itera_model** out) {
+    if (!data || !out) return null_argument("itera_model_load_memory", "data and out");
+    *out = nullptr;
+    return guarded(ITERA_ERR_FORMAT, [&]() -> int {
+        auto m = std::make_unique<itera_model>();
+        if (params && params->copy_buffer) {
+            // 64-byte aligned, so the reader uses the copy in place instead of copying again.
+            const size_t rounded = (size + 63) / 64 * 64;
+            m->copy.reset(static_cast<uint8_t*>(std::aligned_alloc(64, rounded ? rounded : 64)));
+            if (!m->copy) throw std::bad_alloc();
+            std::memcpy(m->copy.get(), data, size);
+            data = m->copy.get();
+        }
+        m->model = itera::load_model(itera::ItlFile::from_memory(data, size, load_options(params)));
+        *out = m.release();
+        return ITERA_OK;
+    });
+}
+
+void itera_model_free(itera_model* model) { delete model; }
+
+int32_t itera_model_vocab_size(const itera_model* m) { return m ? m->model->id_limit() : 0; }
+int32_t itera_model_hidden(const itera_model* m) { return m ? m->model->config.hidden : 0; }
+int32_t itera_model_max_seq_length(const itera_model* m) { return m ? m->model->config.max_seq_length : 0; }
+int32_t itera_model_n_layers(const itera_model* m) { return m ? static_cast<int32_t>(m->model->layers.size()) : 0; }
+int itera_model_has_tokenizer(const itera_model* m) { return m && m->model->has_tokenizer ? 1 : 0; }
+int32_t itera_model_eos(const itera_model* m) { return m && m->model->has_tokenizer ? m->model->tokenizer.eos() : -1; }
+uint64_t itera_model_fingerprint(const itera_model* m) { return m ? m->model->file->checksum() : 0; }
+
+// ---- tokenizer ----
+
+int itera_tokenize(const itera_model* model, const char* text, int32_t* ids, int32_t capacity, int32_t* n_out,
+                   int flags) {
+    if (!model || !text || !n_out) return null_argument("itera_tokenize", "model, text and n_out");
+    if (capacity < 0 || (capacity > 0 && !ids))
+        return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_tokenize: capacity must be >= 0, and ids not NULL when it is > 0");
+    if (flags & ~ITERA_TOKENIZE_ALLOW_UNKNOWN)
+        return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_tokenize: unknown flags " + std::to_string(flags));
+    if (!model->model->has_tokenizer) return no_tokenizer();
+    // The tokenizer throws only for a piece it cannot map (no <UNK> in its vocabulary).
+    return guarded(ITERA_ERR_UNKNOWN_TOKEN, [&]() -> int {
+        std::vector<std::string> unknown;
+        const std::vector<int32_t> tokens = model->model->tokenizer.encode(text, &unknown);
+        if (!unknown.empty() && !(flags & ITERA_TOKENIZE_ALLOW_UNKNOWN))
+            return fail(ITERA_ERR_UNKNOWN_TOKEN, "'" + unknown[0] + "' is not in the model's vocabulary");
+        if (tokens.size() > static_cast<size_t>(INT32_MAX))
+            return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_tokenize: text has more than INT32_MAX tokens");
+        *n_out = static_cast<int32_t>(tokens.size());
+        if (*n_out > capacity)
+            return fail(ITERA_ERR_BUFFER_TOO_SMALL, "text has " + std::to_string(*n_out) + " tokens, capacity is " +
+                                                        std::to_string(capacity));
+        std::copy(tokens.begin(), tokens.end(), ids);
+        return ITERA_OK;
+    });
+}
+
+int itera_detokenize(const itera_model* model, const int32_t* ids, int32_t n, char* text, size_t capacity,
+                     size_t* len_out) {
+    if (!model || !len_out || (n > 0 && !ids) || (capacity > 0 && !text))
+        return null_argument("itera_detokenize", "model, len_out, ids (when n > 0) and text (when capacity > 0)");
+    if (n < 0) return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_detokenize: n must be >= 0");
+    if (!model->model->has_tokenizer) return no_tokenizer();
+    for (int32_t i = 0; i < n; i++)
+        if (const int rc = check_text_token(*model->model, ids[i])) return rc;
+    return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
+        return write_text(model->model->tokenizer.decode(std::vector<int32_t>(ids, ids + n)), text, capacity, len_out);
+    });
+}
+
+int itera_token_piece(const itera_model* model, int32_t id, int first, char* text, size_t capacity, size_t* len_out) {
+    if (!model || !len_out || (capacity > 0 && !text))
+        return null_argument("itera_token_piece", "model, len_out and text (when capacity > 0)");
+    if (!model->model->has_tokenizer) return no_tokenizer();
+    if (const int rc = check_text_token(*model->model, id)) return rc;
+    return guarded(ITERA_ERR_INTERNAL,
+                   [&] { return write_text(model->model->tokenizer.piece(id, first != 0), text, capacity, len_out); });
+}
+
+// ---- context ----
+
+itera_context_params itera_context_default_params(void) {
+    itera_context_params p;
+    p.reserved = 0;
+    return p;
+}
+
+int itera_context_new(const itera_model* model, const itera_context_params* params, itera_context** out) {
+    (void)params;  // no options yet
+    if (!model || !out) return null_argument("itera_context_new", "model and out");
+    *out = nullptr;
+    return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
+        *out = new itera_context(*model->model);
+        return ITERA_OK;
+    });
+}
+
+void itera_context_free(itera_context* ctx) { delete ctx; }
+
+int itera_context_reset(itera_context* ctx) {
+    if (!ctx) return null_argument("itera_context_reset", "ctx");
+    ctx->ctx.reset();
+    ctx->update_logits();
+    return ITERA_OK;
+}
+
+int32_t itera_context_position(const itera_context* ctx) { return ctx ? ctx->ctx.position() : 0; }
+
+const float* itera_context_logits(const itera_context* ctx) { return ctx ? ctx->logits : nullptr; }
+
+int itera_eval(itera_context* ctx, int32_t token, const float** logits_out) {
+    if (!ctx) return null_argument("itera_eval", "ctx");
+    if (const int rc = check_token(ctx->ctx.model(), token)) return rc;
+    return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
+        ctx->ctx.eval(token, logits_out != nullptr);
+        ctx->update_logits();
+        if (logits_out) *logits_out = ctx->logits;
+        return ITERA_OK;
+    });
+}
+
+int itera_eval_tokens(itera_context* ctx, const int32_t* tokens, int32_t n, const float** logits_out) {
+    if (n < 1) return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_eval_tokens: n must be >= 1");
+    if (!ctx || !tokens) return null_argument("itera_eval_tokens", "ctx and tokens");
+    for (int32_t i = 0; i < n; i++)
+        if (const int rc = check_token(ctx->ctx.model(), tokens[i])) return rc;
+    return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
+        for (int32_t i = 0; i < n; i++) ctx->ctx.eval(tokens[i], logits_out && i + 1 == n);
+        ctx->update_logits();
+        if (logits_out) *logits_out = ctx->logits;
+        return ITERA_OK;
+    });
+}
+
+size_t itera_context_state_size(const itera_context* ctx) { return ctx ? ctx->ctx.saved_size() : 0; }
+
+int itera_context_save(const itera_context* ctx, void* buffer, size_t capacity, size_t* written) {
+    if (!ctx || !written || (capacity > 0 && !buffer))
+        return null_argument("itera_context_save", "ctx, written and buffer (when capacity > 0)");
+    *written = ctx->ctx.saved_size();
+    if (*written > capacity)
+        return fail(ITERA_ERR_BUFFER_TOO_SMALL, "the state needs " + std::to_string(*written) + " bytes, the buffer has " +
+                                                    std::to_string(capacity));
+    return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
+        ctx->ctx.save(static_cast<uint8_t*>(buffer));
+        return ITERA_OK;
+    });
+}
+
+int itera_context_restore(itera_context* ctx, const void* buffer, size_t size) {
+    if (!ctx || !buffer) return null_argument("itera_context_restore", "ctx and buffer");
+    const auto* data = static_cast<const uint8_t*>(buffer);
+    return guarded(ITERA_ERR_FORMAT, [&]() -> int {
+        const uint64_t fingerprint = itera::saved_state_fingerprint(data, size);
+        const uint64_t mine = ctx->ctx.model().file->checksum();
+        if (fingerprint != mine)
+            return fail(ITERA_ERR_MODEL_MISMATCH, "the state was saved from a different model (fingerprint " +
+                                                      std::to_string(fingerprint) + ", this model " +
+                                                      std::to_string(mine) + ")");
+        ctx->ctx.restore(data, size);
+        ctx->update_logits();
+        return ITERA_OK;
+    });
+}
+
+// ---- sampling ----
+
+itera_sampler_params itera_sampler_default_params(void) {
+    const itera::SamplerParams d;
+    itera_sampler_params p;
+    p.greedy = d.greedy ? 1 : 0;
+    p.temperature = d.temperature;
+    p.top_k = d.top_k;
+    p.top_p = d.top_p;
+    p.seed = d.seed;
+    return p;
+}
+
+int itera_sampler_new(const itera_sampler_params* params, itera_sampler** out) {
+    if (!out) return null_argument("itera_sampler_new", "out");
+    *out = nullptr;
+    itera::SamplerParams sp;
+    if (const int rc = sampler_params(params, &sp)) return rc;
+    return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
+        *out = new itera_sampler(sp);
+        return ITERA_OK;
+    });
+}
+
+void itera_sampler_free(itera_sampler* sampler) { delete sampler; }
+
+int itera_sampler_sample(itera_sampler* sampler, const float* logits, int32_t n, int32_t* token_out) {
+    if (!sampler || !logits || !token_out) return null_argument("itera_sampler_sample", "sampler, logits and token_out");
+    if (n < 1) return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_sampler_sample: n must be >= 1");
+    // NaN breaks the ordering the sampler sorts by.
+    if (has_nan(logits, n)) return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_sampler_sample: the logits hold a NaN");
+    return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
+        *token_out = sampler->sampler.sample(logits, n);
+        return ITERA_OK;
+    });
+}
+
+// ---- generation ----
+
+int itera_generate(itera_context* ctx, const int32_t* prompt, int32_t n_prompt, int32_t n_predict,
+                   const itera_sampler_params* sampling, itera_token_callback callback, void* user_data,
+                   int32_t* n_generated) {
+    if (n_generated) *n_generated = 0;
+    if (!ctx || (n_prompt > 0 && !prompt)) return null_argument("itera_generate", "ctx and prompt (when n_prompt > 0)");
+    if (n_prompt < 0 || n_predict < 0)
+        return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_generate: n_prompt and n_predict must be >= 0");
+    itera::SamplerParams sp;
+    if (const int rc = sampler_params(sampling, &sp)) return rc;
+    const itera::Model& model = ctx->ctx.model();
+    for (int32_t i = 0; i < n_prompt; i++)
+        if (const int rc = check_token(model, prompt[i])) return rc;
+    if (n_prompt == 0 && !ctx->logits)
+        return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_generate: empty prompt and the context has no logits to continue from");
+    return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
+        for (int32_t i = 0; i < n_prompt; i++) ctx->ctx.eval(prompt[i], i + 1 == n_prompt);
+        ctx->update_logits();
+        itera::Sampler sampler(sp);
+        const int32_t vocab = model.id_limit();
+        const int32_t eos = model.has_tokenizer ? model.tokenizer.eos() : -1;
+        for (int32_t i = 0; i < n_predict; i++) {
+            if (has_nan(ctx->logits, vocab))
+                return fail(ITERA_ERR_FORMAT, "the model computed NaN logits (are its weights corrupt?)");
+            const int32_t next = sampler.sample(ctx->logits, vocab);
+            if (next == eos) break;
+            ctx->ctx.eval(next);
+            ctx->update_logits();
+            if (n_generated) *n_generated = i + 1;
+            if (!callback) continue;
+            const std::string piece = model.has_tokenizer ? model.tokenizer.piece(next, false) : std::string();
+            if (callback(next, model.has_tokenizer ? piece.c_str() : nullptr, user_data)) break;
+        }
+        return ITERA_OK;
+    });
+}
+
+}  // extern "C"

@@ -1,0 +1,96 @@
+#!/bin/sh
+# Installs a build into a temporary directory, builds examples/generate.c and examples/generate.cpp
+# against the installed package with pkg-config (shared library; the C one also static), runs them
+# on the installed model and checks their text against the installed itera-run with the same seed.
+#   tools/test_install.sh BUILD_DIR [SANITIZERS]   (SANITIZERS: the build's b_sanitize, e.g. none)
+# Ends with "N passed, N failed"; exit status 0 only when nothing failed.
+set -u
+[ $# -ge 1 ] || { echo "usage: $0 BUILD_DIR [SANITIZERS]" >&2; exit 2; }
+build=$(cd "$1" && pwd) || exit 2
+sanitize=${2:-none}
+src=$(cd "$(dirname "$0")/.." && pwd)
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/itera-install-XXXXXX") || exit 2
+trap 'rm -rf "$tmp"' EXIT
+root=$tmp/root
+cc=${CC:-cc}
+cxx=${CXX:-c++}
+san=
+[ "$sanitize" = none ] || san="-fsanitize=$sanitize"
+passed=0
+failed=0
+
+check() {  # name, command...: passes when the command exits 0
+    name=$1
+    shift
+    if "$@" >"$tmp/log" 2>&1; then
+        passed=$((passed + 1))
+        echo "ok   $name"
+    else
+        failed=$((failed + 1))
+        echo "FAIL $name"
+        sed 's/^/     /' "$tmp/log"
+    fi
+}
+
+finish() {
+    echo "$passed passed, $failed failed"
+    [ "$failed" -eq 0 ]
+    exit
+}
+
+check "meson install --destdir" meson install -C "$build" --no-rebuild --quiet --destdir "$root"
+pc=$(find "$root" -name itera.pc | head -n 1)
+check "itera.pc installed" test -n "$pc"
+[ -n "$pc" ] || finish
+# The .pc names the configured prefix; point it at the staged copy.
+prefix=$(sed -n 's/^prefix=//p' "$pc")
+export PKG_CONFIG_PATH="$(dirname "$pc")"
+pkg() { pkg-config --define-variable=prefix="$root$prefix" "$@" itera; }
+libdir=$(pkg --variable=libdir)
+bindir=$root$prefix/bin
+model=$(pkg --variable=modeldir)/itera-kjv.itl
+
+installed() {
+    for f in "$@"; do
+        [ -e "$f" ] || { echo "missing $f"; return 1; }
+    done
+}
+check "headers, libraries, CLIs and model installed" installed "$(pkg --variable=includedir)/itera.h" \
+    "$(pkg --variable=includedir)/itera.hpp" "$libdir/libitera.so" "$libdir/libitera.a" "$bindir/itera-run" \
+    "$bindir/itera-convert" "$model"
+
+exports_the_c_api() {  # exactly the functions the installed itera.h declares
+    nm -D --defined-only "$libdir/libitera.so" | awk '{print $3}' | sort >"$tmp/exported"
+    sed -n 's/^ITERA_API [^(]*[ *]\(itera_[a-z_0-9]*\)(.*/\1/p' "$(pkg --variable=includedir)/itera.h" | sort >"$tmp/declared"
+    [ -s "$tmp/declared" ] && diff "$tmp/declared" "$tmp/exported"
+}
+check "libitera.so exports exactly the C API" exports_the_c_api
+
+check "generate.c builds (shared)" $cc -std=c99 -Wall -Wextra -Werror -pedantic $san "$src/examples/generate.c" \
+    $(pkg --cflags --libs) -o "$tmp/generate-c"
+check "generate.cpp builds (shared)" $cxx -std=c++17 -Wall -Wextra -Werror -pedantic $san "$src/examples/generate.cpp" \
+    $(pkg --cflags --libs) -o "$tmp/generate-cpp"
+# Static: the same flags with libitera.a named explicitly, plus what `--static` adds.
+static_libs=$(pkg --static --libs | sed 's/-litera\( \|$\)/-l:libitera.a /')
+check "generate.c builds (static)" $cc -std=c99 -Wall -Wextra -Werror $san "$src/examples/generate.c" \
+    $(pkg --cflags) $static_libs -o "$tmp/generate-static"
+not_linked_to_libitera() { ! readelf -d "$1" | grep -q 'libitera\.so'; }
+check "static build does not need libitera.so" not_linked_to_libitera "$tmp/generate-static"
+
+prompt="and god said"
+n=24
+seed=7
+"$bindir/itera-run" -m "$model" -p "$prompt" -n $n --seed $seed >"$tmp/want.txt" 2>"$tmp/want.err"
+runs_and_matches() {  # program: exit 0, text longer than the prompt, equal to itera-run's
+    LD_LIBRARY_PATH="$libdir" "$1" "$model" "$prompt" $n $seed >"$tmp/got.txt" || return 1
+    cat "$tmp/got.txt"
+    case $(head -n 1 "$tmp/got.txt") in
+        "$prompt"?*) ;;
+        *) echo "output does not continue the prompt '$prompt'"; return 1 ;;
+    esac
+    cmp "$tmp/got.txt" "$tmp/want.txt" || { echo "itera-run printed:"; cat "$tmp/want.txt" "$tmp/want.err"; return 1; }
+}
+check "generate.c (shared) generates itera-run's text" runs_and_matches "$tmp/generate-c"
+check "generate.cpp generates itera-run's text" runs_and_matches "$tmp/generate-cpp"
+check "generate.c (static) generates itera-run's text" runs_and_matches "$tmp/generate-static"
+finish
