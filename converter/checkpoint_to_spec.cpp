@@ -139,7 +139,12 @@ bool ignorable(const std::string& name, const ModelConfig& cfg) {
     return false;
 }
 
-Value from_json(const nlohmann::json& j) {
+// As the pickled config (converter/pt/checkpoint.cpp): nesting is bounded, so a hostile file
+// cannot exhaust the stack.
+constexpr int kMaxJsonDepth = 100;
+
+Value from_json(const nlohmann::json& j, const std::string& what, int depth) {
+    if (depth > kMaxJsonDepth) throw Error(what + " nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
     Value v;
     if (j.is_null()) return v;
     if (j.is_boolean()) {
@@ -156,10 +161,10 @@ Value from_json(const nlohmann::json& j) {
         v.s = j.get<std::string>();
     } else if (j.is_array()) {
         v.kind = Value::Kind::list;
-        for (const auto& x : j) v.items.push_back(from_json(x));
+        for (const auto& x : j) v.items.push_back(from_json(x, what, depth + 1));
     } else {
         v.kind = Value::Kind::dict;
-        for (auto it = j.begin(); it != j.end(); ++it) v.entries.emplace_back(it.key(), from_json(it.value()));
+        for (auto it = j.begin(); it != j.end(); ++it) v.entries.emplace_back(it.key(), from_json(it.value(), what, depth + 1));
     }
     return v;
 }
@@ -170,7 +175,7 @@ Value json_to_value(const std::string& json_text, const std::string& what) {
     nlohmann::json j = nlohmann::json::parse(json_text, nullptr, false);
     if (j.is_discarded()) throw Error(what + " is not valid JSON");
     if (!j.is_object()) throw Error(what + " must be a JSON object");
-    return from_json(j);
+    return from_json(j, what, 0);
 }
 
 ModelSpec checkpoint_to_spec(const pt::Checkpoint& checkpoint, const ConvertOptions& options) {

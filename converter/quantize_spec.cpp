@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "converter/quant/gptq.h"
 #include "format/dtype.h"
+#include "format/half.h"
 
 namespace itera {
 
@@ -19,8 +20,11 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 // Tensors the runtime reads element by element rather than through a matrix product.
 bool read_elementwise(const std::string& name, size_t rank) {
-    return rank < 2 || ends_with(name, "conv1d.weight") || ends_with(name, "ssm.B") || ends_with(name, "ssm.C");
+    return rank < 2 || ends_with(name, "conv1d.weight") || ends_with(name, "ssm.C");
 }
+
+// Small SSM tensors kept in FP16 by default even when a block format is asked for.
+bool kept_fp16(const std::string& name, size_t rank) { return read_elementwise(name, rank) || ends_with(name, "ssm.B"); }
 
 double relative_rms(const std::vector<float>& w, const std::vector<float>& q) {
     double num = 0, den = 0;
@@ -59,7 +63,7 @@ DType choose_dtype(const std::string& name, size_t rank, const QuantOptions& opt
     DType dtype = options.base;
     if (rank < 2) {
         dtype = DType::f32;  // LayerNorms, biases, A_log, D: small and sensitive
-    } else if (elementwise && options.base != DType::f32) {
+    } else if (kept_fp16(name, rank) && options.base != DType::f32) {
         dtype = DType::f16;  // conv weights, B, C
     }
     for (const auto& [glob, wanted] : options.keep)
@@ -80,6 +84,11 @@ std::vector<TensorReport> quantize_spec(ModelSpec& spec, const QuantOptions& opt
         r.shape = t.shape;
         r.dtype = t.dtype;
         r.bytes = tensor_bytes(t.dtype, t.shape);
+        if (t.dtype == DType::f16) {
+            std::vector<float> rounded(t.values.size());
+            for (size_t i = 0; i < rounded.size(); i++) rounded[i] = fp16_to_fp32(fp32_to_fp16(t.values[i]));
+            r.rms_error_rtn = relative_rms(t.values, rounded);
+        }
         if (is_quantized(t.dtype)) {
             const int64_t cols = t.shape.back();
             const int64_t rows = static_cast<int64_t>(t.values.size()) / cols;
@@ -124,7 +133,7 @@ std::string report_json(const std::vector<TensorReport>& report, size_t file_byt
                       "    {\"name\": \"%s\", \"shape\": %s, \"dtype\": \"%s\", \"bytes\": %zu, \"rms_error_rtn\": %s, "
                       "\"rms_error_calibrated\": %s, \"output_error_rtn\": %s, \"output_error_calibrated\": %s}%s\n",
                       r.name.c_str(), shape.c_str(), std::string(dtype_name(r.dtype)).c_str(), r.bytes,
-                      num(is_quantized(r.dtype) ? r.rms_error_rtn : 0.0).c_str(), num(r.rms_error_calibrated).c_str(),
+                      num(r.rms_error_rtn).c_str(), num(r.rms_error_calibrated).c_str(),
                       num(r.output_error_rtn).c_str(), num(r.output_error_calibrated).c_str(),
                       i + 1 < report.size() ? "," : "");
         out += buf;

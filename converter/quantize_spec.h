@@ -24,7 +24,7 @@ struct TensorReport {
     std::vector<int64_t> shape;
     DType dtype = DType::f32;
     size_t bytes = 0;
-    double rms_error_rtn = 0;         // ||W - Q|| / ||W|| with round-to-nearest
+    double rms_error_rtn = 0;         // ||W - Q|| / ||W|| with round-to-nearest (fp16: its rounding; fp32: 0)
     double rms_error_calibrated = -1; // the same with GPTQ (-1: not calibrated)
     double output_error_rtn = -1;     // trace((W-Q) H (W-Q)^T) / trace(W H W^T) on the calibration inputs
     double output_error_calibrated = -1;
@@ -34,7 +34,8 @@ struct TensorReport {
 void trim_vocabulary(ModelSpec& spec);
 
 // The dtype each tensor is stored in. Throws itera::Error for a block format on a tensor the
-// runtime reads element-wise (LayerNorms, biases, A_log, D, conv weights, B, C).
+// runtime reads element-wise (LayerNorms, biases, A_log, D, conv weights, C); B is a matrix
+// product, fp16 by default, and may be given a block format with --keep.
 DType choose_dtype(const std::string& name, size_t rank, const QuantOptions& options);
 
 // Sets every tensor's dtype and, for block formats, its packed bytes: calibrated when `stats`

@@ -21,8 +21,11 @@ constexpr uint32_t kQuantVersion = 1;  // the block layouts of format/quant_bloc
 
 // Serialises a spec (tensors converted to their stored dtype; the tokenizer section zstd-compressed
 // when that is smaller). Throws itera::Error.
-std::vector<uint8_t> serialize_itl(const ModelSpec& spec);
-void write_itl(const ModelSpec& spec, const std::string& path);
+struct WriteOptions {
+    bool compress_metadata = true;  // zstd the metadata when that saves space (header flag bit 0)
+};
+std::vector<uint8_t> serialize_itl(const ModelSpec& spec, const WriteOptions& options = {});
+void write_itl(const ModelSpec& spec, const std::string& path, const WriteOptions& options = {});
 
 struct TensorView {
     std::string name;
@@ -66,6 +69,7 @@ private:
     size_t size_ = 0;
     void* mapping_ = nullptr;              // munmap on destruction when set
     std::vector<uint8_t> owned_;           // copy for from_memory when the buffer is not aligned
+    std::vector<uint64_t> meta_;           // decompressed metadata (8-byte aligned for FlatBuffers)
     uint32_t format_version_ = 0;
     uint64_t checksum_ = 0;
     ModelConfig config_;

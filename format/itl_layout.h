@@ -16,7 +16,13 @@ namespace itera {
 
 constexpr uint8_t kItlMagic[8] = {'I', 'T', 'E', 'R', 'A', 0, 'L', 'M'};
 constexpr uint64_t kItlHeaderBytes = 64;
-constexpr uint64_t kItlDataAlign = 4096;  // file offset of the data region: one page, for mmap
+// File offset of the data region: one page, so it can be mapped on its own; files whose data
+// region is under kItlSmallData align it to kItlTensorAlign instead (a page would be a few
+// percent of a tiny model). Either way every tensor is 64-byte aligned in a mapping of the file.
+constexpr uint64_t kItlDataAlign = 4096;
+constexpr uint64_t kItlSmallData = uint64_t{1} << 20;
+// Header flag: the metadata is stored zstd-compressed; `reserved` then holds its raw length.
+constexpr uint32_t kItlFlagMetaZstd = 1;
 constexpr uint64_t kItlTensorAlign = 64;  // offset of every tensor and section inside the data region
 constexpr size_t kItlMaxRank = 4;
 constexpr int64_t kItlMaxElements = int64_t{1} << 31;
@@ -26,6 +32,7 @@ constexpr uint64_t kItlMaxTokenizerBytes = uint64_t{64} << 20;  // decompressed 
 // Header fields, little-endian, at these byte offsets:
 //   0 magic[8]  8 format_version u32  12 header_bytes u32  16 meta_offset u64  24 meta_length u64
 //   32 data_offset u64  40 data_length u64  48 checksum u64  56 flags u32  60 reserved u32
+// (flags bit 0: metadata zstd-compressed, `reserved` = its raw length; otherwise both are 0)
 struct ItlHeader {
     uint32_t format_version = 0;
     uint32_t header_bytes = 0;

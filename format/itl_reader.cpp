@@ -187,10 +187,13 @@ void ItlFile::parse(LoadOptions options) {
     if (h.header_bytes != kItlHeaderBytes || h.meta_offset != h.header_bytes)
         throw Error("corrupt header: header_bytes " + std::to_string(h.header_bytes) + ", meta_offset " +
                     std::to_string(h.meta_offset) + " (both must be 64)");
-    if (h.flags != 0 || h.reserved != 0) throw Error("corrupt header: unknown flags " + std::to_string(h.flags));
-    if (h.meta_length == 0 || h.meta_length > kItlMaxMetaBytes)
+    const bool meta_zstd = h.flags == kItlFlagMetaZstd;
+    if ((h.flags != 0 && !meta_zstd) || (!meta_zstd && h.reserved != 0))
+        throw Error("corrupt header: unknown flags " + std::to_string(h.flags));
+    if (h.meta_length == 0 || h.meta_length > kItlMaxMetaBytes || (meta_zstd && h.reserved > kItlMaxMetaBytes))
         throw Error("corrupt header: meta_length " + std::to_string(h.meta_length));
-    if (h.data_offset % kItlDataAlign != 0 || h.data_offset < h.meta_offset + h.meta_length)
+    const uint64_t data_align = h.data_length < kItlSmallData ? kItlTensorAlign : kItlDataAlign;
+    if (h.data_offset % data_align != 0 || h.data_offset < h.meta_offset + h.meta_length)
         throw Error("corrupt header: data_offset " + std::to_string(h.data_offset));
     if (h.data_offset > size_ || h.data_length != size_ - h.data_offset)
         throw Error("truncated or corrupt file: " + std::to_string(size_) + " bytes, the header places " +
@@ -199,14 +202,25 @@ void ItlFile::parse(LoadOptions options) {
     const uint8_t* data = base_ + h.data_offset;
     if (options.verify_checksum && itl_checksum(meta, h.meta_length, data, h.data_length) != h.checksum)
         throw Error("checksum mismatch: file is corrupt");
+    uint64_t meta_length = h.meta_length;
+    if (meta_zstd) {  // decompressed once into an owned, 8-byte aligned buffer
+        const unsigned long long declared = ZSTD_getFrameContentSize(meta, h.meta_length);
+        if (declared != h.reserved)
+            throw Error("corrupt metadata: compressed frame declares " + std::to_string(declared) +
+                        " bytes, the header " + std::to_string(h.reserved));
+        meta_.resize((h.reserved + 7) / 8);
+        const size_t n = ZSTD_decompress(meta_.data(), h.reserved, meta, h.meta_length);
+        if (ZSTD_isError(n) || n != h.reserved) throw Error("corrupt metadata: zstd decompression failed");
+        meta = reinterpret_cast<const uint8_t*>(meta_.data());
+        meta_length = h.reserved;
+    }
 
-    flatbuffers::Verifier verifier(meta, h.meta_length);
+    flatbuffers::Verifier verifier(meta, meta_length);
     if (!fb::VerifyModelBuffer(verifier)) throw Error("corrupt metadata: FlatBuffers verification failed");
     const fb::Model* model = fb::GetModel(meta);
     if (model->format_version() != h.format_version)
         throw Error("corrupt metadata: format_version " + std::to_string(model->format_version()) +
                     " differs from the header's " + std::to_string(h.format_version));
-    // Files without block-format tensors record 0; any other version must be one this reader knows.
     if (model->quant_version() > kQuantVersion)
         throw Error("unsupported quantization format version " + std::to_string(model->quant_version()) +
                     " (this reader supports up to " + std::to_string(kQuantVersion) + ")");

@@ -83,7 +83,7 @@ void encode_tensor(const SpecTensor& t, uint8_t* dst) {
 
 }  // namespace
 
-std::vector<uint8_t> serialize_itl(const ModelSpec& spec) {
+std::vector<uint8_t> serialize_itl(const ModelSpec& spec, const WriteOptions& options) {
     validate_config(spec.config);
 
     // Lay out the data region: tensors in spec order, then the tokenizer section.
@@ -158,19 +158,30 @@ std::vector<uint8_t> serialize_itl(const ModelSpec& spec) {
     }
     fb::FinishModelBuffer(
         fbb, fb::CreateModel(fbb, kItlFormatVersion, kQuantVersion, config, tokenizer, provenance, fbb.CreateVector(tensors)));
-    const uint64_t meta_length = fbb.GetSize();
-    if (meta_length > kItlMaxMetaBytes) throw Error("metadata is larger than the format allows");
-
-    // Bytes: header, metadata, zero padding to the page-aligned data region, data.
+    if (fbb.GetSize() > kItlMaxMetaBytes) throw Error("metadata is larger than the format allows");
+    // The metadata (names, shapes) is a sizeable part of a tiny model: compress it when that pays.
+    std::vector<uint8_t> meta(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
     ItlHeader h;
+    std::vector<uint8_t> packed(options.compress_metadata ? ZSTD_compressBound(meta.size()) : 0);
+    const size_t packed_size =
+        options.compress_metadata ? ZSTD_compress(packed.data(), packed.size(), meta.data(), meta.size(), 19) : 0;
+    if (options.compress_metadata && !ZSTD_isError(packed_size) && packed_size + 64 < meta.size()) {
+        h.flags = kItlFlagMetaZstd;
+        h.reserved = static_cast<uint32_t>(meta.size());
+        packed.resize(packed_size);
+        meta.swap(packed);
+    }
+    const uint64_t meta_length = meta.size();
+
+    // Bytes: header, metadata, zero padding to the aligned data region, data.
     h.format_version = kItlFormatVersion;
     h.header_bytes = kItlHeaderBytes;
     h.meta_offset = kItlHeaderBytes;
     h.meta_length = meta_length;
-    h.data_offset = align_up(h.meta_offset + meta_length, kItlDataAlign);
+    h.data_offset = align_up(h.meta_offset + meta_length, data_length < kItlSmallData ? kItlTensorAlign : kItlDataAlign);
     h.data_length = data_length;
     std::vector<uint8_t> out(h.data_offset + data_length, 0);
-    std::memcpy(out.data() + h.meta_offset, fbb.GetBufferPointer(), meta_length);
+    std::memcpy(out.data() + h.meta_offset, meta.data(), meta_length);
     uint8_t* data = out.data() + h.data_offset;
     for (size_t i = 0; i < spec.tensors.size(); i++) {
         const SpecTensor& t = spec.tensors[i];
@@ -183,8 +194,8 @@ std::vector<uint8_t> serialize_itl(const ModelSpec& spec) {
 }
 
 // Temp file in the same directory + rename: readers never see a half-written file.
-void write_itl(const ModelSpec& spec, const std::string& path) {
-    const std::vector<uint8_t> bytes = serialize_itl(spec);
+void write_itl(const ModelSpec& spec, const std::string& path, const WriteOptions& options) {
+    const std::vector<uint8_t> bytes = serialize_itl(spec, options);
     std::string tmp = path + ".tmp-XXXXXX";
     const int fd = mkstemp(tmp.data());
     if (fd < 0) throw Error("cannot create a temporary file next to '" + path + "': " + std::strerror(errno));

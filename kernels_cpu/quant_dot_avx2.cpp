@@ -9,6 +9,8 @@
 // Four rows go through at once so each activation load and horizontal sum serves four rows.
 #include <immintrin.h>
 
+#include <limits>
+
 #include "format/quant_blocks.h"
 #include "kernels_cpu/quant_dot.h"
 
@@ -136,6 +138,7 @@ void rows_nf4(const uint8_t* row, size_t stride, int32_t nx, const ActQ8* x, flo
 
 void quantize_activation(const float* x, int32_t n, ActQ8* out) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int32_t b = 0; b < act_blocks(n); b++) {
         const float* p = x + static_cast<size_t>(b) * kActBlock;
@@ -145,16 +148,22 @@ void quantize_activation(const float* x, int32_t n, ActQ8* out) {
             p = tail;
         }
         __m256 v[4];
-        __m256 m = _mm256_setzero_ps();
+        __m256 m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
         for (int k = 0; k < 4; k++) {
             v[k] = _mm256_loadu_ps(p + 8 * k);
-            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[k]));
+            const __m256 a = _mm256_andnot_ps(sign, v[k]);
+            m = _mm256_max_ps(m, a);
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, inf, _CMP_NLT_UQ));  // inf or NaN
+        }
+        if (_mm256_movemask_ps(bad)) {  // as the scalar path: q = 0, d = NaN
+            out[b] = ActQ8{std::numeric_limits<float>::quiet_NaN(), 0, {}};
+            continue;
         }
         __m128 m128 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         m128 = _mm_max_ps(m128, _mm_movehl_ps(m128, m128));
         m128 = _mm_max_ss(m128, _mm_movehdup_ps(m128));
         const float d = _mm_cvtss_f32(m128) / 127.0f;
-        const __m256 id = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+        const __m256 id = _mm256_set1_ps(d >= std::numeric_limits<float>::min() ? 1.0f / d : 0.0f);
         __m256i q[4];
         for (int k = 0; k < 4; k++)
             q[k] = _mm256_cvtps_epi32(

@@ -9,8 +9,12 @@
 // vectors (one 32-element block each, AVX-512 VL) and four rows share each activation load.
 
 // g++ 12 warns inside its own AVX-512 intrinsics (their _mm512_undefined_* operands, GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
+
+#include <limits>
 
 #include "format/quant_blocks.h"
 #include "kernels_cpu/quant_dot.h"
@@ -139,13 +143,19 @@ inline __mmask16 first_lanes(int32_t count) {
 }  // namespace
 
 void quantize_activation(const float* x, int32_t n, ActQ8* out) {
+    const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
     for (int32_t b = 0; b < act_blocks(n); b++) {
         const float* p = x + static_cast<size_t>(b) * kActBlock;
         const int32_t left = n - b * kActBlock;  // masked loads zero the tail and never touch it
         const __m512 v0 = _mm512_maskz_loadu_ps(first_lanes(left), p);
         const __m512 v1 = _mm512_maskz_loadu_ps(first_lanes(left - 16), p + 16);
-        const float d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1))) / 127.0f;
-        const __m512 id = _mm512_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+        const __m512 a0 = _mm512_abs_ps(v0), a1 = _mm512_abs_ps(v1);
+        if (_mm512_cmp_ps_mask(a0, inf, _CMP_NLT_UQ) | _mm512_cmp_ps_mask(a1, inf, _CMP_NLT_UQ)) {  // inf or NaN
+            out[b] = ActQ8{std::numeric_limits<float>::quiet_NaN(), 0, {}};  // as the scalar path
+            continue;
+        }
+        const float d = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1)) / 127.0f;
+        const __m512 id = _mm512_set1_ps(d >= std::numeric_limits<float>::min() ? 1.0f / d : 0.0f);
         const __m512i q0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v0, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         const __m512i q1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v1, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].q), _mm512_cvtepi32_epi8(q0));

@@ -3,6 +3,7 @@
 // match up to summation order.
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "format/half.h"
 #include "format/quant_blocks.h"
@@ -24,13 +25,20 @@ void quantize_activation(const float* x, int32_t n, ActQ8* out) {
     for (int32_t b = 0; b < act_blocks(n); b++) {
         float v[kActBlock];
         float amax = 0.0f;
+        bool finite = true;
         for (int32_t i = 0; i < kActBlock; i++) {
             const int32_t c = b * kActBlock + i;
             v[i] = c < n ? x[c] : 0.0f;
+            finite = finite && std::isfinite(v[i]);
             amax = std::fmax(amax, std::fabs(v[i]));
         }
+        if (!finite) {  // inf or NaN: q = 0, d = NaN, so its dots are NaN as the FP32 ones would be
+            out[b] = ActQ8{std::numeric_limits<float>::quiet_NaN(), 0, {}};
+            continue;
+        }
         const float d = amax / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        // A block this small (amax < 127 * FLT_MIN) quantizes to q = 0: 1/d could overflow to inf.
+        const float id = d >= std::numeric_limits<float>::min() ? 1.0f / d : 0.0f;
         int32_t sum = 0;
         for (int32_t i = 0; i < kActBlock; i++) {
             // nearbyint rounds half to even, as the SIMD paths' round instructions do

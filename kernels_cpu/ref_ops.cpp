@@ -72,17 +72,14 @@ void conv_step(const Weight& weight, const Weight& bias, int32_t channels, int32
     }
 }
 
-void scan_step(const Weight& a_log, const Weight& b, const Weight& c, const Weight& d, int32_t inner,
-               int32_t state, const float* v, const float* delta, float* s, float* y) {
+void scan_step(const Weight& a_log, const Weight& c, const Weight& d, int32_t inner, int32_t state, const float* v,
+               const float* delta, const float* bv, float* s, float* y) {
     float dt = 0.0f;
     for (int32_t i = 0; i < inner; i++) dt += softplus(delta[i]);
     dt /= static_cast<float>(inner);
     for (int32_t n = 0; n < state; n++) {
-        float bv = 0.0f;
-        const int64_t row = static_cast<int64_t>(n) * inner;
-        for (int32_t i = 0; i < inner; i++) bv += element(b, row + i) * v[i];
         const float a = -std::exp(element(a_log, n));
-        s[n] = std::exp(dt * a) * s[n] + dt * bv;
+        s[n] = std::exp(dt * a) * s[n] + dt * bv[n];
     }
     for (int32_t i = 0; i < inner; i++) {
         float sum = 0.0f;

@@ -30,10 +30,11 @@ void conv_step(const Weight& weight, const Weight& bias, int32_t channels, int32
                float* history, float* out);
 
 // Diagonal SSM step with one scalar step size per token:
-//   dt = mean_d softplus(delta[d]);  s = exp(dt * -exp(A_log)) * s + dt * (B v);  y = C s + D * v
-// B [state, inner], C [inner, state]; `delta` is delta_proj(v) (bias included).
-void scan_step(const Weight& a_log, const Weight& b, const Weight& c, const Weight& d, int32_t inner,
-               int32_t state, const float* v, const float* delta, float* s, float* y);
+//   dt = mean_d softplus(delta[d]);  s = exp(dt * -exp(A_log)) * s + dt * bv;  y = C s + D * v
+// `delta` is delta_proj(v) (bias included) and `bv` is B v ([state]; B [state, inner] is a matrix
+// product the caller runs); C [inner, state].
+void scan_step(const Weight& a_log, const Weight& c, const Weight& d, int32_t inner, int32_t state, const float* v,
+               const float* delta, const float* bv, float* s, float* y);
 
 // Indices of the k largest router logits, largest first (ties: lower index first, as torch.topk
 // on CPU), and the softmax over those k logits.

@@ -14,12 +14,13 @@ namespace itera {
 
 Context::Context(const Model& model) : model_(model) {
     const ModelConfig& cfg = model.config;
-    size_t conv = 0, ssm = 0, inner = 0, width = 0, experts = 0;
+    size_t conv = 0, ssm = 0, inner = 0, width = 0, experts = 0, state = 0;
     for (const LayerConfig& l : cfg.layers) {
         conv_off_.push_back(conv);
         ssm_off_.push_back(ssm);
         conv += static_cast<size_t>(l.inner) * static_cast<size_t>(l.conv_kernel - 1);
         ssm += static_cast<size_t>(l.state);
+        state = std::max(state, static_cast<size_t>(l.state));
         inner = std::max(inner, static_cast<size_t>(l.inner));
         for (int32_t f : l.ffn_widths) width = std::max(width, static_cast<size_t>(f));
         experts = std::max(experts, l.ffn_widths.size());
@@ -34,6 +35,7 @@ Context::Context(const Model& model) : model_(model) {
     v_.resize(inner);
     delta_.resize(inner);
     y_.resize(inner);
+    bv_.resize(state);
     hidden_.resize(width);
     xq_.resize(static_cast<size_t>(act_blocks(static_cast<int32_t>(std::max({H, 2 * inner, width})))));
     hq_.resize(static_cast<size_t>(act_blocks(static_cast<int32_t>(width))));
@@ -115,9 +117,16 @@ void Context::ssm_block(size_t layer, float* x) {
     ref::conv_step(w.conv_w, w.conv_b, Di, lc.conv_kernel, uz_.data(), conv_.data() + conv_off_[layer],
                    v_.data());
     for (int32_t i = 0; i < Di; i++) v_[i] = ref::silu(v_[i]);
-    matmul(w.delta_w, v_.data(), quantize_for(w.delta_w, v_.data(), Di, xq_.data()), delta_.data());
+    // delta_proj and B both read v: one quantized copy serves both.
+    const ActQ8* vq = nullptr;
+    if (is_quantized(w.delta_w.dtype) || is_quantized(w.b.dtype)) {
+        quantize_activation(v_.data(), Di, xq_.data());
+        vq = xq_.data();
+    }
+    matmul(w.delta_w, v_.data(), vq, delta_.data());
     ref::add_bias(w.delta_b, delta_.data());
-    ref::scan_step(w.a_log, w.b, w.c, w.d, Di, lc.state, v_.data(), delta_.data(), ssm_.data() + ssm_off_[layer],
+    matmul(w.b, v_.data(), vq, bv_.data());
+    ref::scan_step(w.a_log, w.c, w.d, Di, lc.state, v_.data(), delta_.data(), bv_.data(), ssm_.data() + ssm_off_[layer],
                    y_.data());
     for (int32_t i = 0; i < Di; i++) y_[i] *= ref::silu(uz_[Di + i]);
     matmul(w.out_proj, y_.data(), quantize_for(w.out_proj, y_.data(), Di, xq_.data()), mix_.data());

@@ -60,7 +60,7 @@ private:
     std::vector<size_t> conv_off_, ssm_off_;
     std::vector<float> conv_, ssm_;        // all layers' state, one allocation each
     // scratch, sized once for the widest layer
-    std::vector<float> x_, a_, uz_, v_, delta_, y_, hidden_, mix_, router_, logits_;
+    std::vector<float> x_, a_, uz_, v_, delta_, bv_, y_, hidden_, mix_, router_, logits_;
     std::vector<ActQ8> xq_, hq_;           // quantized activations for block-format weights
     std::vector<int32_t> chosen_;
     std::vector<float> chosen_weight_;

@@ -202,7 +202,7 @@ int perplexity(const Args& args) {
     if (args.json) {
         std::printf("{\"ppl\": %.6f, \"tokens\": %zu, \"scored\": %zu, \"unk_fraction\": %.6f", ppl, ids.size(), scored,
                     unk_fraction);
-        if (ref) std::printf(", \"kld\": %.8f, \"top1\": %.6f", mean_kld, top1);
+        if (ref) std::printf(", \"kld\": %.9g, \"top1\": %.6f", mean_kld, top1);
         std::printf("}\n");
     } else {
         std::printf("perplexity %.4f over %zu scored positions (%zu tokens, %.2f%% <UNK>, windows of %d)\n", ppl, scored,

@@ -89,7 +89,7 @@ std::unique_ptr<Model> load_model(std::unique_ptr<ItlFile> file) {
         s.conv_w = w.get(p + "ssm.conv1d.weight");
         s.conv_b = w.get(p + "ssm.conv1d.bias");
         s.a_log = w.get(p + "ssm.ssm.A_log");
-        s.b = w.get(p + "ssm.ssm.B");
+        s.b = w.rows(p + "ssm.ssm.B");
         s.c = w.get(p + "ssm.ssm.C");
         s.d = w.get(p + "ssm.ssm.D");
         s.delta_w = w.rows(p + "ssm.ssm.delta_proj.weight");

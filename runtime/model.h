@@ -16,7 +16,7 @@ struct SsmWeights {
     Weight norm_w, norm_b;
     Weight in_proj;          // [2*inner, hidden]: rows [0, inner) give u, the rest z
     Weight conv_w, conv_b;   // [inner, K], [inner]
-    Weight a_log, b, c, d;   // [state], [state, inner], [inner, state], [inner]
+    Weight a_log, b, c, d;   // [state], [state, inner] (a matrix product), [inner, state], [inner]
     Weight delta_w, delta_b; // [inner, inner], [inner]
     Weight out_proj;         // [hidden, inner]
 };

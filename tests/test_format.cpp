@@ -58,6 +58,10 @@ uint16_t reference_to_half(float f) {
     return static_cast<uint16_t>(sign | (pick == table.size() ? 0x7c00 : pick));
 }
 
+// Most tests rewrite metadata fields in place, so they write it uncompressed; the compressed
+// form has its own test case.
+std::vector<uint8_t> serialize_plain(const ModelSpec& spec) { return serialize_itl(spec, WriteOptions{false}); }
+
 // --- building specs -----------------------------------------------------------------------------
 
 SpecTensor tensor(const std::string& name, std::vector<int64_t> shape, DType dtype, std::mt19937* rng) {
@@ -373,7 +377,7 @@ TEST_CASE("round trip: odd shapes, fp32/fp16, per-expert widths, both tokenizer 
                           {TokenizerKind::word, random_tokens(), "none"}};
     for (const Case& k : cases) {
         const ModelSpec spec = make_spec(k.kind, k.tokens);
-        std::vector<uint8_t> bytes = serialize_itl(spec);
+        std::vector<uint8_t> bytes = serialize_plain(spec);
 
         // Header, byte by byte (docs/format.md).
         REQUIRE(bytes.size() > 64);
@@ -383,7 +387,7 @@ TEST_CASE("round trip: odd shapes, fp32/fp16, per-expert widths, both tokenizer 
         CHECK(u64_at(bytes, 16) == 64);         // meta_offset
         const uint64_t meta_length = u64_at(bytes, 24), data_offset = u64_at(bytes, 32),
                        data_length = u64_at(bytes, 40);
-        CHECK(data_offset % 4096 == 0);
+        CHECK(data_offset % (data_length < (1u << 20) ? 64 : 4096) == 0);  // small files: 64
         CHECK(data_offset >= 64 + meta_length);
         CHECK(data_offset + data_length == bytes.size());
         CHECK(u64_at(bytes, 56) == 0);  // flags and reserved
@@ -417,24 +421,24 @@ TEST_CASE("write_itl + mmap open") {
     TempDir dir;
     const ModelSpec spec = make_spec(TokenizerKind::chars, char_tokens());
     const std::string path = (dir.path / "model.itl").string();
-    write_itl(spec, path);
-    write_itl(spec, path);  // replacing an existing file works the same way
+    write_itl(spec, path, WriteOptions{false});
+    write_itl(spec, path, WriteOptions{false});  // replacing an existing file works the same way
     std::vector<std::string> entries;
     for (const auto& e : std::filesystem::directory_iterator(dir.path)) entries.push_back(e.path().filename().string());
     CHECK(entries == std::vector<std::string>{"model.itl"});  // no temp file left behind
 
     std::ifstream in(path, std::ios::binary);
     const std::vector<uint8_t> on_disk((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    CHECK(on_disk == serialize_itl(spec));  // deterministic
+    CHECK(on_disk == serialize_plain(spec));  // deterministic
 
     const auto file = ItlFile::open(path);
     check_matches(*file, spec);
-    // The data region is page-aligned in memory: the mapping starts on a page.
+    // Tensors are 64-byte aligned in memory: the mapping starts on a page.
     const TensorView& first = file->tensors()[0];
     const uint64_t data_offset = u64_at(on_disk, 32);
     std::vector<uint8_t> copy = on_disk;
     const uint64_t first_offset = metadata(copy)->tensors()->Get(0)->offset();
-    CHECK((reinterpret_cast<uintptr_t>(first.data) - first_offset - data_offset) % 4096 == 0);
+    CHECK((reinterpret_cast<uintptr_t>(first.data) - first_offset - data_offset) % 64 == 0);
     MESSAGE("mmap open: ", file->tensors().size(), " tensors, all 64-aligned, data region page-aligned");
 
     CHECK_THROWS_WITH_AS(ItlFile::open((dir.path / "missing.itl").string()), doctest::Contains("cannot open"), Error);
@@ -451,7 +455,7 @@ TEST_CASE("write_itl + mmap open") {
 
     ModelSpec plain = spec;
     plain.has_tokenizer = false;
-    const std::vector<uint8_t> plain_bytes = serialize_itl(plain);
+    const std::vector<uint8_t> plain_bytes = serialize_plain(plain);
     const auto plain_file = ItlFile::from_memory(plain_bytes.data(), plain_bytes.size());
     CHECK_FALSE(plain_file->has_tokenizer());
     CHECK(plain_file->tokenizer().tokens.empty());
@@ -463,30 +467,57 @@ TEST_CASE("write_itl + mmap open") {
                          "tensor 'position_embedding.weight': 407 values for 408 elements", Error);
     bad = spec;
     bad.tensors[2].name = bad.tensors[0].name;
-    CHECK_THROWS_WITH_AS(serialize_itl(bad), "duplicate tensor name 'embedding.weight'", Error);
+    CHECK_THROWS_WITH_AS(serialize_plain(bad), "duplicate tensor name 'embedding.weight'", Error);
     bad = spec;
     bad.tokenizer.tokens.resize(bad.config.vocab_size + 1);
-    CHECK_THROWS_WITH_AS(serialize_itl(bad), doctest::Contains("tokenizer has 51 tokens, more than vocab_size 50"),
+    CHECK_THROWS_WITH_AS(serialize_plain(bad), doctest::Contains("tokenizer has 51 tokens, more than vocab_size 50"),
                          Error);
     bad = spec;
     bad.tensors[0].dtype = static_cast<DType>(7);
-    CHECK_THROWS_WITH_AS(serialize_itl(bad), "tensor 'embedding.weight': unknown dtype 7", Error);
+    CHECK_THROWS_WITH_AS(serialize_plain(bad), "tensor 'embedding.weight': unknown dtype 7", Error);
     bad = spec;
     bad.tensors[8].shape.push_back(1);  // rank4 [2, 3, 1, 5] gets a fifth dimension
-    CHECK_THROWS_WITH_AS(serialize_itl(bad), "tensor 'rank4': rank 5 (at most 4)", Error);
+    CHECK_THROWS_WITH_AS(serialize_plain(bad), "tensor 'rank4': rank 5 (at most 4)", Error);
     bad = spec;
     bad.tensors[2].shape[0] = 0;
-    CHECK_THROWS_WITH_AS(serialize_itl(bad), doctest::Contains("tensor 'layers.0.norm.weight': dimension 0 is 0"),
+    CHECK_THROWS_WITH_AS(serialize_plain(bad), doctest::Contains("tensor 'layers.0.norm.weight': dimension 0 is 0"),
                          Error);
     bad = spec;
     bad.config.hidden = 0;
-    CHECK_THROWS_WITH_AS(serialize_itl(bad), doctest::Contains("hidden = 0"), Error);
+    CHECK_THROWS_WITH_AS(serialize_plain(bad), doctest::Contains("hidden = 0"), Error);
     CHECK_THROWS_WITH_AS(write_itl(spec, (dir.path / "no" / "such" / "dir.itl").string()),
                          doctest::Contains("cannot create a temporary file"), Error);
 }
 
+TEST_CASE("compressed metadata: round trip, and damaged frames are rejected") {
+    const ModelSpec spec = small_spec();
+    const std::vector<uint8_t> plain = serialize_plain(spec);
+    const std::vector<uint8_t> packed = serialize_itl(spec);
+    REQUIRE((u64_at(packed, 56) & 0xffffffffu) == 1);  // flags: metadata zstd
+    CHECK((u64_at(packed, 56) >> 32) == u64_at(plain, 24));  // reserved: the raw metadata length
+    CHECK(u64_at(packed, 24) < u64_at(plain, 24));
+    CHECK(packed.size() < plain.size());
+    check_matches(*ItlFile::from_memory(packed.data(), packed.size()), spec);
+
+    auto load = [](std::vector<uint8_t> bytes) {
+        reseal(&bytes);  // recompute the checksum so the frame itself is what gets checked
+        return ItlFile::from_memory(bytes.data(), bytes.size());
+    };
+    std::vector<uint8_t> bad = packed;
+    bad[60] ^= 1;  // raw length off by one
+    CHECK_THROWS_WITH_AS(load(bad), doctest::Contains("corrupt metadata: compressed frame declares"), Error);
+    bad = packed;
+    bad[64 + u64_at(packed, 24) / 2] ^= 0xff;  // inside the frame
+    CHECK_THROWS_AS(load(bad), Error);
+    bad = packed;
+    bad[56] = 2;  // unknown flag
+    CHECK_THROWS_WITH_AS(load(bad), doctest::Contains("unknown flags"), Error);
+    MESSAGE("metadata ", u64_at(plain, 24), " -> ", u64_at(packed, 24), " bytes compressed; wrong length, damaged frame "
+            "and unknown flags rejected");
+}
+
 TEST_CASE("every truncation of a file is rejected") {
-    const std::vector<uint8_t> bytes = serialize_itl(small_spec());
+    const std::vector<uint8_t> bytes = serialize_plain(small_spec());
     REQUIRE_NOTHROW(ItlFile::from_memory(bytes.data(), bytes.size()));
     size_t rejected = 0;
     for (size_t len = 0; len < bytes.size(); len++) {
@@ -505,7 +536,7 @@ TEST_CASE("every truncation of a file is rejected") {
 }
 
 TEST_CASE("corrupt headers, checksum and metadata are rejected with their message") {
-    const std::vector<uint8_t> good = serialize_itl(small_spec());
+    const std::vector<uint8_t> good = serialize_plain(small_spec());
     const uint64_t data_offset = u64_at(good, 32), data_length = u64_at(good, 40);
     // Header fields are checked before the checksum, so only metadata edits need resealing.
     auto edited = [&](const std::function<void(std::vector<uint8_t>&)>& edit, bool seal = false) {
@@ -522,14 +553,16 @@ TEST_CASE("corrupt headers, checksum and metadata are rejected with their messag
     CHECK(load_error(edited([](auto& b) { b[8] = 0; })) ==
           "unsupported .itl format version 0 (this reader supports version 1)");
     CHECK(contains(load_error(edited([](auto& b) { b[12] = 128; })), "corrupt header: header_bytes 128"));
-    CHECK(contains(load_error(edited([](auto& b) { b[56] = 1; })), "corrupt header: unknown flags 1"));
+    CHECK(contains(load_error(edited([](auto& b) { b[56] = 2; })), "corrupt header: unknown flags 2"));
+    CHECK(contains(load_error(edited([](auto& b) { b[60] = 1; })), "corrupt header: unknown flags 0"));  // reserved
     CHECK(contains(load_error(edited([](auto& b) { put_u64(&b, 24, 0); })), "corrupt header: meta_length 0"));
     CHECK(contains(load_error(edited([&](auto& b) { put_u64(&b, 24, data_offset); })), "corrupt header: data_offset"));
-    CHECK(contains(load_error(edited([&](auto& b) { put_u64(&b, 32, data_offset + 64); })),
-                   "corrupt header: data_offset"));
+    CHECK(contains(load_error(edited([&](auto& b) { put_u64(&b, 32, data_offset + 1); })),
+                   "corrupt header: data_offset"));  // not 64-aligned
     CHECK(
         contains(load_error(edited([&](auto& b) { put_u64(&b, 40, data_length + 1); })), "truncated or corrupt file"));
-    CHECK(contains(load_error(edited([&](auto& b) { put_u64(&b, 40, ~uint64_t{0}); })), "truncated or corrupt file"));
+    // A huge data_length asks for page alignment, which this small file's data_offset lacks.
+    CHECK(contains(load_error(edited([&](auto& b) { put_u64(&b, 40, ~uint64_t{0}); })), "corrupt header: data_offset"));
     std::vector<uint8_t> padded = good;
     padded.push_back(0);
     CHECK(contains(load_error(padded), "truncated or corrupt file"));
@@ -551,7 +584,7 @@ TEST_CASE("corrupt headers, checksum and metadata are rejected with their messag
 }
 
 TEST_CASE("bad tensor entries, config and tokenizer are rejected with their message") {
-    const std::vector<uint8_t> good = serialize_itl(small_spec());
+    const std::vector<uint8_t> good = serialize_plain(small_spec());
     const uint64_t data_length = u64_at(good, 40);
     auto error_after = [&](const std::function<void(const fb::Model*)>& edit) {
         std::vector<uint8_t> b = good;
@@ -640,7 +673,7 @@ TEST_CASE("bad tensor entries, config and tokenizer are rejected with their mess
 
 TEST_CASE("zstd tokenizer: bombs, wrong raw_length and broken frames are rejected") {
     const ModelSpec spec = make_spec(TokenizerKind::word, word_tokens(20000));
-    const std::vector<uint8_t> good = serialize_itl(spec);
+    const std::vector<uint8_t> good = serialize_plain(spec);
     std::vector<uint8_t> probe = good;
     const fb::Section* s = metadata(probe)->tokenizer()->tokens();
     REQUIRE(s->compression() == fb::Compression::zstd);
@@ -702,7 +735,7 @@ TEST_CASE("every single-byte corruption of metadata and tokenizer is loaded safe
     // Resealed, so the checksum does not hide anything: the verifier and the field checks must.
     // Under ASan a read outside the buffer fails the test, so every accepted file is fully read.
     for (const auto& tokens : {char_tokens(), random_tokens()}) {  // zstd and raw tokenizer sections
-        std::vector<uint8_t> good = serialize_itl(make_spec(TokenizerKind::chars, tokens));
+        std::vector<uint8_t> good = serialize_plain(make_spec(TokenizerKind::chars, tokens));
         const uint64_t meta_length = u64_at(good, 24), data_offset = u64_at(good, 32);
         const fb::Section* s = metadata(good)->tokenizer()->tokens();
         std::vector<size_t> positions;

@@ -549,7 +549,9 @@ TEST_CASE("pt: torch.save fixtures match expected.json") {
     REQUIRE(in);
     const nlohmann::ordered_json expected = nlohmann::ordered_json::parse(in);
     size_t files = 0, values = 0;
-    for (const auto& [file, want] : expected["files"].items()) {
+    for (const auto& item : expected["files"].items()) {
+        const std::string file = item.key();  // not a structured binding: clang 14 cannot capture those (INFO)
+        const auto& want = item.value();
         INFO("file ", file);
         const Checkpoint ck = itera::pt::read_checkpoint(dir + "/" + file);
         std::vector<std::string> order;
@@ -580,10 +582,11 @@ TEST_CASE("pt: torch.save fixtures match expected.json") {
         if (ck.has_config) check_value(ck.config, want["config"], "config");
         ++files;
     }
-    for (const auto& [file, message] : expected["errors"].items()) {
+    for (const auto& item : expected["errors"].items()) {
+        const std::string file = item.key(), message = item.value();
         INFO("file ", file);
         CHECK_THROWS_WITH_AS(itera::pt::read_checkpoint(dir + "/" + file),
-                             doctest::Contains(message.get<std::string>().c_str()), itera::Error);
+                             doctest::Contains(message.c_str()), itera::Error);
     }
     CHECK(files >= 8);
     MESSAGE(files, " torch.save files (", values, " values, dtypes/shapes/offsets/sharing/config) and ",

@@ -116,8 +116,9 @@ TEST_CASE("scan_step matches the diagonal SSM recurrence") {
     const int32_t inner = 3, state = 2;
     const std::vector<float> a_log = {0.0f, std::log(2.0f)}, B = {1, 0, 1, 0, 1, -1}, C = {1, 0, 0, 1, 1, 1}, D = {0.5f, 0.5f, 0.5f};
     const std::vector<float> v = {1.0f, 2.0f, 3.0f}, delta = {0.0f, 0.0f, 0.0f};
-    std::vector<float> s = {1.0f, -1.0f}, y(3);
-    ref::scan_step(view(a_log, 1, 2), view(B, 2, 3), view(C, 3, 2), view(D, 1, 3), inner, state, v.data(), delta.data(),
+    std::vector<float> s = {1.0f, -1.0f}, y(3), bv(2);
+    ref::matvec(view(B, 2, 3), v.data(), bv.data());
+    ref::scan_step(view(a_log, 1, 2), view(C, 3, 2), view(D, 1, 3), inner, state, v.data(), delta.data(), bv.data(),
                    s.data(), y.data());
     const float dt = std::log(2.0f);  // mean softplus(0)
     const float s0 = std::exp(-dt) * 1.0f + dt * (1 + 3), s1 = std::exp(-2 * dt) * -1.0f + dt * (2 - 3);

@@ -13,6 +13,8 @@
 
 namespace itera::pt {
 
+Value::~Value() = default;
+
 const Value* Value::get(const std::string& key) const {
     for (const auto& [k, v] : entries)
         if (k == key) return &v;

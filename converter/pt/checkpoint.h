@@ -23,6 +23,15 @@ struct Value {
     std::vector<Value> items;                  // list / tuple
     std::vector<std::pair<std::string, Value>> entries;  // dict with string keys, insertion order
     const Value* get(const std::string& key) const;      // dict lookup, nullptr when absent
+
+    // The destructor is defined out of line: clang with libstdc++ cannot otherwise check
+    // pair<string, Value> (inside `entries`) while Value is still incomplete.
+    Value() = default;
+    Value(const Value&) = default;
+    Value(Value&&) = default;
+    Value& operator=(const Value&) = default;
+    Value& operator=(Value&&) = default;
+    ~Value();
 };
 
 struct Tensor {

@@ -19,8 +19,6 @@ struct QuantResult {
 
 struct GptqOptions {
     double damping = 0.01;     // added to diag(H): this fraction of its mean (the paper's 1%)
-    bool act_order = false;    // visit columns by decreasing H[i][i], block scales fixed up front
-                               // from the original weights ("static groups")
     bool scale_search = true;  // each block scale: the multiple (0.70 .. 1.10) of the format's rule
                                // with the least H-weighted block error, instead of the rule itself
 };
@@ -31,9 +29,9 @@ struct GptqOptions {
 // Round-to-nearest with format/quant_blocks.cpp's quantize_row_*.
 QuantResult quantize_rtn(const float* w, int64_t rows, int64_t cols, DType dtype);
 
-// GPTQ with hessian = sum over `tokens` calibration tokens of x x^T ([cols, cols], row-major).
-// Without act order each block's scale is chosen when the block is reached, from its current
-// (error-updated) weights. Weights of inputs never seen (H[i][i] == 0) are rounded to nearest
+// GPTQ with hessian = sum over `tokens` calibration tokens of x x^T ([cols, cols], row-major),
+// columns in storage order. Each block's scale is chosen when the block is reached, from its
+// current (error-updated) weights. Weights of inputs never seen (H[i][i] == 0) are rounded to nearest
 // under their block's scale; tokens <= 0 means no calibration (H = I). Also throws for a
 // non-finite H entry.
 QuantResult quantize_gptq(const float* w, int64_t rows, int64_t cols, DType dtype, const double* hessian,

@@ -51,7 +51,8 @@ TRAIN_STEPS, BATCH, LR = 100, 16, 5e-3
 QUANTS = ("fp32", "fp16", "q8", "q4", "nf4")
 BLOCKS = {"q8": (32, 34), "q4": (32, 18), "nf4": (64, 34)}  # elements, bytes per block
 ELEMENT_BYTES = {"fp32": 4, "fp16": 2}
-# max |logit - fp32 logit| over all held-out windows, relative to the fp32 logits' range
+# max |logit - fp32 logit| over the held-out windows, relative to the fp32 logits' range (positions
+# whose expert routing is a near tie left out, see logits_vs_fp32)
 LOGIT_TOL = {"fp16": 1e-2, "q8": 1e-2, "q4": 0.15, "nf4": 0.15}
 ROUTING_MARGIN = 0.02  # router logit gap below which a position's expert choice is a near tie
 counts = {"passed": 0, "failed": 0}
@@ -252,7 +253,8 @@ def check_layout(label, info, shapes, want_dtype, itl):
     got = {t["name"]: t for t in tensors}
     bad = []
     if sorted(got) != sorted(shapes):
-        bad.append(f"names differ: missing {sorted(set(shapes) - set(got))[:3]}, extra {sorted(set(got) - set(shapes))[:3]}")
+        bad.append(f"names differ: missing {sorted(set(shapes) - set(got))[:3]}, "
+                   f"extra {sorted(set(got) - set(shapes))[:3]}")
     for name, shape in shapes.items():
         t = got.get(name)
         if t is None:
@@ -331,9 +333,10 @@ def logits_vs_fp32(t, files):
             continue
         err = np.abs(got - ref).max(1) / span
         agree = np.mean(got.argmax(1) == ref.argmax(1))
+        left_out = err[~stable].max(initial=0)
         check(err[stable].max() < LOGIT_TOL[q],
               f"{q}: logits vs fp32: max |d| / range {err[stable].max():.2e} < {LOGIT_TOL[q]:g} over {stable.sum()} "
-              f"positions ({len(err) - stable.sum()} near-tie routings left out: max there {err[~stable].max(initial=0):.2e}; "
+              f"positions ({len(err) - stable.sum()} near-tie routings left out: max there {left_out:.2e}; "
               f"range {span:.1f}, argmax agrees at {agree:.1%})")
     prompt = ids[:4]
     want = t.greedy(files["fp32"], prompt, 24)
@@ -361,15 +364,16 @@ def reference_kld(t, q_itl, f_itl, ids, n=CTX):
 
 
 def check_kld(t, label, q_itl, f_itl, ctx=None):
-    """Compares ppl --kld-ref with reference_kld; returns the runtime's kld (None on failure)."""
+    """Compares ppl --kld-ref with reference_kld; returns the runtime's kld (None when it has none)."""
     got = t.ppl(q_itl, t.p["held"], ref=f_itl, ctx=ctx)
-    if not check("kld" in got and "top1" in got, f"{label}: ppl --kld-ref --json has kld, top1 ({json.dumps(got)[:150]})"):
+    if not check("kld" in got and "top1" in got,
+                 f"{label}: ppl --kld-ref --json has kld, top1 ({json.dumps(got)[:150]})"):
         return None
     kld, top1, scored = reference_kld(t, q_itl, f_itl, t.p["held_ids"], ctx or CTX)
     tol = 1e-4 * kld + 1e-8  # --json prints kld with 8 decimals
-    check(abs(got["kld"] - kld) <= tol and abs(got["top1"] - top1) <= 1e-6 and got["scored"] == scored,
+    check(abs(got["kld"] - kld) <= tol and abs(got["top1"] - top1) <= 1e-6 and got.get("scored") == scored,
           f"{label}: kld {got['kld']:.8f} vs {kld:.8f} from logits (|d| <= {tol:.1e}), top1 {got['top1']:.6f} "
-          f"vs {top1:.6f}, scored {got['scored']} vs {scored}")
+          f"vs {top1:.6f}, scored {got.get('scored')} vs {scored}")
     return got["kld"]
 
 
@@ -405,8 +409,8 @@ def trimming(t, files, untrimmed):
     check_kld(t, "q4 vs untrimmed fp32 (F's logits at Q's ids, renormalized)", files["q4"], untrimmed)
     info = t.info(untrimmed)
     shapes = {x["name"]: x["shape"] for x in info["tensors"]}
-    check(info["vocab_size"] == VOCAB and shapes["embedding.weight"][0] == VOCAB and shapes["lm_head.weight"][0] == VOCAB
-          and t.info(files["fp32"])["vocab_size"] == N_TOKENS,
+    check(info["vocab_size"] == VOCAB and shapes["embedding.weight"][0] == VOCAB
+          and shapes["lm_head.weight"][0] == VOCAB and t.info(files["fp32"])["vocab_size"] == N_TOKENS,
           f"--no-trim-vocab keeps {shapes['embedding.weight'][0]} embedding / {shapes['lm_head.weight'][0]} head rows, "
           f"vocab_size {info['vocab_size']}; trimmed vocab_size {t.info(files['fp32'])['vocab_size']}")
 
@@ -443,15 +447,17 @@ def check_report(t, label, report_path, itl, calibrated, lookups=LOOKUPS):
     same = [(e["name"], e["shape"], e["dtype"], e["bytes"]) for e in entries] == \
            [(x["name"], x["shape"], x["dtype"], x["bytes"]) for x in t.info(itl)["tensors"]]
     check(report["file_bytes"] == os.path.getsize(itl) and same,
-          f"{label}: report file_bytes {report['file_bytes']} (on disk {os.path.getsize(itl)}), {len(entries)} tensors' "
-          f"name/shape/dtype/bytes match info --json ({same})")
+          f"{label}: report file_bytes {report['file_bytes']} (on disk {os.path.getsize(itl)}), {len(entries)} "
+          f"tensors' name/shape/dtype/bytes match info --json ({same})")
     fields = ("rms_error_calibrated", "output_error_rtn", "output_error_calibrated")
     block = {e["name"]: e for e in entries if e["dtype"] in BLOCKS}
     bad = []
     for e in entries:
-        if e["dtype"] not in BLOCKS:
-            if any(e[f] is not None for f in fields) or e["rms_error_rtn"] not in (None, 0):
-                bad.append(f"{e['name']} ({e['dtype']}) has errors")
+        if e["dtype"] not in BLOCKS:  # fp32: no error; fp16: its rounding error, small but not 0
+            rtn = e["rms_error_rtn"]
+            fp16_ok = e["dtype"] == "fp16" and isinstance(rtn, (int, float)) and 0 < rtn < 1e-3
+            if any(e[f] is not None for f in fields) or not (rtn == 0 and e["dtype"] == "fp32" or fp16_ok):
+                bad.append(f"{e['name']} ({e['dtype']}) has errors {rtn}")
         elif not (isinstance(e["rms_error_rtn"], (int, float)) and 0 < e["rms_error_rtn"] < 0.5):
             bad.append(f"{e['name']} rms_error_rtn {e['rms_error_rtn']}")
         elif calibrated and e["name"] not in lookups:
@@ -529,7 +535,8 @@ def calibration(t, files, kld):
         f.write(" \n")
     base = [conv, p["ck"], "-o", t.path("bad.itl")]
     t.expect_error("--calib without --tokenizer", base + ["--quant", "q4", "--calib", p["calib"]])
-    t.expect_error("--calib of a text without tokens", base + ["--tokenizer", p["tok"], "--quant", "q4", "--calib", nothing])
+    t.expect_error("--calib of a text without tokens",
+                   base + ["--tokenizer", p["tok"], "--quant", "q4", "--calib", nothing])
     t.expect_error("--calib of a nonexistent file",
                    base + ["--tokenizer", p["tok"], "--quant", "q4", "--calib", t.path("nope.txt")])
     t.expect_error("--calib-tokens 0 (usage)", base + ["--tokenizer", p["tok"], "--quant", "q4", "--calib", p["calib"],
@@ -558,8 +565,10 @@ def keep(t, files):
     mixed = case("keep_mixed", "q4", ["lm_head.weight=q8", "layers.*.ssm.in_proj.weight=fp16"],
                  dict(in_proj, **{"lm_head.weight": "q8"}))
     if mixed:
-        d = np.abs(t.logits(mixed, p["held_ids"][:CTX])[0] - t.logits(files["fp32"], p["held_ids"][:CTX])[0]).max()
-        check(np.isfinite(d), f"  keep_mixed runs: logits max |d| vs fp32 {d:.3f}")
+        ref = t.logits(files["fp32"], p["held_ids"][:CTX])[0]
+        rel = np.abs(t.logits(mixed, p["held_ids"][:CTX])[0] - ref).max() / (ref.max() - ref.min())
+        check(rel < LOGIT_TOL["q4"], f"  keep_mixed: logits vs fp32 on one window, max |d| / range {rel:.2e} "
+                                     f"< {LOGIT_TOL['q4']:g}")
     case("keep_last_nf4", "q4", ["lm_head.weight=q8", "lm_head.weight=nf4"], {"lm_head.weight": "nf4"})
     case("keep_last_q8", "q4", ["lm_head.weight=nf4", "lm_head.weight=q8"], {"lm_head.weight": "q8"})
     experts = {n: "q8" for n in shapes if "experts" in n and n.endswith("w1.weight")}
@@ -574,7 +583,7 @@ def keep(t, files):
     base = [conv, p["ck"], "-o", t.path("bad.itl"), "--tokenizer", p["tok"], "--quant", "q4"]
     for rule, why_ in (("layers.0.ssm.ssm.D=q4", "block format on a rank-1 tensor"),
                        ("layers.1.ssm.conv1d.weight=q8", "block format on conv1d.weight"),
-                       ("layers.0.ssm.ssm.B=nf4", "block format on ssm.B"),
+                       ("layers.0.ssm.ssm.C=nf4", "block format on ssm.C"),
                        ("*=q8", "a glob that reaches the LayerNorms"),
                        ("x", "no '='"), ("a=q5", "unknown dtype"), ("=q8", "empty glob")):
         t.expect_error(f"--keep '{rule}' ({why_})", base + ["--keep", rule])

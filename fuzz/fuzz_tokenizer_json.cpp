@@ -1,0 +1,12 @@
+// libFuzzer target: the tokenizer JSON (and --config JSON) parsers.
+// Build and run: tools/fuzz.sh (docs/fuzzing.md).
+#include "common/error.h"
+#include "fuzz/fuzz_entries.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    try {
+        itera::fuzz::tokenizer_json(data, size);
+    } catch (const itera::Error&) {  // the one way to refuse input; any other exception is a finding
+    }
+    return 0;
+}
