@@ -119,6 +119,30 @@ ModelConfig read_config(const fb::ModelConfig& c) {
     return config;
 }
 
+// The most bytes the blocks of the zstd frame in [src, src + size) decompress to (RFC 8878
+// 3.1.1): a raw or RLE block gives its Block_Size, a compressed block at most 128 KiB (the
+// largest Block_Size the format allows for any of them). A frame
+// header's content size is only a claim; checked against this bound before allocating for it,
+// nothing is allocated that the file's bytes do not back. 0 for a truncated or malformed frame.
+uint64_t zstd_blocks_bound(const uint8_t* src, size_t size) {
+    constexpr uint32_t kMaxBlock = 128 * 1024;
+    if (size < 5) return 0;
+    const unsigned fhd = src[4], fcs_flag = fhd >> 6, single_segment = fhd >> 5 & 1, dict_flag = fhd & 3;
+    size_t pos = 5 + !single_segment + (dict_flag == 3 ? 4 : dict_flag) + (fcs_flag == 0 ? single_segment : 1u << fcs_flag);
+    uint64_t bound = 0;
+    while (pos <= size && size - pos >= 3) {
+        const uint32_t h = src[pos] | uint32_t{src[pos + 1]} << 8 | uint32_t{src[pos + 2]} << 16;
+        const uint32_t type = h >> 1 & 3, block_size = h >> 3;
+        const size_t stored = type == 1 ? 1 : block_size;  // RLE: one byte, repeated
+        pos += 3;
+        if (type == 3 || block_size > kMaxBlock || stored > size - pos) return 0;  // reserved type, too big, truncated
+        pos += stored;
+        bound += type == 2 ? kMaxBlock : block_size;
+        if (h & 1) return bound;  // Last_Block
+    }
+    return 0;
+}
+
 // Decompresses (at most raw_length bytes) and verifies the token list.
 TokenizerSpec read_tokenizer(const fb::Tokenizer& t, const uint8_t* data, uint64_t data_length, int32_t vocab_size) {
     TokenizerSpec tokenizer;
@@ -146,6 +170,9 @@ TokenizerSpec read_tokenizer(const fb::Tokenizer& t, const uint8_t* data, uint64
         if (declared != raw_length)
             throw Error("tokenizer: zstd frame declares " + std::to_string(declared) + " bytes, raw_length says " +
                         std::to_string(raw_length));
+        if (raw_length > zstd_blocks_bound(stored, s.length()))
+            throw Error("tokenizer: zstd frame declares " + std::to_string(raw_length) +
+                        " bytes, more than its blocks hold");
         decompressed.resize(raw_length);
         const size_t n = ZSTD_decompress(decompressed.data(), decompressed.size(), stored, s.length());
         if (ZSTD_isError(n)) throw Error(std::string("tokenizer: zstd decompression failed: ") + ZSTD_getErrorName(n));
@@ -208,6 +235,9 @@ void ItlFile::parse(LoadOptions options) {
         if (declared != h.reserved)
             throw Error("corrupt metadata: compressed frame declares " + std::to_string(declared) +
                         " bytes, the header " + std::to_string(h.reserved));
+        if (h.reserved > zstd_blocks_bound(meta, h.meta_length))
+            throw Error("corrupt metadata: compressed frame declares " + std::to_string(h.reserved) +
+                        " bytes, more than its blocks hold");
         meta_.resize((h.reserved + 7) / 8);
         const size_t n = ZSTD_decompress(meta_.data(), h.reserved, meta, h.meta_length);
         if (ZSTD_isError(n) || n != h.reserved) throw Error("corrupt metadata: zstd decompression failed");

@@ -238,6 +238,8 @@ int info(const Args& args) {
                           ", \"format_version\": " + std::to_string(f.format_version()) +
                           ", \"vocab_size\": " + std::to_string(c.vocab_size) + ", \"hidden\": " + std::to_string(c.hidden) +
                           ", \"max_seq_length\": " + std::to_string(c.max_seq_length) +
+                          ", \"vocab_trimmed\": " + (c.vocab_ids.empty() ? "false" : "true") +
+                          ", \"kernels\": \"" + itera::kernel_path_name() + "\"" +
                           ", \"tied_head\": " + (c.tied_head ? "true" : "false") + ", \"layers\": [";
         for (size_t l = 0; l < c.layers.size(); l++) {
             const auto& lc = c.layers[l];
@@ -268,6 +270,8 @@ int info(const Args& args) {
                 f.provenance().source_sha256.c_str(), f.provenance().converter_version.c_str());
     std::printf("config      vocab %d, hidden %d, max_seq_length %d, %zu layers, %s head\n", c.vocab_size, c.hidden,
                 c.max_seq_length, c.layers.size(), c.tied_head ? "tied" : "untied");
+    if (!c.vocab_ids.empty())
+        std::printf("vocabulary  trimmed: %d rows kept, token ids up to %d\n", c.vocab_size, c.vocab_ids.back());
     for (size_t l = 0; l < c.layers.size(); l++) {
         const auto& lc = c.layers[l];
         std::printf("layer %-4zu  ssm inner %d state %d conv %d; %s", l, lc.inner, lc.state, lc.conv_kernel,
@@ -284,6 +288,7 @@ int info(const Args& args) {
                     std::string(itera::dtype_name(t.dtype)).c_str(), t.bytes);
     std::printf("parameters  %lld, tensor bytes %ju, %.2f bits per weight\n", static_cast<long long>(params),
                 static_cast<uintmax_t>(bytes), bpw);
+    std::printf("kernels     %s (block formats; ITERA_KERNELS=scalar|avx2|avx512 to choose)\n", itera::kernel_path_name());
     return 0;
 }
 

@@ -15,6 +15,7 @@
 
 #include "common/error.h"
 #include "converter/checkpoint_to_spec.h"
+#include "format/itl_file.h"
 #include "fuzz/fuzz_entries.h"
 #include "kernels_cpu/quant_ops.h"
 
@@ -121,4 +122,23 @@ TEST_CASE("fuzz finding: a deeply nested --config JSON is refused, not recursed 
     CHECK_THROWS_WITH_AS(itera::json_to_value(text, "config"), doctest::Contains("nests deeper than"), itera::Error);
     CHECK(itera::json_to_value("{\"a\": [[[1]]]}", "config").get("a")->items.at(0).items.at(0).items.at(0).i == 1);
     MESSAGE("a " << depth << "-deep config JSON is refused with an itera::Error; a 3-deep one still reads");
+}
+
+// Finding itl_loader/*_zstd_size_claim.itl (by review, then confirmed under libFuzzer's malloc
+// limit): the reader allocated whatever a zstd frame header declared (up to 256 MiB of metadata,
+// 64 MiB of tokenizer) before decompressing, so a 128-byte file cost 200 MB. The claim is now
+// checked against the frame's blocks first.
+TEST_CASE("fuzz finding: a zstd frame whose blocks do not back its declared size is refused before allocating") {
+    const std::pair<const char*, const char*> cases[] = {
+        {"meta_zstd_size_claim.itl", "corrupt metadata: compressed frame declares 200000000 bytes, more than its blocks hold"},
+        {"tokenizer_zstd_size_claim.itl", "tokenizer: zstd frame declares 60000000 bytes, more than its blocks hold"},
+    };
+    for (const auto& [name, message] : cases) {
+        const std::vector<uint8_t> bytes = read_bytes(fs::path(ITERA_FUZZ_REGRESSIONS_DIR) / "itl_loader" / name);
+        REQUIRE(!bytes.empty());
+        itera::LoadOptions no_checksum;
+        no_checksum.verify_checksum = false;
+        CHECK_THROWS_WITH_AS(itera::ItlFile::from_memory(bytes.data(), bytes.size(), no_checksum), message, itera::Error);
+    }
+    MESSAGE("metadata and tokenizer frames claiming 200 MB / 60 MB from a few bytes are refused by name");
 }

@@ -143,9 +143,9 @@ bool inverse_cholesky_upper(const std::vector<double>& h, int64_t n, double damp
 }
 
 // The loss a candidate scale d gives one row's block: GPTQ's own, quantizing the block's current
-// weights w[0 .. n) (columns p .. p+n) one by one and spreading each error
-// over the rest of the block: sum of ((w - q) / U[i][i])^2, the increase of the H-weighted output
-// error when every later column may still compensate.
+// weights w[0 .. n) (columns p .. p+n) one by one and spreading each error over the rest of the
+// block: sum of ((w - q) / U[i][i])^2, the increase of the H-weighted output error when every
+// later column may still compensate.
 double gptq_block_loss(DType dtype, float d, const double* w, int n, const double* u, int64_t cols, int64_t p) {
     double v[64];
     std::copy(w, w + n, v);
@@ -159,17 +159,16 @@ double gptq_block_loss(DType dtype, float d, const double* w, int n, const doubl
     return loss;
 }
 
-// The block scale (fp16 bits) for weights w[0 .. n): the format's rule, or with `search` the
-// multiple of it (kScaleMultipliers) of least loss(d).
-template <class Loss>
-uint16_t choose_scale(DType dtype, const double* w, int n, bool search, Loss loss) {
+// The block scale (fp16 bits) for one row's current weights w[0 .. n) at column p: the format's
+// rule, or with `search` the multiple of it (kScaleMultipliers) of least gptq_block_loss.
+uint16_t choose_scale(DType dtype, const double* w, int n, const double* u, int64_t cols, int64_t p, bool search) {
     const float base = base_scale(dtype, w, n);
     uint16_t best = fp32_to_fp16(base);
     if (!search || base == 0.0f) return best;
-    double best_loss = loss(fp16_to_fp32(best));
+    double best_loss = gptq_block_loss(dtype, fp16_to_fp32(best), w, n, u, cols, p);
     for (float m : kScaleMultipliers) {
         const uint16_t d = fp32_to_fp16(base * m);
-        const double l = loss(fp16_to_fp32(d));
+        const double l = gptq_block_loss(dtype, fp16_to_fp32(d), w, n, u, cols, p);
         if (l < best_loss) {
             best_loss = l;
             best = d;
@@ -260,12 +259,9 @@ QuantResult quantize_gptq(const float* w, int64_t rows, int64_t cols, DType dtyp
             // A block's scale comes from its weights as the errors before it have left them.
             if (p % block == 0) {
                 const int n = static_cast<int>(std::min<int64_t>(block, cols - p));
-                for (int64_t g = 0; g < nr; g++) {
-                    const double* v = &work[g * cols + p];
-                    scales[g * nblocks + p / block] = choose_scale(dtype, v, n, opt.scale_search, [&](float d) {
-                        return gptq_block_loss(dtype, d, v, n, u.data(), cols, p);
-                    });
-                }
+                for (int64_t g = 0; g < nr; g++)
+                    scales[g * nblocks + p / block] =
+                        choose_scale(dtype, &work[g * cols + p], n, u.data(), cols, p, opt.scale_search);
             }
             // Quantize column p of each row; its error, scaled by row p of U, moves onto the
             // columns after it.
