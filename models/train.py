@@ -2,7 +2,8 @@
 """Train the small Itera-Lite model shipped in models/ on the King James Bible.
 
 Usage: /usr/bin/python3 models/make_corpus.py /tmp/kjv
-       /usr/bin/python3 models/train.py /tmp/kjv [--steps N]
+       /usr/bin/python3 models/train.py /tmp/kjv [--steps N]   (see README.md for the BLAS used)
+       /usr/bin/python3 models/train.py /tmp/kjv --eval-only   (measure the committed files)
 Writes models/itera_lite_kjv.pt ({'model_state_dict', 'config'}) and models/tokenizer_kjv.json
 (upstream FrequencyTokenizer layout). Objective: the logit at position t is trained on token t+1.
 The model is the reference module tests/reference/itera_lite.py; for speed only, training swaps
@@ -12,7 +13,6 @@ import argparse
 import json
 import math
 import os
-import random
 import sys
 import time
 import types
@@ -120,6 +120,25 @@ def decode(tok, ids):
     return " ".join(tok["id_to_token"].get(str(i), "<UNK>") for i in ids)
 
 
+def measure(out, train, held):
+    """Held-out numbers and greedy samples from the files on disk, run by the reference module."""
+    with open(os.path.join(out, "tokenizer_kjv.json"), encoding="utf-8") as f:
+        tok = json.load(f)
+    saved = torch.load(os.path.join(out, "itera_lite_kjv.pt"))
+    model = IteraLite(saved["config"], tied=True)
+    model.load_state_dict(saved["model_state_dict"])
+    model.eval()
+    P = saved["config"]["max_seq_length"]
+    ppl, ppl_known, n = perplexity(model, held, P)
+    print(f"held-out next-token perplexity over {n} targets: {ppl:.2f} all targets, "
+          f"{ppl_known:.2f} excluding <UNK> targets (<UNK> rate {(held == UNK).float().mean():.2%})")
+    ppl, ppl_known, n = perplexity(model, train[:len(held)], P)
+    print(f"train split (first {n} targets) perplexity: {ppl:.2f} all, {ppl_known:.2f} excluding <UNK>")
+    for prompt in PROMPTS:
+        ids = encode(tok, prompt.split()).tolist()
+        print(f"greedy: {prompt} | {decode(tok, model.generate_greedy(ids, 40))}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("corpus", help="directory written by make_corpus.py")
@@ -129,10 +148,10 @@ def main():
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--out", default=HERE)
+    ap.add_argument("--eval-only", action="store_true", help="measure the files in --out, no training")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
-    random.seed(args.seed)
     torch.manual_seed(args.seed)
 
     def words(part):
@@ -145,6 +164,11 @@ def main():
     train, held = encode(tok, train_words), encode(tok, held_words)
     print(f"tokens: train {len(train)} (<UNK> {(train == UNK).float().mean():.2%}), "
           f"held-out {len(held)} (<UNK> {(held == UNK).float().mean():.2%}), vocab {tok['vocab_size']}")
+    if args.eval_only:
+        with open(os.path.join(args.out, "tokenizer_kjv.json"), encoding="utf-8") as f:
+            assert json.load(f) == tok, "tokenizer file does not match this corpus"
+        measure(args.out, train, held)
+        return
 
     model = IteraLite(CONFIG, tied=True)
     print(f"parameters: {sum(p.numel() for p in model.parameters())}")
@@ -201,20 +225,7 @@ def main():
         json.dump(tok, f, ensure_ascii=False, indent=1)
     print(f"wrote {ckpt} ({os.path.getsize(ckpt)} bytes)")
 
-    # Measure with a fresh reference module loaded from the file just written.
-    saved = torch.load(ckpt)
-    ref = IteraLite(saved["config"], tied=True)
-    ref.load_state_dict(saved["model_state_dict"])
-    ref.eval()
-    ppl, ppl_known, n = perplexity(ref, held, P)
-    print(f"held-out next-token perplexity over {n} targets: {ppl:.2f} all targets, "
-          f"{ppl_known:.2f} excluding <UNK> targets (<UNK> rate {(held == UNK).float().mean():.2%})")
-    ppl, ppl_known, n = perplexity(ref, train[:len(held)], P)
-    print(f"train split (first {n} targets) perplexity: {ppl:.2f} all, {ppl_known:.2f} excluding <UNK>")
-    for prompt in PROMPTS:
-        ids = encode(tok, prompt.split()).tolist()
-        print(f"greedy: {prompt} | {decode(tok, ref.generate_greedy(ids, 40))}")
-
+    measure(args.out, train, held)
 
 if __name__ == "__main__":
     main()

@@ -20,6 +20,14 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 class WeightTable {
 public:
     explicit WeightTable(const ItlFile& file) {
+        // Every tensor the config implies must be in the file. Check a lower bound (12 per layer,
+        // 2 per expert) before naming them all: a few KB of metadata can describe 1024 layers of
+        // 1024 experts, millions of names the file does not hold.
+        size_t implied = 0;
+        for (const LayerConfig& l : file.config().layers) implied += 12 + 2 * l.ffn_widths.size();
+        if (implied > file.tensors().size())
+            throw Error("model file holds " + std::to_string(file.tensors().size()) + " tensors, its config implies " +
+                        std::to_string(implied) + " or more");
         for (const ExpectedTensor& t : expected_tensors(file.config())) expected_[t.name] = t.shape;
         for (const TensorView& t : file.tensors()) {
             if (!expected_.count(t.name))

@@ -18,6 +18,7 @@
 #include "format/itl_file.h"
 #include "fuzz/fuzz_entries.h"
 #include "kernels_cpu/quant_ops.h"
+#include "runtime/model.h"
 
 namespace fs = std::filesystem;
 
@@ -141,4 +142,20 @@ TEST_CASE("fuzz finding: a zstd frame whose blocks do not back its declared size
         CHECK_THROWS_WITH_AS(itera::ItlFile::from_memory(bytes.data(), bytes.size(), no_checksum), message, itera::Error);
     }
     MESSAGE("metadata and tokenizer frames claiming 200 MB / 60 MB from a few bytes are refused by name");
+}
+
+// Finding itl_loader/config_implies_millions_of_tensors.itl (by review): 8 KB of zstd metadata
+// describing 1024 MoE layers of 1024 experts and no tensors made load_model build the names and
+// shapes of 2 million expected tensors (1.4 GB under ASan, 8 s) before finding the first missing.
+TEST_CASE("fuzz finding: a config implying more tensors than the file holds is refused before naming them") {
+    const std::vector<uint8_t> bytes =
+        read_bytes(fs::path(ITERA_FUZZ_REGRESSIONS_DIR) / "itl_loader" / "config_implies_millions_of_tensors.itl");
+    REQUIRE(bytes.size() < 10000);
+    itera::LoadOptions no_checksum;
+    no_checksum.verify_checksum = false;
+    auto file = itera::ItlFile::from_memory(bytes.data(), bytes.size(), no_checksum);
+    REQUIRE(file->config().layers.size() == 1024);
+    CHECK_THROWS_WITH_AS(itera::load_model(std::move(file)),
+                         "model file holds 0 tensors, its config implies 2109440 or more", itera::Error);
+    MESSAGE("a " << bytes.size() << "-byte file whose config implies 2109440+ tensors is refused by count");
 }
