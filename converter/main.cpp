@@ -38,8 +38,8 @@ int run(int argc, char** argv) {
         ->check(CLI::Range(1, 1 << 20));
     app.add_option("--quant,--dtype", dtype_name,
                    "storage type of the matrices (projections, experts, router, embeddings, LM head): fp32 (default), "
-                   "fp16, q8, q4 or nf4; with any but fp32, conv weights, B and C are stored fp16; LayerNorms, biases, "
-                   "A_log and D always stay fp32")
+                   "fp16, q8, q4 or nf4; with any but fp32, conv weights and C are stored fp16 and the SSM's B at least "
+                   "q8; LayerNorms, biases, A_log and D always stay fp32")
         ->check(CLI::IsMember({"fp32", "fp16", "q8", "q4", "nf4"}));
     app.add_option("--keep", keep_rules,
                    "per-tensor override 'GLOB=dtype' (e.g. 'lm_head.weight=q8', 'layers.*.ssm.in_proj.weight=fp16'); "

@@ -34,8 +34,8 @@ struct TensorReport {
 void trim_vocabulary(ModelSpec& spec);
 
 // The dtype each tensor is stored in. Throws itera::Error for a block format on a tensor the
-// runtime reads element-wise (LayerNorms, biases, A_log, D, conv weights, C); B is a matrix
-// product, fp16 by default, and may be given a block format with --keep.
+// runtime reads element-wise (LayerNorms, biases, A_log, D, conv weights, C). B is a matrix
+// product: q8 when the base is q4 or nf4, else the base.
 DType choose_dtype(const std::string& name, size_t rank, const QuantOptions& options);
 
 // Sets every tensor's dtype and, for block formats, its packed bytes: calibrated when `stats`
