@@ -14,12 +14,6 @@ namespace {
 using pt::Tensor;
 using pt::Value;
 
-std::string shape_text(const std::vector<int64_t>& shape) {
-    std::string s = "[";
-    for (size_t i = 0; i < shape.size(); i++) s += (i ? ", " : "") + std::to_string(shape[i]);
-    return s + "]";
-}
-
 class StateDict {
 public:
     explicit StateDict(const pt::Checkpoint& c) : c_(c) {}

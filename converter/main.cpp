@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "common/cli_parse.h"
 #include "common/error.h"
 #include "common/file_io.h"
 #include "common/sha256.h"
@@ -38,8 +39,8 @@ int run(int argc, char** argv) {
         ->check(CLI::Range(1, 1 << 20));
     app.add_option("--quant,--dtype", dtype_name,
                    "storage type of the matrices (projections, experts, router, embeddings, LM head): fp32 (default), "
-                   "fp16, q8, q4 or nf4; with any but fp32, conv weights and C are stored fp16 and the SSM's B at least "
-                   "q8; LayerNorms, biases, A_log and D always stay fp32")
+                   "fp16, q8, q4 or nf4; with any but fp32, conv weights and C are stored fp16, and under q4 or nf4 the "
+                   "SSM's B is kept at q8; LayerNorms, biases, A_log and D always stay fp32")
         ->check(CLI::IsMember({"fp32", "fp16", "q8", "q4", "nf4"}));
     app.add_option("--keep", keep_rules,
                    "per-tensor override 'GLOB=dtype' (e.g. 'lm_head.weight=q8', 'layers.*.ssm.in_proj.weight=fp16'); "
@@ -57,16 +58,7 @@ int run(int argc, char** argv) {
     app.add_option("--moe-empty", moe_empty, "a MoE layer with 0 experts: 'error' (default) or 'identity'")
         ->check(CLI::IsMember({"error", "identity"}));
     app.set_version_flag("--version", ITERA_VERSION);
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::CallForHelp& e) {
-        return app.exit(e);
-    } catch (const CLI::CallForVersion& e) {
-        return app.exit(e);
-    } catch (const CLI::ParseError& e) {
-        std::fprintf(stderr, "error: %s (see itera-convert --help)\n", e.what());
-        return 2;
-    }
+    if (const auto status = itera::parse_command_line(app, argc, argv, "itera-convert")) return *status;
 
     const std::vector<uint8_t> bytes = itera::read_file_bytes(checkpoint_path, kMaxCheckpointBytes);
     const itera::pt::Checkpoint checkpoint = itera::pt::read_checkpoint_bytes(bytes.data(), bytes.size());

@@ -2,6 +2,12 @@
 
 namespace itera {
 
+std::string shape_text(const std::vector<int64_t>& shape) {
+    std::string s = "[";
+    for (size_t i = 0; i < shape.size(); i++) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+}
+
 std::string layer_prefix(int layer) { return "layers." + std::to_string(layer) + "."; }
 std::string moe_prefix(int layer) { return layer_prefix(layer) + "moe.layer."; }
 std::string expert_prefix(int layer, int expert) {

@@ -18,6 +18,9 @@ struct ExpectedTensor {
 
 std::vector<ExpectedTensor> expected_tensors(const ModelConfig& config);
 
+// "[2000, 64]": a shape as the messages and `itera-run info` print it.
+std::string shape_text(const std::vector<int64_t>& shape);
+
 // "layers.3.ssm.in_proj.weight" style prefixes used by both sides.
 std::string layer_prefix(int layer);                 // "layers.3."
 std::string moe_prefix(int layer);                   // "layers.3.moe.layer."

@@ -6,7 +6,9 @@
 #include <cstdio>
 #include <random>
 
+#include "common/cli_parse.h"
 #include "common/error.h"
+#include "format/tensor_names.h"
 #include "common/file_io.h"
 #include "runtime/builtin_model.h"
 #include "runtime/context.h"
@@ -30,6 +32,7 @@ struct Args {
 };
 
 std::unique_ptr<itera::Model> load(const Args& args) {
+    itera::kernel_path();  // a bad ITERA_KERNELS fails here, before any output
     if (args.model_path.empty())
         return itera::load_model(itera::ItlFile::from_memory(itera_builtin_model, itera_builtin_model_size));
     return itera::load_model_file(args.model_path);
@@ -214,12 +217,6 @@ int perplexity(const Args& args) {
     return 0;
 }
 
-std::string shape_text(const std::vector<int64_t>& shape) {
-    std::string s = "[";
-    for (size_t i = 0; i < shape.size(); i++) s += (i ? ", " : "") + std::to_string(shape[i]);
-    return s + "]";
-}
-
 int info(const Args& args) {
     const auto model = load(args);
     const itera::ModelConfig& c = model->config;
@@ -253,7 +250,7 @@ int info(const Args& args) {
         out += "], \"tensors\": [";
         for (size_t i = 0; i < f.tensors().size(); i++) {
             const auto& t = f.tensors()[i];
-            out += std::string(i ? ", " : "") + "{\"name\": \"" + t.name + "\", \"shape\": " + shape_text(t.shape) +
+            out += std::string(i ? ", " : "") + "{\"name\": \"" + t.name + "\", \"shape\": " + itera::shape_text(t.shape) +
                    ", \"dtype\": \"" + std::string(itera::dtype_name(t.dtype)) + "\", \"bytes\": " + std::to_string(t.bytes) + "}";
         }
         char tail[160];
@@ -268,6 +265,7 @@ int info(const Args& args) {
     std::printf("model       %s (%zu bytes, format v%u)\n", source.c_str(), f.file_size(), f.format_version());
     std::printf("source      %s sha256 %s (itera-convert %s)\n", f.provenance().source_name.c_str(),
                 f.provenance().source_sha256.c_str(), f.provenance().converter_version.c_str());
+    std::printf("converted   itera-convert %s\n", f.provenance().options.c_str());
     std::printf("config      vocab %d, hidden %d, max_seq_length %d, %zu layers, %s head\n", c.vocab_size, c.hidden,
                 c.max_seq_length, c.layers.size(), c.tied_head ? "tied" : "untied");
     if (!c.vocab_ids.empty())
@@ -284,7 +282,7 @@ int info(const Args& args) {
                                                            (model->tokenizer.kind() == itera::TokenizerKind::word ? "word" : "char") + " level").c_str()
                                                         : "none");
     for (const auto& t : f.tensors())
-        std::printf("  %-48s %-16s %-5s %10zu bytes\n", t.name.c_str(), shape_text(t.shape).c_str(),
+        std::printf("  %-48s %-16s %-5s %10zu bytes\n", t.name.c_str(), itera::shape_text(t.shape).c_str(),
                     std::string(itera::dtype_name(t.dtype)).c_str(), t.bytes);
     std::printf("parameters  %lld, tensor bytes %ju, %.2f bits per weight\n", static_cast<long long>(params),
                 static_cast<uintmax_t>(bytes), bpw);
@@ -320,18 +318,7 @@ int run(int argc, char** argv) {
     auto* inf = app.add_subcommand("info", "describe the model: config, tensors, sizes")->fallthrough();
     inf->add_flag("--json", a.json, "print JSON");
     app.require_subcommand(0, 1);
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::CallForHelp& e) {
-        return app.exit(e);
-    } catch (const CLI::CallForAllHelp& e) {
-        return app.exit(e);
-    } catch (const CLI::CallForVersion& e) {
-        return app.exit(e);
-    } catch (const CLI::ParseError& e) {
-        std::fprintf(stderr, "error: %s (see itera-run --help)\n", e.what());
-        return 2;
-    }
+    if (const auto status = itera::parse_command_line(app, argc, argv, "itera-run")) return *status;
     a.has_prompt = app.count("--prompt") > 0;
     a.has_seed = app.count("--seed") > 0;
     a.has_ctx = ppl->count("--ctx") > 0;

@@ -10,12 +10,6 @@ namespace itera {
 
 namespace {
 
-std::string shape_text(const std::vector<int64_t>& shape) {
-    std::string s = "[";
-    for (size_t i = 0; i < shape.size(); i++) s += (i ? ", " : "") + std::to_string(shape[i]);
-    return s + "]";
-}
-
 // Views every tensor the config implies, checking its shape, and refuses any tensor left over.
 class WeightTable {
 public:
