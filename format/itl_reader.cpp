@@ -270,6 +270,10 @@ void ItlFile::parse(LoadOptions options) {
                 throw Error(what + ": unsupported layout " + std::to_string(static_cast<int32_t>(t->layout())));
             const size_t rank = t->shape() ? t->shape()->size() : 0;
             if (rank > kItlMaxRank) throw Error(what + ": rank " + std::to_string(rank) + " (at most 4)");
+            // The FlatBuffers 2.0.8 verifier checks a vector's length field but not that 8-byte
+            // elements are 8-aligned (its builder always aligns them); reading them misaligned is UB.
+            if (rank > 0 && reinterpret_cast<uintptr_t>(t->shape()->data()) % alignof(int64_t) != 0)
+                throw Error(what + ": corrupt metadata (shape not 8-byte aligned)");
             for (size_t i = 0; i < rank; i++)
                 view.shape.push_back(t->shape()->Get(static_cast<flatbuffers::uoffset_t>(i)));
             const int64_t n = checked_elements(what, view.shape.data(), rank);

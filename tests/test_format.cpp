@@ -722,10 +722,11 @@ TEST_CASE("zstd tokenizer: bombs, wrong raw_length and broken frames are rejecte
                                                      " bytes, raw_length says " + std::to_string(raw_length - 1));
     CHECK(with_section(std::vector<uint8_t>(frame.begin(), frame.begin() + 3), raw_length) ==
           "tokenizer: not a zstd frame with a declared size");
+    // A truncated frame is refused before allocating: its blocks cannot hold the declared size.
     CHECK(with_section(std::vector<uint8_t>(frame.begin(), frame.begin() + 9), raw_length) ==
-          "tokenizer: zstd decompression failed: Src size is incorrect");
-    CHECK(contains(with_section(std::vector<uint8_t>(frame.begin(), frame.end() - 10), raw_length),
-                   "tokenizer: zstd decompression failed"));
+          "tokenizer: zstd frame declares " + std::to_string(raw_length) + " bytes, more than its blocks hold");
+    const std::string cut = with_section(std::vector<uint8_t>(frame.begin(), frame.end() - 10), raw_length);
+    CHECK((contains(cut, "tokenizer: zstd decompression failed") || contains(cut, "more than its blocks hold")));
     std::vector<uint8_t> garbage(64, 0x55);
     CHECK(with_section(garbage, raw_length) == "tokenizer: not a zstd frame with a declared size");
     MESSAGE("zstd: ", bomb.size(), "-byte bomb declaring 70 MiB rejected; truncated/garbage frames rejected");

@@ -159,3 +159,16 @@ TEST_CASE("fuzz finding: a config implying more tensors than the file holds is r
                          "model file holds 0 tensors, its config implies 2109440 or more", itera::Error);
     MESSAGE("a " << bytes.size() << "-byte file whose config implies 2109440+ tensors is refused by count");
 }
+
+// Finding itl_loader/misaligned_shape.itl (libFuzzer, checksum off, UBSan): a tensor's `shape`
+// vector of int64 placed at a 4-byte boundary. FlatBuffers 2.0.8 verifies vector lengths, not the
+// alignment of 8-byte elements, so reading the shape was a misaligned load.
+TEST_CASE("fuzz finding: a tensor shape vector that is not 8-byte aligned is refused") {
+    const std::vector<uint8_t> bytes = read_bytes(fs::path(ITERA_FUZZ_REGRESSIONS_DIR) / "itl_loader" / "misaligned_shape.itl");
+    REQUIRE(!bytes.empty());
+    itera::LoadOptions no_checksum;
+    no_checksum.verify_checksum = false;
+    CHECK_THROWS_WITH_AS(itera::ItlFile::from_memory(bytes.data(), bytes.size(), no_checksum),
+                         doctest::Contains("corrupt metadata (shape not 8-byte aligned)"), itera::Error);
+    MESSAGE("the misaligned shape vector is refused before it is read");
+}
