@@ -1,5 +1,5 @@
-// The command-line tools' shared parsing step: help and version print and exit 0, a usage error is
-// one "error:" line and exit status 2.
+// What the command-line tools share: help and version print and exit 0, a usage error is one
+// "error:" line and exit status 2, any other failure one "error:" line and exit status 1.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -23,6 +23,16 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
         return 2;
     }
     return std::nullopt;
+}
+
+// Runs a tool's body, turning any exception that escapes it into its one-line error.
+inline int run_reporting_errors(int (*body)(int, char**), int argc, char** argv) {
+    try {
+        return body(argc, argv);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
 }
 
 }  // namespace itera

@@ -306,7 +306,7 @@ int run(int argc, char** argv) {
     app.add_flag("--print-ids", a.print_ids, "print only the generated token ids, space-separated");
     app.add_flag("--allow-unk", a.allow_unk, "map prompt words missing from the vocabulary to <UNK> instead of failing");
     app.set_version_flag("--version", ITERA_VERSION);
-    auto* gen = app.add_subcommand("generate", "generate text (the default)")->fallthrough();
+    app.add_subcommand("generate", "generate text (the default)")->fallthrough();
     auto* lg = app.add_subcommand("logits", "print JSON logits for every position of --ids/-p (one forward from zero state)")->fallthrough();
     auto* ppl = app.add_subcommand("ppl", "perplexity of a text file: non-overlapping windows from zero state")->fallthrough();
     ppl->add_option("--file", a.file, "text file to score")->required();
@@ -325,17 +325,9 @@ int run(int argc, char** argv) {
     if (*lg) return logits(a);
     if (*ppl) return perplexity(a);
     if (*inf) return info(a);
-    (void)gen;
     return generate(a);
 }
 
 }  // namespace
 
-int main(int argc, char** argv) {
-    try {
-        return run(argc, argv);
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "error: %s\n", e.what());
-        return 1;
-    }
-}
+int main(int argc, char** argv) { return itera::run_reporting_errors(run, argc, argv); }
