@@ -6,10 +6,11 @@
 #include <unistd.h>
 #include <zstd.h>
 
-#include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <set>
+#include <string_view>
 
 #include "common/error.h"
 #include "format/itl_file.h"
@@ -256,10 +257,15 @@ void ItlFile::parse(LoadOptions options) {
                     " (this reader supports up to " + std::to_string(kQuantVersion) + ")");
     config_ = read_config(*model->config());
 
+    // Names are checked for duplicates as they come: a tensors vector of millions of offsets to
+    // one table is refused at its second entry, not after a view of each.
+    std::set<std::string_view> names;  // views into the metadata
     if (model->tensors()) {
         for (const fb::Tensor* t : *model->tensors()) {
             TensorView view;
             view.name = t->name()->str();
+            if (!names.insert(t->name()->string_view()).second)
+                throw Error("duplicate tensor name '" + view.name + "'");
             const std::string what = "tensor '" + view.name + "'";
             const int32_t dtype = static_cast<int32_t>(t->dtype());
             if (!dtype_known(dtype))
@@ -288,11 +294,6 @@ void ItlFile::parse(LoadOptions options) {
             tensors_.push_back(std::move(view));
         }
     }
-    std::vector<const std::string*> names;
-    for (const TensorView& t : tensors_) names.push_back(&t.name);
-    std::sort(names.begin(), names.end(), [](const std::string* a, const std::string* b) { return *a < *b; });
-    for (size_t i = 1; i < names.size(); i++)
-        if (*names[i] == *names[i - 1]) throw Error("duplicate tensor name '" + *names[i] + "'");
 
     if (model->tokenizer()) {
         tokenizer_ = read_tokenizer(*model->tokenizer(), data, h.data_length, config_.vocab_size);

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/error.h"
+
 namespace itera {
 
 int32_t argmax(const float* logits, int32_t n) {
@@ -24,6 +26,9 @@ double Sampler::uniform() {
 }
 
 int32_t Sampler::sample(const float* logits, int32_t n) {
+    // NaN has no order: sorting it is undefined, and no token is "most likely".
+    for (int32_t i = 0; i < n; i++)
+        if (std::isnan(logits[i])) throw Error("the model produced NaN logits (non-finite weights?)");
     if (params_.greedy || params_.temperature <= 0.0f) return argmax(logits, n);
     order_.resize(static_cast<size_t>(n));
     for (int32_t i = 0; i < n; i++) order_[static_cast<size_t>(i)] = i;

@@ -18,6 +18,7 @@ struct SamplerParams {
 class Sampler {
 public:
     explicit Sampler(const SamplerParams& params);
+    // Throws itera::Error when a logit is NaN.
     int32_t sample(const float* logits, int32_t n);
 
 private:

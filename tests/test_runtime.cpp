@@ -184,7 +184,11 @@ TEST_CASE("sampler: greedy, seeds and filters") {
     p.top_p = 0.1f;
     Sampler nucleus(p);
     for (int i = 0; i < 50; i++) CHECK(nucleus.sample(logits.data(), 5) == 1);
-    MESSAGE("greedy picks argmax; same seed gives the same 200 draws; top-k 2 and top-p 0.1 restrict the choice");
+    const std::vector<float> with_nan = {0.1f, std::nanf(""), 2.0f};
+    CHECK_THROWS_WITH_AS(Sampler(p).sample(with_nan.data(), 3), doctest::Contains("NaN logits"), Error);
+    CHECK_THROWS_WITH_AS(Sampler(greedy).sample(with_nan.data(), 3), doctest::Contains("NaN logits"), Error);
+    MESSAGE("greedy picks argmax; same seed gives the same 200 draws; top-k 2 and top-p 0.1 restrict the choice; "
+            "NaN logits are an error");
 }
 
 TEST_CASE("context: recurrent decoding, window past max_seq_length, reset, fp16 storage") {
