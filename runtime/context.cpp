@@ -47,10 +47,14 @@ Context::Context(const Model& model) : model_(model) {
 }
 
 void Context::reset() {
-    std::fill(conv_.begin(), conv_.end(), 0.0f);
-    std::fill(ssm_.begin(), ssm_.end(), 0.0f);
+    zero_state();
     window_.clear();
     has_logits_ = false;
+}
+
+void Context::zero_state() {
+    std::fill(conv_.begin(), conv_.end(), 0.0f);
+    std::fill(ssm_.begin(), ssm_.end(), 0.0f);
 }
 
 const float* Context::eval(int32_t token, bool want_logits) {
@@ -62,13 +66,11 @@ const float* Context::eval(int32_t token, bool want_logits) {
         step(token, position() - 1, want_logits);
     } else {
         // Upstream semantics: slide the window and recompute it from zero state.
-        std::vector<int32_t> window(window_.begin() + 1, window_.end());
-        window.push_back(token);
-        reset();
-        for (size_t i = 0; i < window.size(); i++) {
-            window_.push_back(window[i]);
-            step(window[i], static_cast<int32_t>(i), want_logits && i + 1 == window.size());
-        }
+        std::rotate(window_.begin(), window_.begin() + 1, window_.end());
+        window_.back() = token;
+        zero_state();
+        for (size_t i = 0; i < window_.size(); i++)
+            step(window_[i], static_cast<int32_t>(i), want_logits && i + 1 == window_.size());
     }
     has_logits_ = want_logits;
     return want_logits ? logits_.data() : nullptr;

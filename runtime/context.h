@@ -49,6 +49,7 @@ public:
     void restore(const uint8_t* data, size_t size);
 
 private:
+    void zero_state();  // conv history and SSM state, not the window
     void step(int32_t token, int32_t pos, bool want_logits);
     const ActQ8* quantize_for(const Weight& w, const float* x, int32_t n, ActQ8* buffer);
     void matmul(const Weight& w, const float* x, const ActQ8* xq, float* y);

@@ -20,7 +20,6 @@ into windows ids[N*w : N*w+N], each run from zero state at positions 0.., and ev
 except the text's last is scored against ids[t+1] (a window's last position against the next
 window's first token); ppl = exp(mean NLL).
 """
-import argparse
 import collections
 import io
 import json
@@ -38,10 +37,12 @@ import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+sys.path.insert(0, os.path.join(HERE, ".."))
 
 import torch  # noqa: E402
 
 from itera_lite import IteraLite  # noqa: E402
+from testlib import check, counts, finish, tool_args  # noqa: E402
 
 SPECIALS = ["<PAD>", "<UNK>", "<BOS>", "<EOS>"]
 WORDS = ("the a cat dog sat on mat ran to park and saw big small red blue ball tree happy day. "
@@ -50,13 +51,6 @@ WORDS = ("the a cat dog sat on mat ran to park and saw big small red blue ball t
 CHARS = list(" abcdefghijklmnopqrstuvwxyz.,'")
 MAX_RSS_MB = 512          # bad input must not make the tools allocate what the input does not hold
 TIMEOUT_S = 60
-counts = {"passed": 0, "failed": 0}
-
-
-def check(ok, line):
-    counts["passed" if ok else "failed"] += 1
-    print(f"{line} {'OK' if ok else 'FAIL'}", flush=True)
-    return ok
 
 
 class Result:
@@ -570,13 +564,7 @@ def bad_run(args, w, p):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--convert", required=True)
-    ap.add_argument("--run", required=True)
-    ap.add_argument("--workdir", required=True)
-    args = ap.parse_args()
-    args.convert, args.run = os.path.abspath(args.convert), os.path.abspath(args.run)
-    os.makedirs(args.workdir, exist_ok=True)
+    args = tool_args(__doc__.split("\n")[0])
     w = tempfile.mkdtemp(prefix="cli-", dir=args.workdir)
     torch.set_num_threads(1)
     p = end_to_end(args, w)
@@ -587,8 +575,7 @@ def main():
         bad_run(args, w, p)
     if not counts["failed"]:
         shutil.rmtree(w)  # kept on failure, to look at
-    print(f"{counts['passed']} passed, {counts['failed']} failed")
-    sys.exit(1 if counts["failed"] else 0)
+    finish()
 
 
 if __name__ == "__main__":

@@ -22,23 +22,23 @@ Windows, as `ppl` scores text (upstream): the text's ids are cut into non-overla
 ids[n*w : n*w+n], each run from zero state; every position t but the text's last is scored
 against ids[t+1] (a window's last position against the next window's first token).
 """
-import argparse
 import json
 import math
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+sys.path.insert(0, os.path.join(HERE, ".."))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from itera_lite import IteraLite  # noqa: E402
+from testlib import check, counts, finish, run, tool_args, why  # noqa: E402
 
 SPECIALS = ["<PAD>", "<UNK>", "<BOS>", "<EOS>"]
 VOCAB = 300           # the checkpoint's rows; the tokenizer produces ids 0..N_TOKENS-1 only
@@ -55,29 +55,6 @@ ELEMENT_BYTES = {"fp32": 4, "fp16": 2}
 # whose expert routing is a near tie left out, see logits_vs_fp32)
 LOGIT_TOL = {"fp16": 1e-2, "q8": 1e-2, "q4": 0.15, "nf4": 0.15}
 ROUTING_MARGIN = 0.02  # router logit gap below which a position's expert choice is a near tie
-counts = {"passed": 0, "failed": 0}
-
-
-def check(ok, line):
-    counts["passed" if ok else "failed"] += 1
-    print(f"{line} {'OK' if ok else 'FAIL'}", flush=True)
-    return ok
-
-
-def run(cmd, timeout=120):
-    """(exit status, stdout, stderr); a signal is a negative status, a timeout -999."""
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        return p.returncode, p.stdout, p.stderr
-    except subprocess.TimeoutExpired:
-        return -999, "", f"timed out after {timeout} s"
-    except OSError as e:
-        return -998, "", str(e)
-
-
-def why(rc, err):
-    tail = " | ".join(err.strip().splitlines()[-3:])
-    return f"(exit {rc}: {tail[:300]})"
 
 
 # ---- the model, its tokenizer and texts ---------------------------------------------------------
@@ -599,13 +576,7 @@ def keep(t, files):
 # ---- main -----------------------------------------------------------------------------------------
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--convert", required=True)
-    ap.add_argument("--run", required=True)
-    ap.add_argument("--workdir", required=True)
-    args = ap.parse_args()
-    args.convert, args.run = os.path.abspath(args.convert), os.path.abspath(args.run)
-    os.makedirs(args.workdir, exist_ok=True)
+    args = tool_args(__doc__.split("\n")[0])
     w = tempfile.mkdtemp(prefix="quant-", dir=args.workdir)
     torch.set_num_threads(1)
     p = train(w)
@@ -626,8 +597,7 @@ def main():
             check(False, f"stopped: {type(e).__name__}: {e}")
     if not counts["failed"]:
         shutil.rmtree(w)  # kept on failure, to look at
-    print(f"{counts['passed']} passed, {counts['failed']} failed")
-    sys.exit(1 if counts["failed"] else 0)
+    finish()
 
 
 if __name__ == "__main__":

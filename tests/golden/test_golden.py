@@ -14,48 +14,24 @@ usage: /usr/bin/python3 tests/golden/test_golden.py --convert build/itera-conver
    with the same weights.
 Prints one line per check and `N passed, N failed`; exits 1 on any failure.
 """
-import argparse
 import json
 import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+sys.path.insert(0, os.path.join(HERE, ".."))
 
 import torch  # noqa: E402
 
 from itera_lite import IteraLite  # noqa: E402
+from testlib import check, finish, run, tool_args, why  # noqa: E402
 
 TOL_FP32, TOL_FP16 = 1e-4, 2e-2
-counts = {"passed": 0, "failed": 0}
-
-
-def check(ok, line):
-    counts["passed" if ok else "failed"] += 1
-    print(f"{line} {'OK' if ok else 'FAIL'}", flush=True)
-    return ok
-
-
-def run(cmd, cwd=None, timeout=600):
-    """(exit status, stdout, stderr); a signal is a negative status, a timeout -999."""
-    try:
-        p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                           stdin=subprocess.DEVNULL)
-        return p.returncode, p.stdout, p.stderr
-    except subprocess.TimeoutExpired:
-        return -999, "", f"timed out after {timeout} s"
-    except OSError as e:
-        return -998, "", str(e)
-
-
-def why(rc, err):
-    tail = " | ".join(err.strip().splitlines()[-3:])
-    return f"(exit {rc}: {tail[:300]})"
 
 
 def max_abs_diff(got, want):
@@ -336,18 +312,10 @@ def check_trimmed(label, args, pt, itl, tok, extra, ids, want):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--convert", required=True)
-    ap.add_argument("--run", required=True)
-    ap.add_argument("--workdir", required=True)
-    args = ap.parse_args()
-    args.convert, args.run = os.path.abspath(args.convert), os.path.abspath(args.run)
-    os.makedirs(args.workdir, exist_ok=True)
-    args.workdir = os.path.abspath(args.workdir)
+    args = tool_args(__doc__.split("\n")[0])
     golden_cases(args)
     upstream(args)
-    print(f"{counts['passed']} passed, {counts['failed']} failed")
-    sys.exit(1 if counts["failed"] else 0)
+    finish()
 
 
 if __name__ == "__main__":
