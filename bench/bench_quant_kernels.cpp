@@ -50,6 +50,8 @@ std::vector<uint8_t> quantize_matrix(DType dtype, const std::vector<float>& w, i
         switch (dtype) {
             case DType::q8_0: quantize_row_q8_0(src, cols, reinterpret_cast<BlockQ8*>(row.data())); break;
             case DType::q4_0: quantize_row_q4_0(src, cols, reinterpret_cast<BlockQ4*>(row.data())); break;
+            case DType::q3_0: quantize_row_q3_0(src, cols, reinterpret_cast<BlockQ3*>(row.data())); break;
+            case DType::q2_0: quantize_row_q2_0(src, cols, reinterpret_cast<BlockQ2*>(row.data())); break;
             default: quantize_row_nf4(src, cols, reinterpret_cast<BlockNf4*>(row.data())); break;
         }
         std::copy(row.begin(), row.begin() + static_cast<ptrdiff_t>(row_bytes), bytes.begin() + 2 + r * row_bytes);
@@ -98,7 +100,7 @@ int run(int argc, char** argv) {
         std::vector<float> y(static_cast<size_t>(s.rows));
         char shape[32];
         std::snprintf(shape, sizeof(shape), "%dx%d", s.rows, s.cols);
-        for (DType dtype : {DType::q8_0, DType::q4_0, DType::nf4}) {
+        for (DType dtype : {DType::q8_0, DType::q4_0, DType::nf4, DType::q3_0, DType::q2_0}) {
             const std::vector<uint8_t> bytes = quantize_matrix(dtype, w, s.rows, s.cols);
             const Weight wq = {dtype, s.rows, s.cols, bytes.data() + 2};
             const double size = static_cast<double>(bytes.size() - 2);

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "common/error.h"
+#include "converter/prune.h"
 #include "format/tensor_names.h"
 
 namespace itera {
@@ -163,16 +164,56 @@ Value from_json(const nlohmann::json& j, const std::string& what, int depth) {
     return v;
 }
 
-}  // namespace
-
-Value json_to_value(const std::string& json_text, const std::string& what) {
-    nlohmann::json j = nlohmann::json::parse(json_text, nullptr, false);
-    if (j.is_discarded()) throw Error(what + " is not valid JSON");
-    if (!j.is_object()) throw Error(what + " must be a JSON object");
-    return from_json(j, what, 0);
+bool ends_with(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-ModelSpec checkpoint_to_spec(const pt::Checkpoint& checkpoint, const ConvertOptions& options) {
+bool has_prune_masks(const pt::Checkpoint& ck) {
+    for (const std::string& name : ck.order)
+        if (ends_with(name, "_mask") || ends_with(name, "_orig")) return true;
+    return false;
+}
+
+// torch.nn.utils.prune replaces parameter `<name>` by `<name>_orig` and a buffer `<name>_mask`;
+// the forward multiplies them. The folded tensor owns its values: a head tied to `_orig` reads
+// the unmasked weights, so it is not the folded embedding.
+pt::Checkpoint fold_prune_masks(const pt::Checkpoint& ck) {
+    pt::Checkpoint out;
+    out.has_config = ck.has_config;
+    out.config = ck.config;
+    for (const std::string& name : ck.order) {
+        const Tensor& t = ck.tensors.at(name);
+        if (ends_with(name, "_mask")) {
+            if (!ck.tensors.count(name.substr(0, name.size() - 5) + "_orig"))
+                throw Error("checkpoint has prune mask '" + name + "' without its '_orig' tensor");
+            continue;
+        }
+        if (!ends_with(name, "_orig")) {
+            out.tensors[name] = t;
+            out.order.push_back(name);
+            continue;
+        }
+        const std::string base = name.substr(0, name.size() - 5);
+        const auto mask = ck.tensors.find(base + "_mask");
+        if (mask == ck.tensors.end())
+            throw Error("checkpoint has '" + name + "' without its prune mask '" + base + "_mask'");
+        if (ck.tensors.count(base))
+            throw Error("checkpoint has both '" + base + "' and its pruned form '" + name + "'");
+        if (mask->second.shape != t.shape)
+            throw Error("prune mask '" + base + "_mask' has shape " + shape_text(mask->second.shape) + ", its weight " +
+                        shape_text(t.shape));
+        Tensor folded;
+        folded.dtype = t.dtype;
+        folded.shape = t.shape;
+        folded.values = t.values;
+        for (size_t i = 0; i < folded.values.size(); i++) folded.values[i] *= mask->second.values[i];
+        out.tensors[base] = std::move(folded);
+        out.order.push_back(base);
+    }
+    return out;
+}
+
+ModelSpec convert_state_dict(const pt::Checkpoint& checkpoint, const ConvertOptions& options) {
     const StateDict sd(checkpoint);
     ModelSpec spec;
     spec.config = infer_config(checkpoint, sd, options);
@@ -192,6 +233,24 @@ ModelSpec checkpoint_to_spec(const pt::Checkpoint& checkpoint, const ConvertOpti
     for (const std::string& name : checkpoint.order)
         if (!used.count(name) && !ignorable(name, spec.config))
             throw Error("unexpected tensor '" + name + "' in checkpoint (not part of an Itera-Lite model)");
+    return spec;
+}
+
+}  // namespace
+
+Value json_to_value(const std::string& json_text, const std::string& what) {
+    nlohmann::json j = nlohmann::json::parse(json_text, nullptr, false);
+    if (j.is_discarded()) throw Error(what + " is not valid JSON");
+    if (!j.is_object()) throw Error(what + " must be a JSON object");
+    return from_json(j, what, 0);
+}
+
+ModelSpec checkpoint_to_spec(const pt::Checkpoint& checkpoint, const ConvertOptions& options) {
+    if (!has_prune_masks(checkpoint)) return convert_state_dict(checkpoint, options);
+    ModelSpec spec = convert_state_dict(fold_prune_masks(checkpoint), options);
+    const PrunePlan plan = zero_unit_plan(spec);
+    apply_pruning(spec, plan);
+    if (options.masked_units) *options.masked_units = plan;
     return spec;
 }
 

@@ -18,13 +18,6 @@ bool ends_with(const std::string& s, const std::string& suffix) {
     return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// Tensors the runtime reads element by element rather than through a matrix product.
-bool read_elementwise(const std::string& name, size_t rank) {
-    return rank < 2 || ends_with(name, "conv1d.weight") || ends_with(name, "ssm.C");
-}
-
-
-
 double relative_rms(const std::vector<float>& w, const std::vector<float>& q) {
     double num = 0, den = 0;
     for (size_t i = 0; i < w.size(); i++) {
@@ -41,6 +34,10 @@ double output_energy(const std::vector<float>& w, int64_t rows, int64_t cols, co
 }
 
 }  // namespace
+
+bool read_elementwise(const std::string& name, size_t rank) {
+    return rank < 2 || ends_with(name, "conv1d.weight") || ends_with(name, "ssm.C");
+}
 
 void trim_vocabulary(ModelSpec& spec) {
     if (!spec.has_tokenizer || !spec.config.vocab_ids.empty()) return;
@@ -64,11 +61,12 @@ DType choose_dtype(const std::string& name, size_t rank, const QuantOptions& opt
         dtype = DType::f32;  // LayerNorms, biases, A_log, D: small and sensitive
     } else if (elementwise && options.base != DType::f32) {
         dtype = DType::f16;  // conv weights, C
-    } else if (ends_with(name, "ssm.B") && (options.base == DType::q4_0 || options.base == DType::nf4)) {
+    } else if (ends_with(name, "ssm.B") && is_quantized(options.base) && options.base != DType::q8_0) {
         // B [state, inner] is small; at 8 bits its error is unmeasurable (docs/quantization.md)
-        // while 4 bits would be its only lossy step: q8, not fp16, keeps the 4-bit files small.
+        // while 4 bits or fewer would be its only lossy step: q8, not fp16, keeps the files small.
         dtype = DType::q8_0;
     }
+    if (const auto it = options.dtypes.find(name); it != options.dtypes.end()) dtype = it->second;
     for (const auto& [glob, wanted] : options.keep)
         if (fnmatch(glob.c_str(), name.c_str(), 0) == 0) dtype = wanted;
     if (elementwise && is_quantized(dtype))

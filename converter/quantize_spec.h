@@ -15,7 +15,8 @@ namespace itera {
 
 struct QuantOptions {
     DType base = DType::f32;                             // --quant: the matrices' dtype
-    std::vector<std::pair<std::string, DType>> keep;     // --keep GLOB=dtype, later rules win
+    std::map<std::string, DType> dtypes;                 // per tensor (--precision, --target-size): wins over base
+    std::vector<std::pair<std::string, DType>> keep;     // --keep GLOB=dtype, later rules win over all
     bool trim_vocab = true;                              // drop rows no tokenizer string can produce
 };
 
@@ -30,12 +31,16 @@ struct TensorReport {
     double output_error_calibrated = -1;
 };
 
+// Tensors the runtime reads element by element rather than through a matrix product or a row
+// lookup (vectors, conv weights, C): fp32 or fp16 only.
+bool read_elementwise(const std::string& name, size_t rank);
+
 // Drops embedding / lm head rows whose ids the tokenizer cannot produce; records the kept ids.
 void trim_vocabulary(ModelSpec& spec);
 
 // The dtype each tensor is stored in. Throws itera::Error for a block format on a tensor the
 // runtime reads element-wise (LayerNorms, biases, A_log, D, conv weights, C). B is a matrix
-// product: q8 when the base is q4 or nf4, else the base.
+// product: q8 when the base is a block format of fewer bits (q4, nf4, q3, q2), else the base. options.dtypes, then options.keep, override.
 DType choose_dtype(const std::string& name, size_t rank, const QuantOptions& options);
 
 // Sets every tensor's dtype and, for block formats, its packed bytes: calibrated when `stats`

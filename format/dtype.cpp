@@ -10,7 +10,7 @@ namespace itera {
 
 namespace {
 
-constexpr DType kAll[] = {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4};
+constexpr DType kAll[] = {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4, DType::q3_0, DType::q2_0};
 
 }  // namespace
 
@@ -21,6 +21,8 @@ std::string_view dtype_name(DType dtype) {
         case DType::q8_0: return "q8";
         case DType::q4_0: return "q4";
         case DType::nf4: return "nf4";
+        case DType::q3_0: return "q3";
+        case DType::q2_0: return "q2";
     }
     return "unknown";
 }
@@ -35,15 +37,20 @@ bool parse_dtype(std::string_view name, DType* out) {
     return false;
 }
 
-bool dtype_known(int32_t value) { return value >= 0 && value <= static_cast<int32_t>(DType::nf4); }
+bool dtype_known(int32_t value) { return value >= 0 && value <= static_cast<int32_t>(DType::q2_0); }
 
-bool is_quantized(DType dtype) { return dtype == DType::q8_0 || dtype == DType::q4_0 || dtype == DType::nf4; }
+bool is_quantized(DType dtype) {
+    return dtype == DType::q8_0 || dtype == DType::q4_0 || dtype == DType::nf4 || dtype == DType::q3_0 ||
+           dtype == DType::q2_0;
+}
 
 int dtype_block(DType dtype) {
     switch (dtype) {
         case DType::q8_0: return kQ8Block;
         case DType::q4_0: return kQ4Block;
         case DType::nf4: return kNf4Block;
+        case DType::q3_0: return kQ3Block;
+        case DType::q2_0: return kQ2Block;
         default: return 1;
     }
 }
@@ -55,6 +62,8 @@ size_t dtype_block_bytes(DType dtype) {
         case DType::q8_0: return sizeof(BlockQ8);
         case DType::q4_0: return sizeof(BlockQ4);
         case DType::nf4: return sizeof(BlockNf4);
+        case DType::q3_0: return sizeof(BlockQ3);
+        case DType::q2_0: return sizeof(BlockQ2);
     }
     throw Error("unknown dtype " + std::to_string(static_cast<int32_t>(dtype)));
 }

@@ -9,9 +9,9 @@
 
 namespace itera {
 
-enum class DType : int32_t { f32 = 0, f16 = 1, q8_0 = 2, q4_0 = 3, nf4 = 4 };
+enum class DType : int32_t { f32 = 0, f16 = 1, q8_0 = 2, q4_0 = 3, nf4 = 4, q3_0 = 5, q2_0 = 6 };
 
-std::string_view dtype_name(DType dtype);             // "fp32", "fp16", "q8", "q4", "nf4"
+std::string_view dtype_name(DType dtype);             // "fp32", "fp16", "q8", "q4", "nf4", "q3", "q2"
 bool parse_dtype(std::string_view name, DType* out);  // accepts the names above
 bool dtype_known(int32_t value);
 bool is_quantized(DType dtype);                       // a block format

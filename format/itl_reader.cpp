@@ -145,7 +145,7 @@ uint64_t zstd_blocks_bound(const uint8_t* src, size_t size) {
 }
 
 // Decompresses (at most raw_length bytes) and verifies the token list.
-TokenizerSpec read_tokenizer(const fb::Tokenizer& t, const uint8_t* data, uint64_t data_length, int32_t vocab_size) {
+TokenizerSpec read_tokenizer(const fb::Tokenizer& t, const uint8_t* data, uint64_t data_length, int32_t id_limit) {
     TokenizerSpec tokenizer;
     const int32_t kind = static_cast<int32_t>(t.kind());
     if (kind != static_cast<int32_t>(TokenizerKind::word) && kind != static_cast<int32_t>(TokenizerKind::chars))
@@ -190,9 +190,9 @@ TokenizerSpec read_tokenizer(const fb::Tokenizer& t, const uint8_t* data, uint64
         throw Error("tokenizer: corrupt token list (FlatBuffers verification failed)");
     const fb::TokenList* list = flatbuffers::GetRoot<fb::TokenList>(raw);
     if (list->tokens()) {
-        if (list->tokens()->size() > static_cast<uint32_t>(vocab_size))
-            throw Error("tokenizer: " + std::to_string(list->tokens()->size()) + " tokens, more than vocab_size " +
-                        std::to_string(vocab_size));
+        if (list->tokens()->size() > static_cast<uint32_t>(id_limit))
+            throw Error("tokenizer: " + std::to_string(list->tokens()->size()) + " tokens, more than the model's " +
+                        std::to_string(id_limit) + " token ids");
         for (const flatbuffers::String* token : *list->tokens()) tokenizer.tokens.push_back(token->str());
     }
     return tokenizer;
@@ -270,7 +270,7 @@ void ItlFile::parse(LoadOptions options) {
             const int32_t dtype = static_cast<int32_t>(t->dtype());
             if (!dtype_known(dtype))
                 throw Error(what + ": unsupported dtype " + std::to_string(dtype) +
-                            " (this reader knows 0 fp32, 1 fp16, 2 q8, 3 q4, 4 nf4)");
+                            " (this reader knows 0 fp32, 1 fp16, 2 q8, 3 q4, 4 nf4, 5 q3, 6 q2)");
             view.dtype = static_cast<DType>(dtype);
             if (t->layout() != fb::Layout::row_major)
                 throw Error(what + ": unsupported layout " + std::to_string(static_cast<int32_t>(t->layout())));
@@ -296,7 +296,9 @@ void ItlFile::parse(LoadOptions options) {
     }
 
     if (model->tokenizer()) {
-        tokenizer_ = read_tokenizer(*model->tokenizer(), data, h.data_length, config_.vocab_size);
+        // token ids run to the last vocab_id when rows were dropped
+        tokenizer_ = read_tokenizer(*model->tokenizer(), data, h.data_length,
+                                    config_.vocab_ids.empty() ? config_.vocab_size : config_.vocab_ids.back() + 1);
         has_tokenizer_ = true;
     }
     if (const fb::Provenance* p = model->provenance()) {

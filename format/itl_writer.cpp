@@ -77,6 +77,8 @@ void encode_tensor(const SpecTensor& t, uint8_t* dst) {
             case DType::q8_0: quantize_row_q8_0(x, cols, reinterpret_cast<BlockQ8*>(out)); break;
             case DType::q4_0: quantize_row_q4_0(x, cols, reinterpret_cast<BlockQ4*>(out)); break;
             case DType::nf4: quantize_row_nf4(x, cols, reinterpret_cast<BlockNf4*>(out)); break;
+            case DType::q3_0: quantize_row_q3_0(x, cols, reinterpret_cast<BlockQ3*>(out)); break;
+            case DType::q2_0: quantize_row_q2_0(x, cols, reinterpret_cast<BlockQ2*>(out)); break;
         }
     }
 }
@@ -113,9 +115,12 @@ std::vector<uint8_t> serialize_itl(const ModelSpec& spec, const WriteOptions& op
         const TokenizerKind kind = spec.tokenizer.kind;
         if (kind != TokenizerKind::word && kind != TokenizerKind::chars)
             throw Error("unknown tokenizer kind " + std::to_string(static_cast<int32_t>(kind)));
-        if (spec.tokenizer.tokens.size() > static_cast<size_t>(spec.config.vocab_size))
-            throw Error("tokenizer has " + std::to_string(spec.tokenizer.tokens.size()) +
-                        " tokens, more than vocab_size " + std::to_string(spec.config.vocab_size));
+        // Token ids run to the last vocab_id (rows no text produces may be dropped in between).
+        const std::vector<int32_t>& ids = spec.config.vocab_ids;
+        const int64_t id_limit = ids.empty() ? spec.config.vocab_size : int64_t{ids.back()} + 1;
+        if (spec.tokenizer.tokens.size() > static_cast<size_t>(id_limit))
+            throw Error("tokenizer has " + std::to_string(spec.tokenizer.tokens.size()) + " tokens, more than " +
+                        (ids.empty() ? "vocab_size " : "the last vocab_id + 1 = ") + std::to_string(id_limit));
         token_raw = token_list_bytes(spec.tokenizer.tokens);
         if (token_raw.size() > kItlMaxTokenizerBytes) throw Error("tokenizer is larger than 64 MiB");
         token_stored = zstd_compress(token_raw);

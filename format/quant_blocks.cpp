@@ -19,7 +19,59 @@ void block_values(const float* x, int64_t cols, int64_t b, int block, float* out
 
 int64_t blocks(int64_t cols, int block) { return (cols + block - 1) / block; }
 
+float q3_0_value(float d, int n) { return d * static_cast<float>(n - 4); }
+float q2_0_value(float d, int n) { return d * (static_cast<float>(n) - 1.5f); }
+
+// The fp16 scale among base * (lo + 2k) / 100, k = 0 .. steps - 1, of least squared error over
+// v[0, n) (the first on ties); 0 for an all-zero block.
+uint16_t search_scale(const float* v, int n, float base, int lo, int steps, int (*code)(float, float),
+                      float (*value)(float, int)) {
+    uint16_t best = 0;
+    float best_err = INFINITY;
+    for (int k = 0; k < steps; k++) {
+        const float m = static_cast<float>(lo + 2 * k) / 100.0f;
+        const uint16_t h = fp32_to_fp16(std::clamp(base * m, -65504.0f, 65504.0f));
+        const float d = fp16_to_fp32(h);
+        if (d == 0.0f) continue;
+        float err = 0.0f;
+        for (int i = 0; i < n; i++) {
+            const float e = v[i] - value(d, code(v[i], d));
+            err += e * e;
+        }
+        if (err < best_err) {
+            best_err = err;
+            best = h;
+        }
+    }
+    return best;
+}
+
 }  // namespace
+
+// fmin / fmax: a NaN quotient gives a code, not an undefined conversion
+int q3_0_code(float v, float d) {
+    return static_cast<int>(std::fmax(0.0f, std::fmin(7.0f, std::nearbyint(v / d) + 4.0f)));
+}
+
+int q2_0_code(float v, float d) {
+    return static_cast<int>(std::fmax(0.0f, std::fmin(3.0f, std::floor(v / d) + 2.0f)));
+}
+
+uint16_t q3_0_scale(const float* v, int n) {
+    float amax = 0.0f, max = 0.0f;
+    for (int i = 0; i < n; i++)
+        if (std::fabs(v[i]) > amax) {
+            amax = std::fabs(v[i]);
+            max = v[i];
+        }
+    return search_scale(v, n, max / -4.0f, 70, 36, q3_0_code, q3_0_value);
+}
+
+uint16_t q2_0_scale(const float* v, int n) {
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++) amax = std::max(amax, std::fabs(v[i]));
+    return search_scale(v, n, amax / 1.5f, 40, 31, q2_0_code, q2_0_value);
+}
 
 int nf4_index(float v) {
     int best = 0;
@@ -75,6 +127,37 @@ void quantize_row_nf4(const float* x, int64_t cols, BlockNf4* out) {
     }
 }
 
+void quantize_row_q3_0(const float* x, int64_t cols, BlockQ3* out) {
+    float v[kQ3Block];
+    for (int64_t b = 0; b < blocks(cols, kQ3Block); b++) {
+        block_values(x, cols, b, kQ3Block, v);
+        BlockQ3 blk = {};
+        blk.d = q3_0_scale(v, static_cast<int>(std::min<int64_t>(kQ3Block, cols - b * kQ3Block)));
+        const float d = fp16_to_fp32(blk.d);
+        for (int i = 0; i < kQ3Block; i++) {
+            const int n = d != 0.0f ? q3_0_code(v[i], d) : 4;
+            blk.qs[i % 8] |= static_cast<uint8_t>((n & 3) << (2 * (i / 8)));
+            blk.qh[i / 8] |= static_cast<uint8_t>((n >> 2) << (i % 8));
+        }
+        out[b] = blk;
+    }
+}
+
+void quantize_row_q2_0(const float* x, int64_t cols, BlockQ2* out) {
+    float v[kQ2Block];
+    for (int64_t b = 0; b < blocks(cols, kQ2Block); b++) {
+        block_values(x, cols, b, kQ2Block, v);
+        BlockQ2 blk = {};
+        blk.d = q2_0_scale(v, static_cast<int>(std::min<int64_t>(kQ2Block, cols - b * kQ2Block)));
+        const float d = fp16_to_fp32(blk.d);
+        for (int i = 0; i < kQ2Block; i++) {
+            const int n = d != 0.0f ? q2_0_code(v[i], d) : 2;
+            blk.qs[i % 16] |= static_cast<uint8_t>(n << (2 * (i / 16)));
+        }
+        out[b] = blk;
+    }
+}
+
 void dequantize_row_q8_0(const BlockQ8* in, int64_t cols, float* out) {
     for (int64_t c = 0; c < cols; c++)
         out[c] = fp16_to_fp32(in[c / kQ8Block].d) * static_cast<float>(in[c / kQ8Block].q[c % kQ8Block]);
@@ -97,6 +180,23 @@ void dequantize_row_nf4(const BlockNf4* in, int64_t cols, float* out) {
         const int i = static_cast<int>(c % kNf4Block);
         const int n = i < half ? blk.qs[i] & 0x0f : blk.qs[i - half] >> 4;
         out[c] = fp16_to_fp32(blk.d) * kNf4[n];
+    }
+}
+
+void dequantize_row_q3_0(const BlockQ3* in, int64_t cols, float* out) {
+    for (int64_t c = 0; c < cols; c++) {
+        const BlockQ3& blk = in[c / kQ3Block];
+        const int i = static_cast<int>(c % kQ3Block);
+        const int n = ((blk.qs[i % 8] >> (2 * (i / 8))) & 3) | (((blk.qh[i / 8] >> (i % 8)) & 1) << 2);
+        out[c] = q3_0_value(fp16_to_fp32(blk.d), n);
+    }
+}
+
+void dequantize_row_q2_0(const BlockQ2* in, int64_t cols, float* out) {
+    for (int64_t c = 0; c < cols; c++) {
+        const BlockQ2& blk = in[c / kQ2Block];
+        const int i = static_cast<int>(c % kQ2Block);
+        out[c] = q2_0_value(fp16_to_fp32(blk.d), (blk.qs[i % 16] >> (2 * (i / 16))) & 3);
     }
 }
 

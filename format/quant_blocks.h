@@ -1,5 +1,6 @@
-// Quantized block formats: the exact bytes a .itl file stores for a q8_0, q4_0 or nf4 tensor, and
-// the scalar reference quantize / dequantize of one row. The kernels read these layouts in place.
+// Quantized block formats: the exact bytes a .itl file stores for a q8_0, q4_0, nf4, q3_0 or q2_0
+// tensor, and the scalar reference quantize / dequantize of one row. The kernels read these
+// layouts in place.
 //
 // A quantized matrix [rows, cols] is stored row by row; each row is ceil(cols / B) blocks of B
 // consecutive elements along the input dimension (the last block zero-padded). Little-endian.
@@ -10,8 +11,18 @@
 //   nf4   B = 64, 34 bytes (4.25 bits/weight): fp16 d | uint8 qs[32]       x[i] = d * kNf4[n[i]]
 //         byte j holds element j in its low nibble and element j + 32 in its high nibble;
 //         d is the block's absmax and kNf4 the 16 NormalFloat4 levels of QLoRA (in [-1, 1])
+//   q3_0  B = 32, 14 bytes (3.5 bits/weight):  fp16 d | uint8 qs[8] | uint8 qh[4]   x[i] = d * (n[i] - 4)
+//         n[i] = lo | hi << 2: lo, the 2-bit field at bits 2k..2k+1 of qs[j] for i = j + 8k (k = 0..3),
+//         hi, bit i % 8 of qh[i / 8] (qh read as a little-endian uint32: bit i)
+//   q2_0  B = 64, 18 bytes (2.25 bits/weight): fp16 d | uint8 qs[16]   x[i] = d * (n[i] - 1.5)
+//         n[i], the 2-bit field at bits 2k..2k+1 of qs[j] for i = j + 16k (k = 0..3)
 //
-// q8_0 and q4_0 are ggml's Q8_0 and Q4_0 blocks bit for bit.
+// q8_0 and q4_0 are ggml's Q8_0 and Q4_0 blocks bit for bit. q3_0 and q2_0 are this project's
+// (docs/quantization.md measures why these grids and block sizes): q3_0's levels -4..3 put the
+// value of largest magnitude on -4 like q4_0; q2_0's four levels +-0.5, +-1.5 have no zero, the
+// uniform 4-level grid that fits Gaussian-like weights best, and its 64-element block spends
+// 0.25 bits/weight on the scale. Their 2-bit fields sit 8 (q3_0) or 16 (q2_0) elements apart so
+// that one shift per 64-bit lane unpacks consecutive elements.
 #pragma once
 
 #include <cstddef>
@@ -22,6 +33,8 @@ namespace itera {
 constexpr int kQ8Block = 32;
 constexpr int kQ4Block = 32;
 constexpr int kNf4Block = 64;
+constexpr int kQ3Block = 32;
+constexpr int kQ2Block = 64;
 
 struct BlockQ8 {
     uint16_t d;  // fp16 scale
@@ -40,6 +53,19 @@ struct BlockNf4 {
     uint8_t qs[kNf4Block / 2];
 };
 static_assert(sizeof(BlockNf4) == 34, "nf4 block is 34 bytes");
+
+struct BlockQ3 {
+    uint16_t d;                // fp16 scale
+    uint8_t qs[kQ3Block / 4];  // low 2 bits of each code
+    uint8_t qh[kQ3Block / 8];  // high bit of each code
+};
+static_assert(sizeof(BlockQ3) == 14, "q3_0 block is 14 bytes");
+
+struct BlockQ2 {
+    uint16_t d;  // fp16 scale
+    uint8_t qs[kQ2Block / 4];
+};
+static_assert(sizeof(BlockQ2) == 18, "q2_0 block is 18 bytes");
 
 // NormalFloat4 levels (QLoRA, Dettmers et al. 2023): quantiles of N(0, 1) scaled to [-1, 1],
 // with an exact zero.
@@ -62,12 +88,29 @@ constexpr float kNf4[16] = {-1.0f,
 
 // Round-to-nearest quantization of one row of `cols` values into ceil(cols / B) blocks, and back.
 // q8_0 / q4_0 scales follow ggml (q4_0: d = max-magnitude value / -8, so that value is exact).
+// q3_0 / q2_0 search their scale: see q3_0_scale / q2_0_scale.
 void quantize_row_q8_0(const float* x, int64_t cols, BlockQ8* out);
 void quantize_row_q4_0(const float* x, int64_t cols, BlockQ4* out);
 void quantize_row_nf4(const float* x, int64_t cols, BlockNf4* out);
+void quantize_row_q3_0(const float* x, int64_t cols, BlockQ3* out);
+void quantize_row_q2_0(const float* x, int64_t cols, BlockQ2* out);
 void dequantize_row_q8_0(const BlockQ8* in, int64_t cols, float* out);
 void dequantize_row_q4_0(const BlockQ4* in, int64_t cols, float* out);
 void dequantize_row_nf4(const BlockNf4* in, int64_t cols, float* out);
+void dequantize_row_q3_0(const BlockQ3* in, int64_t cols, float* out);
+void dequantize_row_q2_0(const BlockQ2* in, int64_t cols, float* out);
+
+// The fp16 scale (bits) round-to-nearest gives n <= B values of a q3_0 / q2_0 block: the format's
+// rule (q3_0: the max-magnitude value / -4, q2_0: absmax / 1.5) times the multiple of least
+// squared error, in steps of 0.02 over 0.70 .. 1.40 (q3_0) or 0.40 .. 1.00 (q2_0), the ranges the
+// best multiple of Itera-Lite's weight blocks falls in (docs/quantization.md). With 3 or 2 bits
+// the rule alone clips too little: on N(0, 1) blocks it leaves 7% (q3_0) and 50% (q2_0) more rms
+// error (tests/test_quant_kernels.cpp).
+uint16_t q3_0_scale(const float* v, int n);
+uint16_t q2_0_scale(const float* v, int n);
+// Nearest code of v under scale d (d != 0): q3_0 0..7, q2_0 0..3.
+int q3_0_code(float v, float d);
+int q2_0_code(float v, float d);
 
 // Nearest NF4 level index of v in [-1, 1].
 int nf4_index(float v);

@@ -26,6 +26,8 @@ void quantize_activation(const float* x, int32_t n, ActQ8* out);
 void matvec_q8_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y);
+void matvec_q3_0(const QuantRows& w, const ActQ8* x, float* y);
+void matvec_q2_0(const QuantRows& w, const ActQ8* x, float* y);
 }  // namespace quant_scalar
 
 namespace quant_avx2 {
@@ -33,6 +35,8 @@ void quantize_activation(const float* x, int32_t n, ActQ8* out);
 void matvec_q8_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y);
+void matvec_q3_0(const QuantRows& w, const ActQ8* x, float* y);
+void matvec_q2_0(const QuantRows& w, const ActQ8* x, float* y);
 }  // namespace quant_avx2
 
 namespace quant_avx512 {
@@ -40,6 +44,8 @@ void quantize_activation(const float* x, int32_t n, ActQ8* out);
 void matvec_q8_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y);
+void matvec_q3_0(const QuantRows& w, const ActQ8* x, float* y);
+void matvec_q2_0(const QuantRows& w, const ActQ8* x, float* y);
 }  // namespace quant_avx512
 
 }  // namespace itera

@@ -4,8 +4,9 @@
 // _mm256_maddubs_epi16 (unsigned x signed bytes -> 16 int16 pair sums) and _mm256_madd_epi16
 // with ones (-> 8 int32); the 8 lanes are converted to float and FMA'd into an accumulator with
 // the block's scale d_w * d_x. maddubs saturates an int16 pair sum above 32767, so its unsigned
-// operand stays small: q4_0 feeds its raw nibbles (0..15, the -8 is subtracted as 8 * sum x),
-// q8_0 and nf4 feed |w| with w's sign moved onto the activation (ggml's trick; 2 * 128 * 127 fits).
+// operand stays small: q4_0 feeds its raw nibbles (0..15, the -8 is subtracted as 8 * sum x), q3_0
+// its codes 0..7 (- 4 * sum x), q2_0 its doubled codes 0..6 (- 3 * sum x); q8_0 and nf4 feed |w|
+// with w's sign moved onto the activation (ggml's trick; 2 * 128 * 127 fits).
 // Four rows go through at once so each activation load and horizontal sum serves four rows.
 #include <immintrin.h>
 
@@ -134,6 +135,75 @@ void rows_nf4(const uint8_t* row, size_t stride, int32_t nx, const ActQ8* x, flo
     store_sums<R>(acc, y);
 }
 
+// q3_0's 32 codes as bytes: the 2-bit fields (8 bytes; lane k of 64 bits holds elements 8k..8k+7
+// once shifted right by 2k) or'd with 4 where the element's bit of qh is set.
+inline __m256i q3_0_codes(const uint8_t* blk) {
+    uint64_t lo;
+    uint32_t hi;
+    __builtin_memcpy(&lo, blk + 2, sizeof(lo));
+    __builtin_memcpy(&hi, blk + 2 + kQ3Block / 4, sizeof(hi));
+    const __m256i low = _mm256_and_si256(
+        _mm256_srlv_epi64(_mm256_set1_epi64x(static_cast<long long>(lo)), _mm256_setr_epi64x(0, 2, 4, 6)),
+        _mm256_set1_epi8(3));
+    // byte i = byte i / 8 of hi, then every bit but i % 8 set: all ones exactly when bit i is set
+    const __m256i spread =
+        _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(hi)),
+                            _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
+    const __m256i set =
+        _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi64x(-1));
+    return _mm256_or_si256(low, _mm256_and_si256(set, _mm256_set1_epi8(4)));
+}
+
+template <int R>
+void rows_q3_0(const uint8_t* row, size_t stride, int32_t nx, const ActQ8* x, float* y) {
+    __m256 acc[R];
+    for (int i = 0; i < R; i++) acc[i] = _mm256_setzero_ps();
+    for (int32_t b = 0; b < nx; b++) {
+        const __m256i qx = load32(x[b].q);
+        const __m256 dx = _mm256_set1_ps(x[b].d);
+        const __m256i offset = lane0(4 * x[b].sum);
+        for (int i = 0; i < R; i++) {
+            const uint8_t* blk = row + i * stride + static_cast<size_t>(b) * sizeof(BlockQ3);
+            const __m256i p = _mm256_sub_epi32(dot_u8_s8(q3_0_codes(blk), qx), offset);
+            acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(scale_of(blk), dx), _mm256_cvtepi32_ps(p), acc[i]);
+        }
+    }
+    store_sums<R>(acc, y);
+}
+
+template <int R>
+void rows_q2_0(const uint8_t* row, size_t stride, int32_t nx, const ActQ8* x, float* y) {
+    const __m256i m2 = _mm256_set1_epi8(3);
+    const __m256i shift0 = _mm256_setr_epi64x(0, 0, 2, 2), shift1 = _mm256_setr_epi64x(4, 4, 6, 6);
+    __m256 acc[R];
+    for (int i = 0; i < R; i++) acc[i] = _mm256_setzero_ps();
+    // Activation blocks 2k and 2k + 1 meet the 2-bit fields 0, 1 and 2, 3 of q2_0 block k; the
+    // codes enter doubled (2n - 3 = value / (d / 2)).
+    for (int32_t u = 0; u < nx; u += 2) {
+        const bool both = u + 1 < nx;  // false: the row ends in the first half of this block
+        const __m256i q0 = load32(x[u].q);
+        const __m256i q1 = both ? load32(x[u + 1].q) : _mm256_setzero_si256();
+        const __m256i offset0 = lane0(3 * x[u].sum);
+        const __m256i offset1 = lane0(both ? 3 * x[u + 1].sum : 0);
+        const __m256 dx0 = _mm256_set1_ps(x[u].d * 0.5f);
+        const __m256 dx1 = _mm256_set1_ps(both ? x[u + 1].d * 0.5f : 0.0f);
+        for (int i = 0; i < R; i++) {
+            const uint8_t* blk = row + i * stride + static_cast<size_t>(u / 2) * sizeof(BlockQ2);
+            const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)));
+            const __m256i n0 = _mm256_and_si256(_mm256_srlv_epi64(raw, shift0), m2);
+            const __m256i p0 = _mm256_sub_epi32(dot_u8_s8(_mm256_add_epi8(n0, n0), q0), offset0);
+            const __m256 dw = scale_of(blk);
+            acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx0), _mm256_cvtepi32_ps(p0), acc[i]);
+            if (both) {
+                const __m256i n1 = _mm256_and_si256(_mm256_srlv_epi64(raw, shift1), m2);
+                const __m256i p1 = _mm256_sub_epi32(dot_u8_s8(_mm256_add_epi8(n1, n1), q1), offset1);
+                acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx1), _mm256_cvtepi32_ps(p1), acc[i]);
+            }
+        }
+    }
+    store_sums<R>(acc, y);
+}
+
 }  // namespace
 
 void quantize_activation(const float* x, int32_t n, ActQ8* out) {
@@ -183,5 +253,7 @@ void quantize_activation(const float* x, int32_t n, ActQ8* out) {
 void matvec_q8_0(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_q8_0<4>, rows_q8_0<1>); }
 void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_q4_0<4>, rows_q4_0<1>); }
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_nf4<4>, rows_nf4<1>); }
+void matvec_q3_0(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_q3_0<4>, rows_q3_0<1>); }
+void matvec_q2_0(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_q2_0<4>, rows_q2_0<1>); }
 
 }  // namespace itera::quant_avx2

@@ -100,4 +100,47 @@ void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y) {
     }
 }
 
+void matvec_q3_0(const QuantRows& w, const ActQ8* x, float* y) {
+    for (int32_t r = 0; r < w.rows; r++) {
+        const uint8_t* row = w.data + static_cast<size_t>(r) * w.row_bytes;
+        float acc = 0.0f;
+        for (int32_t b = 0; b < w.nx; b++) {
+            const uint8_t* blk = row + static_cast<size_t>(b) * sizeof(BlockQ3);
+            const uint8_t* qs = blk + 2;
+            const uint8_t* qh = blk + 2 + kQ3Block / 4;
+            // sum (n - 4) q = sum n q - 4 sum q; element j + 8k: field k of qs[j], bit j of qh[k]
+            int32_t s = 0;
+            for (int k = 0; k < 4; k++)
+                for (int j = 0; j < 8; j++)
+                    s += (((qs[j] >> (2 * k)) & 3) | (((qh[k] >> j) & 1) << 2)) * x[b].q[j + 8 * k];
+            s -= 4 * x[b].sum;
+            acc += scale_of(blk) * x[b].d * static_cast<float>(s);
+        }
+        y[r] = acc;
+    }
+}
+
+void matvec_q2_0(const QuantRows& w, const ActQ8* x, float* y) {
+    // Activation block u meets elements 32 (u % 2) .. + 31 of q2_0 block u / 2: the 2-bit fields
+    // k = 2 (u % 2) and 2 (u % 2) + 1 of its 16 bytes. An odd nx ends with half a block.
+    for (int32_t r = 0; r < w.rows; r++) {
+        const uint8_t* row = w.data + static_cast<size_t>(r) * w.row_bytes;
+        float acc = 0.0f;
+        for (int32_t u = 0; u < w.nx; u++) {
+            const uint8_t* blk = row + static_cast<size_t>(u / 2) * sizeof(BlockQ2);
+            const uint8_t* qs = blk + 2;
+            // sum (2n - 3) q = 2 sum n q - 3 sum q; element j + 16h of this half: field 2 (u % 2) + h
+            // of qs[j]
+            int32_t s = 0;
+            for (int h = 0; h < 2; h++) {
+                const int shift = 2 * (2 * (u % 2) + h);
+                for (int j = 0; j < 16; j++) s += ((qs[j] >> shift) & 3) * x[u].q[j + 16 * h];
+            }
+            s = 2 * s - 3 * x[u].sum;
+            acc += scale_of(blk) * (x[u].d * 0.5f) * static_cast<float>(s);
+        }
+        y[r] = acc;
+    }
+}
+
 }  // namespace itera::quant_scalar

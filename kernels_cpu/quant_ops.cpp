@@ -19,14 +19,17 @@ struct Kernels {
     void (*q8_0)(const QuantRows& w, const ActQ8* x, float* y);
     void (*q4_0)(const QuantRows& w, const ActQ8* x, float* y);
     void (*nf4)(const QuantRows& w, const ActQ8* x, float* y);
+    void (*q3_0)(const QuantRows& w, const ActQ8* x, float* y);
+    void (*q2_0)(const QuantRows& w, const ActQ8* x, float* y);
 };
 
 constexpr Kernels kScalar = {quant_scalar::quantize_activation, quant_scalar::matvec_q8_0, quant_scalar::matvec_q4_0,
-                             quant_scalar::matvec_nf4};
+                             quant_scalar::matvec_nf4, quant_scalar::matvec_q3_0, quant_scalar::matvec_q2_0};
 constexpr Kernels kAvx2 = {quant_avx2::quantize_activation, quant_avx2::matvec_q8_0, quant_avx2::matvec_q4_0,
-                           quant_avx2::matvec_nf4};
+                           quant_avx2::matvec_nf4, quant_avx2::matvec_q3_0, quant_avx2::matvec_q2_0};
 constexpr Kernels kAvx512 = {quant_avx512::quantize_activation, quant_avx512::matvec_q8_0,
-                             quant_avx512::matvec_q4_0, quant_avx512::matvec_nf4};
+                             quant_avx512::matvec_q4_0, quant_avx512::matvec_nf4, quant_avx512::matvec_q3_0,
+                             quant_avx512::matvec_q2_0};
 
 constexpr KernelPath kWidestFirst[] = {KernelPath::avx512, KernelPath::avx2, KernelPath::scalar};
 
@@ -113,6 +116,8 @@ void run_matvec(const Kernels& k, const Weight& w, const ActQ8* x, float* y) {
         case DType::q8_0: return k.q8_0(rows, x, y);
         case DType::q4_0: return k.q4_0(rows, x, y);
         case DType::nf4: return k.nf4(rows, x, y);
+        case DType::q3_0: return k.q3_0(rows, x, y);
+        case DType::q2_0: return k.q2_0(rows, x, y);
         default: break;
     }
 }
@@ -132,6 +137,8 @@ void matvec_quant_ref(const Weight& w, const ActQ8* x, float* y) {
         switch (w.dtype) {
             case DType::q8_0: dequantize_row_q8_0(static_cast<const BlockQ8*>(data), w.cols, row.data()); break;
             case DType::q4_0: dequantize_row_q4_0(static_cast<const BlockQ4*>(data), w.cols, row.data()); break;
+            case DType::q3_0: dequantize_row_q3_0(static_cast<const BlockQ3*>(data), w.cols, row.data()); break;
+            case DType::q2_0: dequantize_row_q2_0(static_cast<const BlockQ2*>(data), w.cols, row.data()); break;
             default: dequantize_row_nf4(static_cast<const BlockNf4*>(data), w.cols, row.data()); break;
         }
         float sum = 0.0f;

@@ -1,11 +1,14 @@
-// Matrix-vector products on quantized weights (q8_0, q4_0, nf4; layouts in format/quant_blocks.h).
+// Matrix-vector products on quantized weights (q8_0, q4_0, nf4, q3_0, q2_0; layouts in
+// format/quant_blocks.h).
 //
 // The FP32 input vector is quantized once to int8 in blocks of 32 (ActQ8, like ggml's Q8_0
 // activation side) and shared by every projection that reads it. Each weight block is then an
 // integer dot product against one activation block, scaled in FP32:
 //   y[r] = sum_b  d_w(r, b) * d_x(b) * sum_i w_q[i] * x_q[i]
 // nf4 levels enter the integer dot as int8 round(127 * level) with absmax / 127 as the scale
-// (kNf4I8 below; the extra error this adds is measured in tests/test_quant_kernels.cpp).
+// (kNf4I8 below; the extra error this adds is measured in tests/test_quant_kernels.cpp). q3_0
+// enters as n - 4 and q2_0, whose levels are n - 1.5, as 2n - 3 with d / 2 as its scale: every
+// block dot stays an exact integer.
 //
 // Three kernel paths compute the same integers: scalar (always compiled), avx2 (maddubs / madd)
 // and avx512 (AVX-512 VNNI vpdpbusd). The widest one the CPU has is chosen at first use, or the
@@ -21,7 +24,7 @@
 namespace itera {
 
 // One quantized block of 32 activations: x[i] ~= d * q[i], q in [-127, 127]; sum = sum_i q[i]
-// (q4_0 and nf4 kernels multiply unsigned weight codes and subtract offset * sum).
+// (q4_0, q3_0, q2_0 and nf4 kernels multiply unsigned weight codes and subtract offset * sum).
 struct ActQ8 {
     float d;
     int32_t sum;
@@ -50,7 +53,7 @@ const char* kernel_path_name();
 void quantize_activation(const float* x, int32_t n, ActQ8* out);
 void quantize_activation(KernelPath path, const float* x, int32_t n, ActQ8* out);
 
-// y[r] = W[r, :] . x for w.dtype in {q8_0, q4_0, nf4}; x holds act_blocks(w.cols) blocks. The
+// y[r] = W[r, :] . x for w.dtype a block format; x holds act_blocks(w.cols) blocks. The
 // rows are read in place (2-byte alignment suffices). Throws itera::Error for another dtype.
 void matvec_quant(const Weight& w, const ActQ8* x, float* y);
 void matvec_quant(KernelPath path, const Weight& w, const ActQ8* x, float* y);

@@ -19,6 +19,8 @@ void load_row(const Weight& w, int32_t row, float* out) {
         case DType::q8_0: return dequantize_row_q8_0(reinterpret_cast<const BlockQ8*>(bytes), w.cols, out);
         case DType::q4_0: return dequantize_row_q4_0(reinterpret_cast<const BlockQ4*>(bytes), w.cols, out);
         case DType::nf4: return dequantize_row_nf4(reinterpret_cast<const BlockNf4*>(bytes), w.cols, out);
+        case DType::q3_0: return dequantize_row_q3_0(reinterpret_cast<const BlockQ3*>(bytes), w.cols, out);
+        case DType::q2_0: return dequantize_row_q2_0(reinterpret_cast<const BlockQ2*>(bytes), w.cols, out);
         default: break;
     }
     const int64_t base = static_cast<int64_t>(row) * w.cols;

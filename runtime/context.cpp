@@ -12,38 +12,11 @@
 
 namespace itera {
 
-Context::Context(const Model& model) : model_(model) {
-    const ModelConfig& cfg = model.config;
-    size_t conv = 0, ssm = 0, inner = 0, width = 0, experts = 0, state = 0;
-    for (const LayerConfig& l : cfg.layers) {
-        conv_off_.push_back(conv);
-        ssm_off_.push_back(ssm);
-        conv += static_cast<size_t>(l.inner) * static_cast<size_t>(l.conv_kernel - 1);
-        ssm += static_cast<size_t>(l.state);
-        state = std::max(state, static_cast<size_t>(l.state));
-        inner = std::max(inner, static_cast<size_t>(l.inner));
-        for (int32_t f : l.ffn_widths) width = std::max(width, static_cast<size_t>(f));
-        experts = std::max(experts, l.ffn_widths.size());
-    }
-    const size_t H = static_cast<size_t>(cfg.hidden);
-    conv_.assign(conv, 0.0f);
-    ssm_.assign(ssm, 0.0f);
-    x_.resize(H);
-    a_.resize(H);
-    mix_.resize(H);
-    uz_.resize(2 * inner);
-    v_.resize(inner);
-    delta_.resize(inner);
-    y_.resize(inner);
-    bv_.resize(state);
-    hidden_.resize(width);
-    xq_.resize(static_cast<size_t>(act_blocks(static_cast<int32_t>(std::max({H, 2 * inner, width})))));
-    hq_.resize(static_cast<size_t>(act_blocks(static_cast<int32_t>(width))));
-    router_.resize(experts);
-    chosen_.resize(experts);
-    chosen_weight_.resize(experts);
-    logits_.resize(static_cast<size_t>(cfg.vocab_size));
-    window_.reserve(static_cast<size_t>(cfg.max_seq_length));
+Context::Context(const Model& model) : model_(model), forward_(model), layout_(model.config) {
+    conv_.assign(layout_.conv, 0.0f);
+    ssm_.assign(layout_.ssm, 0.0f);
+    window_.reserve(static_cast<size_t>(model.config.max_seq_length));
+    for (int32_t p = 0; p < model.config.max_seq_length; p++) positions_.push_back(p);
 }
 
 void Context::reset() {
@@ -57,117 +30,45 @@ void Context::zero_state() {
     std::fill(ssm_.begin(), ssm_.end(), 0.0f);
 }
 
-const float* Context::eval(int32_t token, bool want_logits) {
-    const ModelConfig& cfg = model_.config;
-    if (model_.row_of(token) < 0)
-        throw Error("token id " + std::to_string(token) + " is not in the model's vocabulary");
-    if (position() < cfg.max_seq_length) {
-        window_.push_back(token);
-        step(token, position() - 1, want_logits);
-    } else {
-        // Upstream semantics: slide the window and recompute it from zero state.
-        std::rotate(window_.begin(), window_.begin() + 1, window_.end());
-        window_.back() = token;
-        zero_state();
-        for (size_t i = 0; i < window_.size(); i++)
-            step(window_[i], static_cast<int32_t>(i), want_logits && i + 1 == window_.size());
-    }
+void Context::run_window(size_t from, bool want_logits) {
+    const int32_t n = static_cast<int32_t>(window_.size() - from);
+    // Every row shares this sequence's state (SequenceState is two pointers).
+    thread_local std::vector<SequenceState> states;
+    states.assign(static_cast<size_t>(n), SequenceState{conv_.data(), ssm_.data()});
+    forward_.run(window_.data() + from, positions_.data() + from, states.data(), n, want_logits ? n - 1 : n);
+    logits_ = want_logits ? forward_.logits(0) : nullptr;
     has_logits_ = want_logits;
-    return want_logits ? logits_.data() : nullptr;
 }
 
-void Context::step(int32_t token, int32_t pos, bool want_logits) {
-    const ModelConfig& cfg = model_.config;
-    const int32_t H = cfg.hidden;
-    ref::load_row(model_.embedding, model_.row_of(token), x_.data());
-    ref::load_row(model_.position, pos, a_.data());
-    for (int32_t i = 0; i < H; i++) x_[i] += a_[i];
-    for (size_t l = 0; l < model_.layers.size(); l++) {
-        ssm_block(l, x_.data());
-        channel_block(l, x_.data());
+const float* Context::eval(int32_t token, bool want_logits) { return eval_tokens(&token, 1, want_logits); }
+
+const float* Context::eval_tokens(const int32_t* tokens, int32_t n, bool want_logits) {
+    const size_t P = static_cast<size_t>(model_.config.max_seq_length);
+    for (int32_t i = 0; i < n; i++)
+        if (model_.row_of(tokens[i]) < 0)
+            throw Error("token id " + std::to_string(tokens[i]) + " is not in the model's vocabulary");
+    int32_t i = 0;
+    // Tokens that fit the window go through together.
+    if (window_.size() < P) {
+        const size_t from = window_.size();
+        const int32_t fit = static_cast<int32_t>(std::min(P - from, static_cast<size_t>(n)));
+        window_.insert(window_.end(), tokens, tokens + fit);
+        run_window(from, want_logits && fit == n);
+        i = fit;
     }
-    if (!want_logits) return;
-    ref::layer_norm(x_.data(), model_.final_norm_w, model_.final_norm_b, cfg.norm_eps, H, a_.data());
-    matmul(model_.lm_head, a_.data(), quantize_for(model_.lm_head, a_.data(), H, xq_.data()), logits_.data());
+    // Upstream semantics past max_seq_length: slide the window and recompute it from zero state.
+    for (; i < n; i++) {
+        std::rotate(window_.begin(), window_.begin() + 1, window_.end());
+        window_.back() = tokens[i];
+        zero_state();
+        run_window(0, want_logits && i + 1 == n);
+    }
+    return logits();
 }
 
-// A quantized weight multiplies the activation quantized to q8 blocks; one quantized copy serves
-// every weight that reads the same input.
-const ActQ8* Context::quantize_for(const Weight& w, const float* x, int32_t n, ActQ8* buffer) {
-    if (!is_quantized(w.dtype)) return nullptr;
-    quantize_activation(x, n, buffer);
-    return buffer;
-}
-
-void Context::matmul(const Weight& w, const float* x, const ActQ8* xq, float* y) {
-    if (observer_) observer_->observe(w, x);
-    if (is_quantized(w.dtype)) {
-        matvec_quant(w, xq, y);
-    } else {
-        ref::matvec(w, x, y);
-    }
-}
-
-void Context::ssm_block(size_t layer, float* x) {
-    const ModelConfig& cfg = model_.config;
-    const LayerConfig& lc = cfg.layers[layer];
-    const SsmWeights& w = model_.layers[layer].ssm;
-    const int32_t Di = lc.inner;
-    ref::layer_norm(x, w.norm_w, w.norm_b, cfg.norm_eps, cfg.hidden, a_.data());
-    // u = uz[0, Di), z = uz[Di, 2Di)
-    matmul(w.in_proj, a_.data(), quantize_for(w.in_proj, a_.data(), cfg.hidden, xq_.data()), uz_.data());
-    ref::conv_step(w.conv_w, w.conv_b, Di, lc.conv_kernel, uz_.data(), conv_.data() + conv_off_[layer],
-                   v_.data());
-    for (int32_t i = 0; i < Di; i++) v_[i] = ref::silu(v_[i]);
-    // delta_proj and B both read v: one quantized copy serves both.
-    const ActQ8* vq = nullptr;
-    if (is_quantized(w.delta_w.dtype) || is_quantized(w.b.dtype)) {
-        quantize_activation(v_.data(), Di, xq_.data());
-        vq = xq_.data();
-    }
-    matmul(w.delta_w, v_.data(), vq, delta_.data());
-    ref::add_bias(w.delta_b, delta_.data());
-    matmul(w.b, v_.data(), vq, bv_.data());
-    ref::scan_step(w.a_log, w.c, w.d, Di, lc.state, v_.data(), delta_.data(), bv_.data(), ssm_.data() + ssm_off_[layer],
-                   y_.data());
-    for (int32_t i = 0; i < Di; i++) y_[i] *= ref::silu(uz_[Di + i]);
-    matmul(w.out_proj, y_.data(), quantize_for(w.out_proj, y_.data(), Di, xq_.data()), mix_.data());
-    for (int32_t i = 0; i < cfg.hidden; i++) x[i] += mix_[i];
-}
-
-void Context::channel_block(size_t layer, float* x) {
-    const ModelConfig& cfg = model_.config;
-    const LayerConfig& lc = cfg.layers[layer];
-    const LayerWeights& w = model_.layers[layer];
-    const int32_t H = cfg.hidden;
-    if (lc.kind == ChannelKind::none) return;
-    ref::layer_norm(x, w.mix_norm_w, w.mix_norm_b, cfg.norm_eps, H, a_.data());
-    // The router and every expert's w1 read a_: quantize it once if any of them is quantized.
-    bool any_quantized = is_quantized(w.router.dtype);
-    for (const FfnWeights& f : w.experts) any_quantized = any_quantized || is_quantized(f.w1.dtype);
-    const ActQ8* aq = nullptr;
-    if (any_quantized) {
-        quantize_activation(a_.data(), H, xq_.data());
-        aq = xq_.data();
-    }
-    auto expert = [&](const FfnWeights& f, float scale) {
-        matmul(f.w1, a_.data(), aq, hidden_.data());
-        for (int32_t i = 0; i < f.w1.rows; i++) hidden_[i] = ref::gelu(hidden_[i]);
-        matmul(f.w2, hidden_.data(), quantize_for(f.w2, hidden_.data(), f.w1.rows, hq_.data()), mix_.data());
-        for (int32_t i = 0; i < H; i++) x[i] += scale * mix_[i];
-    };
-    if (lc.kind == ChannelKind::ffn) {
-        expert(w.experts[0], 1.0f);
-        return;
-    }
-    const int32_t E = static_cast<int32_t>(w.experts.size());
-    const int32_t k = lc.top_k;
-    matmul(w.router, a_.data(), aq, router_.data());
-    ref::top_k_softmax(router_.data(), E, k, chosen_.data(), chosen_weight_.data());
-    // Combine in ascending expert index, the order upstream sums them.
-    for (int32_t e = 0; e < E; e++)
-        for (int32_t j = 0; j < k; j++)
-            if (chosen_[j] == e) expert(w.experts[static_cast<size_t>(e)], chosen_weight_[j]);
+size_t Context::conv_index(size_t layer, size_t channel, size_t tap) const {
+    const size_t inner = static_cast<size_t>(model_.config.layers[layer].inner);
+    return layout_.conv_off[layer] + tap * inner + channel;
 }
 
 // ---- saved state (layout in context.h) ----
@@ -210,12 +111,12 @@ uint64_t saved_state_fingerprint(const uint8_t* data, size_t size) {
 }
 
 size_t Context::saved_size() const {
-    const size_t logits = has_logits_ ? logits_.size() : 0;
+    const size_t logits = has_logits_ ? static_cast<size_t>(model_.config.vocab_size) : 0;
     return kStateHeaderBytes + 4 * (window_.size() + conv_.size() + ssm_.size() + logits);
 }
 
 void Context::save(uint8_t* out) const {
-    const size_t logits = has_logits_ ? logits_.size() : 0;
+    const size_t logits = has_logits_ ? static_cast<size_t>(model_.config.vocab_size) : 0;
     std::memcpy(out, kStateMagic, sizeof kStateMagic);
     store_le(out + 8, kStateVersion, 4);
     store_le(out + 12, 0, 4);
@@ -233,7 +134,11 @@ void Context::save(uint8_t* out) const {
         store_le(p, static_cast<uint32_t>(t), 4);
         p += 4;
     }
-    for (float v : conv_) put(v);
+    // Conv history in the saved layout [inner, K-1] per layer (oldest first).
+    for (size_t l = 0; l < model_.config.layers.size(); l++)
+        for (size_t d = 0; d < static_cast<size_t>(model_.config.layers[l].inner); d++)
+            for (size_t j = 0; j + 1 < static_cast<size_t>(model_.config.layers[l].conv_kernel); j++)
+                put(conv_[conv_index(l, d, j)]);
     for (float v : ssm_) put(v);
     for (size_t i = 0; i < logits; i++) put(logits_[i]);
     const size_t payload = static_cast<size_t>(p - out) - kStateHeaderBytes;
@@ -255,9 +160,9 @@ void Context::restore(const uint8_t* data, size_t size) {
     if (conv != conv_.size() || ssm != ssm_.size())
         throw Error("corrupt saved state: " + std::to_string(conv) + " conv and " + std::to_string(ssm) +
                     " ssm values, this model has " + std::to_string(conv_.size()) + " and " + std::to_string(ssm_.size()));
-    if (logits != 0 && logits != logits_.size())
+    if (logits != 0 && logits != static_cast<size_t>(model_.config.vocab_size))
         throw Error("corrupt saved state: " + std::to_string(logits) + " logits, the vocabulary is " +
-                    std::to_string(logits_.size()));
+                    std::to_string(model_.config.vocab_size));
     const uint64_t expected = kStateHeaderBytes + 4 * (window + conv + ssm + logits);
     if (size != expected)
         throw Error("saved state is " + std::to_string(size) + " bytes, its header implies " + std::to_string(expected));
@@ -277,11 +182,15 @@ void Context::restore(const uint8_t* data, size_t size) {
         p += 4;
         return v;
     };
-    for (float& v : conv_) v = get();
+    for (size_t l = 0; l < model_.config.layers.size(); l++)
+        for (size_t d = 0; d < static_cast<size_t>(model_.config.layers[l].inner); d++)
+            for (size_t j = 0; j + 1 < static_cast<size_t>(model_.config.layers[l].conv_kernel); j++)
+                conv_[conv_index(l, d, j)] = get();
     for (float& v : ssm_) v = get();
     has_logits_ = logits != 0;
-    if (has_logits_)
-        for (float& v : logits_) v = get();
+    restored_logits_.resize(logits);
+    for (float& v : restored_logits_) v = get();
+    logits_ = has_logits_ ? restored_logits_.data() : nullptr;
 }
 
 }  // namespace itera

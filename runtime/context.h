@@ -1,4 +1,4 @@
-// Per-sequence state: conv history [inner, K-1] and SSM state [N] per layer, so a new token costs
+// Per-sequence state: conv history [K-1, inner] and SSM state [N] per layer, so a new token costs
 // O(1). Past max_seq_length the context reproduces upstream generation: it keeps the last
 // max_seq_length tokens and re-runs them from zero state at positions 0..P-1 for each new token.
 #pragma once
@@ -6,17 +6,10 @@
 #include <cstdint>
 #include <vector>
 
-#include "kernels_cpu/quant_ops.h"
+#include "runtime/forward.h"
 #include "runtime/model.h"
 
 namespace itera {
-
-// Sees the input of every matrix product (calibration collects its statistics); nullptr in
-// normal use.
-struct ActivationObserver {
-    virtual ~ActivationObserver() = default;
-    virtual void observe(const Weight& w, const float* x) = 0;
-};
 
 class Context {
 public:
@@ -27,13 +20,16 @@ public:
     // it, one per vocabulary row (Model::id_of maps a row to its id when the vocabulary was
     // trimmed), or nullptr when want_logits is false (prompt tokens before the last skip the head).
     const float* eval(int32_t token, bool want_logits = true);
+    // Feeds n tokens in order, as n calls of eval() would, but runs them through the matrix
+    // products together (a prompt's prefill); returns the last token's logits (or nullptr).
+    const float* eval_tokens(const int32_t* tokens, int32_t n, bool want_logits = true);
 
     int32_t position() const { return static_cast<int32_t>(window_.size()); }
     size_t state_bytes() const { return (conv_.size() + ssm_.size()) * sizeof(float); }
     const Model& model() const { return model_; }
-    void set_observer(ActivationObserver* observer) { observer_ = observer; }
+    void set_observer(ActivationObserver* observer) { forward_.set_observer(observer); }
     // The logits of the last eval(), or nullptr when it skipped them (or after reset()).
-    const float* logits() const { return has_logits_ ? logits_.data() : nullptr; }
+    const float* logits() const { return has_logits_ ? logits_ : nullptr; }
 
     // Saved state: everything a later eval() depends on, so a restored context continues exactly
     // as this one would. Little-endian, version 1:
@@ -50,22 +46,18 @@ public:
 
 private:
     void zero_state();  // conv history and SSM state, not the window
-    void step(int32_t token, int32_t pos, bool want_logits);
-    const ActQ8* quantize_for(const Weight& w, const float* x, int32_t n, ActQ8* buffer);
-    void matmul(const Weight& w, const float* x, const ActQ8* xq, float* y);
-    void ssm_block(size_t layer, float* x);
-    void channel_block(size_t layer, float* x);
+    // Runs window_[from, window_.size()) at their positions; logits for the last one if wanted.
+    void run_window(size_t from, bool want_logits);
+    size_t conv_index(size_t layer, size_t channel, size_t tap) const;  // saved order -> conv_
 
     const Model& model_;
+    Forward forward_;
+    StateLayout layout_;
     std::vector<int32_t> window_;          // tokens fed since the state was last zero
-    std::vector<size_t> conv_off_, ssm_off_;
+    std::vector<int32_t> positions_;       // 0, 1, ..., max_seq_length - 1
     std::vector<float> conv_, ssm_;        // all layers' state, one allocation each
-    // scratch, sized once for the widest layer
-    std::vector<float> x_, a_, uz_, v_, delta_, bv_, y_, hidden_, mix_, router_, logits_;
-    std::vector<ActQ8> xq_, hq_;           // quantized activations for block-format weights
-    std::vector<int32_t> chosen_;
-    std::vector<float> chosen_weight_;
-    ActivationObserver* observer_ = nullptr;
+    const float* logits_ = nullptr;        // into forward_ (or restored_logits_), until the next eval
+    std::vector<float> restored_logits_;
     bool has_logits_ = false;              // logits_ holds the last eval's logits
 };
 

@@ -21,6 +21,7 @@
 
 #include "common/error.h"
 #include "format/itl_file.h"
+#include "runtime/batch.h"
 #include "runtime/context.h"
 #include "runtime/model.h"
 #include "runtime/sampler.h"
@@ -58,6 +59,14 @@ struct itera_context {
 struct itera_sampler {
     explicit itera_sampler(const itera::SamplerParams& params) : sampler(params) {}
     itera::Sampler sampler;
+};
+
+struct itera_batch {
+    itera_batch(const itera::Model& model, int32_t n, int32_t threads)
+        : batch(model, n, threads), fresh(static_cast<size_t>(n), false) {}
+    itera::Batch batch;
+    std::vector<bool> fresh;  // sequence i has logits from the last eval
+    std::vector<float> by_id; // [n, id_limit] when the vocabulary was trimmed
 };
 
 namespace {
@@ -326,7 +335,7 @@ int itera_eval_tokens(itera_context* ctx, const int32_t* tokens, int32_t n, cons
     for (int32_t i = 0; i < n; i++)
         if (const int rc = check_token(ctx->ctx.model(), tokens[i])) return rc;
     return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
-        for (int32_t i = 0; i < n; i++) ctx->ctx.eval(tokens[i], logits_out && i + 1 == n);
+        ctx->ctx.eval_tokens(tokens, n, logits_out != nullptr);
         ctx->update_logits();
         if (logits_out) *logits_out = ctx->logits;
         return ITERA_OK;
@@ -418,7 +427,7 @@ int itera_generate(itera_context* ctx, const int32_t* prompt, int32_t n_prompt, 
     if (n_prompt == 0 && !ctx->logits)
         return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_generate: empty prompt and the context has no logits to continue from");
     return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
-        for (int32_t i = 0; i < n_prompt; i++) ctx->ctx.eval(prompt[i], i + 1 == n_prompt);
+        if (n_prompt > 0) ctx->ctx.eval_tokens(prompt, n_prompt);
         ctx->update_logits();
         itera::Sampler sampler(sp);
         const int32_t vocab = model.id_limit();
@@ -440,3 +449,58 @@ int itera_generate(itera_context* ctx, const int32_t* prompt, int32_t n_prompt, 
 }
 
 }  // extern "C"
+
+// ---- batch ----
+
+int itera_batch_new(const itera_model* model, int32_t n_sequences, int32_t n_threads, itera_batch** out) {
+    if (!model || !out) return null_argument("itera_batch_new", "model and out");
+    *out = nullptr;
+    if (n_sequences < 1 || n_sequences > (1 << 20) || n_threads < 1 || n_threads > 1024)
+        return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_batch_new: n_sequences must be 1..1048576 and n_threads 1..1024");
+    return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
+        *out = new itera_batch(*model->model, n_sequences, n_threads);
+        return ITERA_OK;
+    });
+}
+
+void itera_batch_free(itera_batch* batch) { delete batch; }
+
+int itera_batch_eval(itera_batch* batch, const int32_t* tokens) {
+    if (!batch || !tokens) return null_argument("itera_batch_eval", "batch and tokens");
+    const int32_t n = batch->batch.size();
+    for (int32_t i = 0; i < n; i++)
+        if (const int rc = check_token(batch->batch.model(), tokens[i])) return rc;
+    return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
+        batch->batch.eval(tokens);
+        std::fill(batch->fresh.begin(), batch->fresh.end(), true);
+        const itera::Model& model = batch->batch.model();
+        if (model.id_limit() != model.vocab_rows()) {  // spread rows out to ids, as itera_context does
+            const size_t ids = static_cast<size_t>(model.id_limit());
+            batch->by_id.assign(ids * static_cast<size_t>(n), -INFINITY);
+            for (int32_t i = 0; i < n; i++) {
+                const float* rows = batch->batch.logits(i);
+                for (int32_t r = 0; r < model.vocab_rows(); r++)
+                    batch->by_id[static_cast<size_t>(i) * ids + static_cast<size_t>(model.id_of(r))] = rows[r];
+            }
+        }
+        return ITERA_OK;
+    });
+}
+
+const float* itera_batch_logits(const itera_batch* batch, int32_t i) {
+    if (!batch || i < 0 || i >= batch->batch.size() || !batch->fresh[static_cast<size_t>(i)]) return nullptr;
+    const itera::Model& model = batch->batch.model();
+    if (model.id_limit() == model.vocab_rows()) return batch->batch.logits(i);
+    return batch->by_id.data() + static_cast<size_t>(i) * static_cast<size_t>(model.id_limit());
+}
+
+int itera_batch_reset(itera_batch* batch, int32_t i) {
+    if (!batch) return null_argument("itera_batch_reset", "batch");
+    if (i < 0 || i >= batch->batch.size())
+        return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_batch_reset: sequence " + std::to_string(i) + " is out of range");
+    batch->batch.reset(i);
+    batch->fresh[static_cast<size_t>(i)] = false;
+    return ITERA_OK;
+}
+
+int32_t itera_batch_size(const itera_batch* batch) { return batch ? batch->batch.size() : 0; }

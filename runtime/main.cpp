@@ -1,15 +1,19 @@
 // itera-run: generate text, print logits, score perplexity and describe a .itl model.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <map>
 #include <random>
 
 #include "common/cli_parse.h"
 #include "common/error.h"
 #include "format/tensor_names.h"
 #include "common/file_io.h"
+#include "kernels_cuda/cuda_backend.h"
 #include "runtime/builtin_model.h"
 #include "runtime/context.h"
 #include "runtime/model.h"
@@ -24,7 +28,7 @@ constexpr const char* kBuiltinPrompt = "and god said";
 constexpr uint64_t kMaxTextBytes = uint64_t{1} << 30;
 
 struct Args {
-    std::string model_path, prompt, ids_text, file, kld_ref;
+    std::string model_path, prompt, ids_text, file, kld_ref, device = "cpu", kernels = "native";
     bool has_prompt = false, print_ids = false, json = false, allow_unk = false;
     int32_t n_predict = 64, ctx = 0;
     itera::SamplerParams sampling;
@@ -33,9 +37,11 @@ struct Args {
 
 std::unique_ptr<itera::Model> load(const Args& args) {
     itera::kernel_path();  // a bad ITERA_KERNELS fails here, before any output
-    if (args.model_path.empty())
-        return itera::load_model(itera::ItlFile::from_memory(itera_builtin_model, itera_builtin_model_size));
-    return itera::load_model_file(args.model_path);
+    auto model = args.model_path.empty()
+                     ? itera::load_model(itera::ItlFile::from_memory(itera_builtin_model, itera_builtin_model_size))
+                     : itera::load_model_file(args.model_path);
+    model->gemm = std::make_shared<itera::GemmDispatch>(itera::parse_gemm_provider(args.kernels));
+    return model;
 }
 
 std::vector<int32_t> parse_ids(const std::string& text) {
@@ -53,6 +59,53 @@ std::vector<int32_t> parse_ids(const std::string& text) {
     }
     return ids;
 }
+
+// One sequence's forward on the CPU (itera::Context) or, with --device cuda, on the GPU
+// (kernels_cuda/cuda_backend.h), which takes a prompt or a window in one launch.
+class Evaluator {
+public:
+    Evaluator(const itera::Model& model, const std::string& device) : model_(model) {
+        if (device == "cuda") {
+            gpu_ = std::make_unique<itera::cuda::Backend>(model);  // "no CUDA device: ..." without one
+        } else {
+            cpu_ = std::make_unique<itera::Context>(model);
+        }
+    }
+    void reset() { gpu_ ? gpu_->reset(0) : cpu_->reset(); }
+    // The logits after `id` (nullptr when !want_logits).
+    const float* eval(int32_t id, bool want_logits = true) {
+        if (cpu_) return cpu_->eval(id, want_logits);
+        gpu_->run({{0, &id, 1, want_logits ? itera::cuda::Logits::last : itera::cuda::Logits::none}});
+        return gpu_->logits(0);
+    }
+    // Feeds ids in order; returns the logits after the last one.
+    const float* prompt(const std::vector<int32_t>& ids) {
+        if (gpu_) {
+            gpu_->run({{0, ids.data(), static_cast<int32_t>(ids.size()), itera::cuda::Logits::last}});
+            return gpu_->logits(0);
+        }
+        return cpu_->eval_tokens(ids.data(), static_cast<int32_t>(ids.size()));
+    }
+    // Feeds ids[0, n) in order; returns the logits after each, [n][vocab rows].
+    const float* eval_all(const int32_t* ids, size_t n) {
+        if (gpu_) {
+            gpu_->run({{0, ids, static_cast<int32_t>(n), itera::cuda::Logits::all}});
+            return gpu_->logits(0);
+        }
+        all_.clear();
+        for (size_t i = 0; i < n; i++) {
+            const float* row = cpu_->eval(ids[i]);
+            all_.insert(all_.end(), row, row + model_.vocab_rows());
+        }
+        return all_.data();
+    }
+
+private:
+    const itera::Model& model_;
+    std::unique_ptr<itera::Context> cpu_;
+    std::unique_ptr<itera::cuda::Backend> gpu_;
+    std::vector<float> all_;
+};
 
 const itera::Tokenizer& tokenizer_of(const itera::Model& model) {
     if (!model.has_tokenizer) throw Error("the model has no tokenizer: pass token ids with --ids");
@@ -81,7 +134,7 @@ std::vector<int32_t> prompt_ids(const itera::Model& model, const Args& args, boo
 int generate(const Args& args) {
     const auto model = load(args);
     const std::vector<int32_t> prompt = prompt_ids(*model, args, args.model_path.empty());
-    itera::Context ctx(*model);
+    Evaluator ctx(*model, args.device);
     itera::SamplerParams sp = args.sampling;
     if (!args.has_seed) sp.seed = std::random_device{}();
     itera::Sampler sampler(sp);
@@ -90,8 +143,7 @@ int generate(const Args& args) {
         std::string text = tokenizer_of(*model).decode(prompt);
         std::fputs(text.c_str(), stdout);
     }
-    const float* logits = nullptr;
-    for (size_t i = 0; i < prompt.size(); i++) logits = ctx.eval(prompt[i], i + 1 == prompt.size());
+    const float* logits = ctx.prompt(prompt);
     const int32_t eos = model->has_tokenizer ? model->tokenizer.eos() : -1;
     for (int32_t i = 0; i < args.n_predict; i++) {
         const int32_t next = model->id_of(sampler.sample(logits, model->vocab_rows()));
@@ -113,12 +165,13 @@ int logits(const Args& args) {
     const std::vector<int32_t> ids = prompt_ids(*model, args, false);
     if (static_cast<int32_t>(ids.size()) > model->config.max_seq_length)
         throw Error(std::to_string(ids.size()) + " ids exceed max_seq_length " + std::to_string(model->config.max_seq_length));
-    itera::Context ctx(*model);
+    Evaluator ctx(*model, args.device);
+    const float* rows = ctx.eval_all(ids.data(), ids.size());
     // With a trimmed vocabulary the columns are the kept ids, listed in "vocab_ids".
     std::string out = "{\"logits\": [";
     char buf[32];
     for (size_t i = 0; i < ids.size(); i++) {
-        const float* row = ctx.eval(ids[i]);
+        const float* row = rows + i * static_cast<size_t>(model->vocab_rows());
         out += i ? ", [" : "[";
         for (int32_t v = 0; v < model->vocab_rows(); v++) {
             std::snprintf(buf, sizeof buf, v ? ", %.9g" : "%.9g", static_cast<double>(row[v]));
@@ -173,8 +226,8 @@ int perplexity(const Args& args) {
     }
     // Non-overlapping windows from zero state; every position is scored against the token after
     // it (for a window's last position that is the next window's first token), as upstream does.
-    itera::Context ctx(*model);
-    std::unique_ptr<itera::Context> ref_ctx = ref ? std::make_unique<itera::Context>(*ref) : nullptr;
+    Evaluator ctx(*model, args.device);
+    std::unique_ptr<Evaluator> ref_ctx = ref ? std::make_unique<Evaluator>(*ref, args.device) : nullptr;
     std::vector<double> logp, ref_sub, ref_logp;
     std::vector<float> picked(ref_rows.size());
     double nll = 0.0, kld = 0.0;
@@ -183,13 +236,15 @@ int perplexity(const Args& args) {
         ctx.reset();
         if (ref_ctx) ref_ctx->reset();
         const size_t end = std::min(start + static_cast<size_t>(n), ids.size() - 1);
+        const float* rows = ctx.eval_all(ids.data() + start, end - start);
+        const float* ref_all = ref_ctx ? ref_ctx->eval_all(ids.data() + start, end - start) : nullptr;
         for (size_t t = start; t < end; t++) {
-            const float* row = ctx.eval(ids[t]);
+            const float* row = rows + (t - start) * static_cast<size_t>(model->vocab_rows());
             log_softmax(row, model->vocab_rows(), &logp);
             nll -= logp[static_cast<size_t>(model->row_of(ids[t + 1]))];
             scored++;
             if (!ref_ctx) continue;
-            const float* ref_row = ref_ctx->eval(ids[t]);
+            const float* ref_row = ref_all + (t - start) * static_cast<size_t>(ref->vocab_rows());
             for (size_t r = 0; r < ref_rows.size(); r++) picked[r] = ref_row[ref_rows[r]];
             log_softmax(picked.data(), model->vocab_rows(), &ref_logp);
             for (size_t r = 0; r < logp.size(); r++) kld += std::exp(ref_logp[r]) * (ref_logp[r] - logp[r]);
@@ -215,6 +270,83 @@ int perplexity(const Args& args) {
                         100.0 * top1);
     }
     return 0;
+}
+
+// One part of the file for `info`: the embedding, the position embedding, each layer's SSM and
+// channel blocks, the head (final LayerNorm, and lm_head when untied).
+struct Part {
+    std::string name, shape, dtypes;
+    int64_t params = 0;
+    uint64_t bytes = 0;
+};
+
+std::vector<Part> file_parts(const itera::Model& model) {
+    const itera::ModelConfig& c = model.config;
+    const itera::ItlFile& f = *model.file;
+    std::vector<Part> parts;
+    auto part_of = [&](const std::string& name, const std::string& shape) -> Part& {
+        for (Part& p : parts)
+            if (p.name == name) return p;
+        parts.push_back({name, shape, "", 0, 0});
+        return parts.back();
+    };
+    const char* kinds[] = {"ffn", "moe", "none"};
+    // Matrices listed by their short name (experts collapsed when they agree), vectors counted.
+    std::map<std::string, std::vector<std::pair<std::string, std::string>>> matrices;
+    std::map<std::string, std::map<std::string, int>> vectors;
+    for (const itera::TensorView& t : f.tensors()) {
+        const std::string& n = t.name;
+        std::string name = n, shape = itera::shape_text(t.shape), rest = n;
+        if (n == "embedding.weight") {
+            name = "embedding";
+            if (c.tied_head) shape += ", tied head";
+        } else if (n == "position_embedding.weight") {
+            name = "position";
+        } else if (n.rfind("layers.", 0) == 0) {
+            const size_t dot = n.find('.', 7);
+            const int layer = std::stoi(n.substr(7, dot - 7));
+            const itera::LayerConfig& lc = c.layers[static_cast<size_t>(layer)];
+            const bool ssm = n.compare(dot + 1, 4, "ssm.") == 0;
+            name = "layers." + std::to_string(layer) + "." + (ssm ? "ssm" : kinds[static_cast<int>(lc.kind)]);
+            rest = n.substr(dot + 5);  // after "ssm." or "moe."
+            if (ssm) {
+                shape = "inner " + std::to_string(lc.inner) + " state " + std::to_string(lc.state) + " conv " +
+                        std::to_string(lc.conv_kernel);
+            } else if (lc.kind == itera::ChannelKind::ffn) {
+                shape = "width " + std::to_string(lc.ffn_widths[0]);
+            } else {
+                shape = std::to_string(lc.ffn_widths.size()) + " experts top-" + std::to_string(lc.top_k) + " width";
+                const bool same = std::equal(lc.ffn_widths.begin() + 1, lc.ffn_widths.end(), lc.ffn_widths.begin());
+                for (size_t e = 0; e < (same ? 1 : lc.ffn_widths.size()); e++)
+                    shape += (e ? "/" : " ") + std::to_string(lc.ffn_widths[e]);
+            }
+            for (const char* inner : {"ssm.", "layer.", "ffn."})
+                if (rest.rfind(inner, 0) == 0) rest = rest.substr(std::strlen(inner));
+            if (rest.rfind("experts.", 0) == 0) rest = "experts.*" + rest.substr(rest.find('.', 8));
+        } else {
+            name = "head";
+            shape = c.tied_head ? "final norm (tied head)" : "final norm, lm_head";
+        }
+        if (rest.size() > 7 && rest.compare(rest.size() - 7, 7, ".weight") == 0) rest.resize(rest.size() - 7);
+        Part& p = part_of(name, shape);
+        p.params += t.elements();
+        p.bytes += t.bytes;
+        const std::string dtype(itera::dtype_name(t.dtype));
+        if (t.shape.size() < 2) {
+            vectors[name][dtype]++;
+            continue;
+        }
+        auto& list = matrices[name];
+        if (std::find(list.begin(), list.end(), std::make_pair(rest, dtype)) == list.end()) list.emplace_back(rest, dtype);
+    }
+    for (Part& p : parts) {
+        for (const auto& [short_name, dtype] : matrices[p.name])
+            p.dtypes += (p.dtypes.empty() ? "" : ", ") + short_name + " " + dtype;
+        std::string v;
+        for (const auto& [dtype, count] : vectors[p.name]) v += (v.empty() ? "" : ", ") + std::to_string(count) + " " + dtype;
+        if (!v.empty()) p.dtypes += (p.dtypes.empty() ? "vectors " : ", vectors ") + v;
+    }
+    return parts;
 }
 
 int info(const Args& args) {
@@ -247,7 +379,19 @@ int info(const Args& args) {
             for (size_t i = 0; i < lc.ffn_widths.size(); i++) out += (i ? ", " : "") + std::to_string(lc.ffn_widths[i]);
             out += "]}";
         }
-        out += "], \"tensors\": [";
+        out += "], \"parts\": [";
+        const std::vector<Part> parts = file_parts(*model);
+        uint64_t part_bytes = 0;
+        for (size_t i = 0; i < parts.size(); i++) {
+            const Part& p = parts[i];
+            char share[32];
+            std::snprintf(share, sizeof share, "%.6f", static_cast<double>(p.bytes) / static_cast<double>(f.file_size()));
+            out += std::string(i ? ", " : "") + "{\"name\": \"" + p.name + "\", \"shape\": \"" + p.shape +
+                   "\", \"dtypes\": \"" + p.dtypes + "\", \"parameters\": " + std::to_string(p.params) +
+                   ", \"bytes\": " + std::to_string(p.bytes) + ", \"share\": " + share + "}";
+            part_bytes += p.bytes;
+        }
+        out += "], \"other_bytes\": " + std::to_string(f.file_size() - part_bytes) + ", \"tensors\": [";
         for (size_t i = 0; i < f.tensors().size(); i++) {
             const auto& t = f.tensors()[i];
             out += std::string(i ? ", " : "") + "{\"name\": \"" + t.name + "\", \"shape\": " + itera::shape_text(t.shape) +
@@ -286,6 +430,17 @@ int info(const Args& args) {
                     std::string(itera::dtype_name(t.dtype)).c_str(), t.bytes);
     std::printf("parameters  %lld, tensor bytes %ju, %.2f bits per weight\n", static_cast<long long>(params),
                 static_cast<uintmax_t>(bytes), bpw);
+    std::printf("%-14s %-30s %10s %10s %6s  %s\n", "part", "shape", "params", "bytes", "share", "dtypes");
+    uint64_t part_bytes = 0;
+    for (const Part& p : file_parts(*model)) {
+        std::printf("%-14s %-30s %10lld %10ju %5.1f%%  %s\n", p.name.c_str(), p.shape.c_str(),
+                    static_cast<long long>(p.params), static_cast<uintmax_t>(p.bytes),
+                    100.0 * static_cast<double>(p.bytes) / static_cast<double>(f.file_size()), p.dtypes.c_str());
+        part_bytes += p.bytes;
+    }
+    const uint64_t other = f.file_size() - part_bytes;
+    std::printf("%-14s %-30s %10s %10ju %5.1f%%\n", "other", "header, metadata, tokenizer, padding", "",
+                static_cast<uintmax_t>(other), 100.0 * static_cast<double>(other) / static_cast<double>(f.file_size()));
     std::printf("kernels     %s (block formats; ITERA_KERNELS=scalar|avx2|avx512 to choose)\n", itera::kernel_path_name());
     return 0;
 }
@@ -305,6 +460,12 @@ int run(int argc, char** argv) {
     app.add_flag("--greedy", a.sampling.greedy, "always take the most likely token");
     app.add_flag("--print-ids", a.print_ids, "print only the generated token ids, space-separated");
     app.add_flag("--allow-unk", a.allow_unk, "map prompt words missing from the vocabulary to <UNK> instead of failing");
+    app.add_option("--device", a.device, "run the model on the cpu (default) or on the GPU (cuda; docs/cuda.md)")
+        ->check(CLI::IsMember({"cpu", "cuda"}));
+    app.add_option("--kernels", a.kernels,
+                   "products over many rows (a prompt's prefill): native (default), onednn, or auto (the faster per "
+                   "shape, timed at first use)")
+        ->check(CLI::IsMember({"native", "onednn", "auto"}));
     app.set_version_flag("--version", ITERA_VERSION);
     app.add_subcommand("generate", "generate text (the default)")->fallthrough();
     auto* lg = app.add_subcommand("logits", "print JSON logits for every position of --ids/-p (one forward from zero state)")->fallthrough();

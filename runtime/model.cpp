@@ -1,10 +1,12 @@
 #include "runtime/model.h"
 
+#include <cmath>
 #include <map>
 #include <set>
 
 #include "common/error.h"
 #include "format/tensor_names.h"
+#include "kernels_cpu/ref_ops.h"
 
 namespace itera {
 
@@ -68,6 +70,28 @@ private:
     std::set<std::string> row_access_;
 };
 
+void derive_ssm_tables(const LayerConfig& lc, SsmWeights& s) {
+    const int32_t Di = lc.inner, N = lc.state, K = lc.conv_kernel;
+    auto table = [](const Weight& w) {
+        std::vector<float> out(static_cast<size_t>(w.rows) * static_cast<size_t>(w.cols));
+        for (size_t i = 0; i < out.size(); i++) out[i] = ref::element(w, static_cast<int64_t>(i));
+        return out;
+    };
+    s.neg_a = table(s.a_log);
+    for (float& v : s.neg_a) v = -std::exp(v);
+    s.conv_bias = table(s.conv_b);
+    s.d_skip = table(s.d);
+    s.delta_bias = table(s.delta_b);
+    s.c_t.resize(static_cast<size_t>(N) * static_cast<size_t>(Di));
+    for (int32_t i = 0; i < Di; i++)
+        for (int32_t n = 0; n < N; n++)
+            s.c_t[static_cast<size_t>(n) * Di + i] = ref::element(s.c, static_cast<int64_t>(i) * N + n);
+    s.conv_t.resize(static_cast<size_t>(K) * static_cast<size_t>(Di));
+    for (int32_t i = 0; i < Di; i++)
+        for (int32_t k = 0; k < K; k++)
+            s.conv_t[static_cast<size_t>(k) * Di + i] = ref::element(s.conv_w, static_cast<int64_t>(i) * K + k);
+}
+
 }  // namespace
 
 std::unique_ptr<Model> load_model(std::unique_ptr<ItlFile> file) {
@@ -97,6 +121,7 @@ std::unique_ptr<Model> load_model(std::unique_ptr<ItlFile> file) {
         s.delta_w = w.rows(p + "ssm.ssm.delta_proj.weight");
         s.delta_b = w.get(p + "ssm.ssm.delta_proj.bias");
         s.out_proj = w.rows(p + "ssm.out_proj.weight");
+        derive_ssm_tables(lc, s);
         if (lc.kind == ChannelKind::ffn) {
             layer.mix_norm_w = w.get(p + "moe.norm.weight");
             layer.mix_norm_b = w.get(p + "moe.norm.bias");

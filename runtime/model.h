@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "format/itl_file.h"
+#include "kernels_cpu/gemm_provider.h"
 #include "kernels_cpu/weight.h"
 #include "runtime/tokenizer.h"
 
@@ -19,6 +20,14 @@ struct SsmWeights {
     Weight a_log, b, c, d;   // [state], [state, inner] (a matrix product), [inner, state], [inner]
     Weight delta_w, delta_b; // [inner, inner], [inner]
     Weight out_proj;         // [hidden, inner]
+    // Small per-channel tables derived at load in FP32 (a few KB per layer), laid out for SIMD
+    // loops over the inner channels; the tensors above stay the truth the reference reads.
+    std::vector<float> neg_a;      // [state]: -exp(A_log)
+    std::vector<float> c_t;        // [state, inner]: C transposed
+    std::vector<float> conv_t;     // [K, inner]: conv weight transposed
+    std::vector<float> conv_bias;  // [inner]
+    std::vector<float> d_skip;     // [inner]: D
+    std::vector<float> delta_bias; // [inner]
 };
 
 struct FfnWeights {
@@ -43,6 +52,9 @@ struct Model {
     // Token ids are the checkpoint's. With a trimmed vocabulary, embedding / lm head row r holds
     // id config.vocab_ids[r]; logits come per row.
     std::vector<int32_t> row_of_id;  // -1: the id was trimmed away
+    // Which kernels run the products over many rows (prefill, batch decode): `--kernels`; nullptr
+    // is the native kernels. Shared by every context of the model (GemmDispatch is thread-safe).
+    std::shared_ptr<GemmDispatch> gemm;
 
     int32_t vocab_rows() const { return config.vocab_size; }
     // One past the largest token id the model knows.

@@ -21,6 +21,7 @@
 #include "common/error.h"
 #include "format/half.h"
 #include "format/itl_file.h"
+#include "format/quant_blocks.h"
 #include "itera_generated.h"
 
 using namespace itera;
@@ -319,6 +320,21 @@ TEST_CASE("dtype names and sizes") {
     CHECK(tensor_bytes(DType::q8_0, {3, 40}) == 3 * 2 * 34);  // 40 columns: two blocks, the last padded
     CHECK(tensor_bytes(DType::q4_0, {5, 32}) == 5 * 18);
     CHECK(tensor_bytes(DType::nf4, {2, 65}) == 2 * 2 * 34);
+    CHECK(tensor_bytes(DType::q3_0, {3, 40}) == 3 * 2 * 14);  // 3.5 bits/weight in full blocks of 32
+    CHECK(tensor_bytes(DType::q3_0, {1}) == 14);
+    CHECK(tensor_bytes(DType::q2_0, {5, 64}) == 5 * 18);  // 2.25 bits/weight in full blocks of 64
+    CHECK(tensor_bytes(DType::q2_0, {2, 65}) == 2 * 2 * 18);
+    CHECK(tensor_bytes(DType::q2_0, {4, 32}) == 4 * 18);  // a 32-column row pays a whole 64-block
+    for (const char* name : {"q8", "q4", "nf4", "q3", "q2"}) {
+        CHECK(parse_dtype(name, &d));
+        CHECK(dtype_name(d) == name);
+        CHECK(is_quantized(d));
+        CHECK(dtype_known(static_cast<int32_t>(d)));
+    }
+    CHECK(static_cast<int32_t>(DType::q3_0) == 5);  // the file's enum values (format/itera.fbs)
+    CHECK(static_cast<int32_t>(DType::q2_0) == 6);
+    CHECK_FALSE(dtype_known(7));
+    CHECK_FALSE(dtype_known(-1));
     CHECK_THROWS_WITH_AS(dtype_block_bytes(static_cast<DType>(9)), "unknown dtype 9", Error);
 }
 
@@ -414,6 +430,57 @@ TEST_CASE("round trip: odd shapes, fp32/fp16, per-expert widths, both tokenizer 
             const bool in_place = first >= buf.data && first < buf.data + bytes.size();
             CHECK(in_place == (shift == 0));
         }
+    }
+}
+
+TEST_CASE("q3_0 and q2_0 tensors: the writer quantizes rows, the reader checks their exact length") {
+    ModelSpec spec = small_spec();
+    std::mt19937 rng(31);
+    spec.tensors.push_back(tensor("low3", {5, 40}, DType::q3_0, &rng));  // two q3_0 blocks a row, one padded
+    spec.tensors.push_back(tensor("low2", {3, 97}, DType::q2_0, &rng));  // two q2_0 blocks a row, one padded
+    std::vector<uint8_t> bytes = serialize_plain(spec);
+    const auto file = ItlFile::from_memory(bytes.data(), bytes.size());
+    for (size_t k : {spec.tensors.size() - 2, spec.tensors.size() - 1}) {
+        const SpecTensor& want = spec.tensors[k];
+        const TensorView* got = file->find(want.name);
+        REQUIRE(got != nullptr);
+        CHECK(got->dtype == want.dtype);
+        const int64_t cols = want.shape[1];
+        const size_t row_bytes = dtype_row_bytes(want.dtype, cols);
+        CHECK(got->bytes == static_cast<size_t>(want.shape[0]) * row_bytes);
+        CHECK(row_bytes == (want.dtype == DType::q3_0 ? 2 * 14u : 2 * 18u));
+        double err = 0, energy = 0;
+        for (int64_t r = 0; r < want.shape[0]; r++) {
+            const float* x = want.values.data() + r * cols;
+            std::vector<uint8_t> row(row_bytes);
+            std::vector<float> back(static_cast<size_t>(cols));
+            const uint8_t* stored = static_cast<const uint8_t*>(got->data) + r * row_bytes;
+            if (want.dtype == DType::q3_0) {
+                quantize_row_q3_0(x, cols, reinterpret_cast<BlockQ3*>(row.data()));
+                dequantize_row_q3_0(reinterpret_cast<const BlockQ3*>(stored), cols, back.data());
+            } else {
+                quantize_row_q2_0(x, cols, reinterpret_cast<BlockQ2*>(row.data()));
+                dequantize_row_q2_0(reinterpret_cast<const BlockQ2*>(stored), cols, back.data());
+            }
+            CHECK(std::memcmp(stored, row.data(), row_bytes) == 0);
+            for (int64_t c = 0; c < cols; c++) {
+                err += (back[c] - x[c]) * (back[c] - x[c]);
+                energy += x[c] * x[c];
+            }
+        }
+        const double rel = std::sqrt(err / energy);
+        MESSAGE(want.name << " (" << dtype_name(want.dtype) << "): stored rows decode with relative rms error " << rel);
+        CHECK(rel < (want.dtype == DType::q3_0 ? 0.2 : 0.4));
+    }
+    // One byte short of either tensor is refused.
+    for (size_t k : {spec.tensors.size() - 2, spec.tensors.size() - 1}) {
+        std::vector<uint8_t> b = bytes;
+        const fb::Tensor* t = metadata(b)->tensors()->Get(static_cast<flatbuffers::uoffset_t>(k));
+        const uint64_t need = t->length();
+        REQUIRE(table(t)->SetField(fb::Tensor::VT_LENGTH, need - 1));
+        reseal(&b);
+        CHECK(contains(load_error(b),
+                       std::to_string(need - 1) + " bytes, its shape and dtype need " + std::to_string(need)));
     }
 }
 
@@ -616,6 +683,13 @@ TEST_CASE("bad tensor entries, config and tokenizer are rejected with their mess
                    "tensor 'position_embedding.weight': unsupported dtype 9"));
     CHECK(contains(error_after([&](auto m) { set(t1(m), fb::Tensor::VT_DTYPE, int32_t{0}); }),
                    "816 bytes, its shape and dtype need 1632"));
+    // [17, 24] as q3_0: 17 rows of one 14-byte block; as q2_0: of one 18-byte block.
+    CHECK(contains(error_after([&](auto m) { set(t1(m), fb::Tensor::VT_DTYPE, int32_t{5}); }),
+                   "816 bytes, its shape and dtype need 238"));
+    CHECK(contains(error_after([&](auto m) { set(t1(m), fb::Tensor::VT_DTYPE, int32_t{6}); }),
+                   "816 bytes, its shape and dtype need 306"));
+    CHECK(contains(error_after([&](auto m) { set(t1(m), fb::Tensor::VT_DTYPE, int32_t{7}); }),
+                   "tensor 'position_embedding.weight': unsupported dtype 7"));
 
     // Absurd dimensions.
     auto dims = [&](int64_t a, int64_t b) {

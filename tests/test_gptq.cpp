@@ -20,7 +20,7 @@ using namespace itera;
 
 namespace {
 
-constexpr DType kFormats[] = {DType::q4_0, DType::nf4, DType::q8_0};
+constexpr DType kFormats[] = {DType::q4_0, DType::nf4, DType::q8_0, DType::q3_0, DType::q2_0};
 
 // Activations x = s * (F g + 0.5 n): k shared factors g give correlated channels, per-channel
 // scales s are log-normal, and two channels are 10x louder. Calls share F and s (one distribution).
@@ -83,6 +83,8 @@ std::vector<float> decode(const std::vector<uint8_t>& packed, DType dtype, int64
         if (dtype == DType::q8_0) dequantize_row_q8_0(reinterpret_cast<const BlockQ8*>(in), cols, o);
         if (dtype == DType::q4_0) dequantize_row_q4_0(reinterpret_cast<const BlockQ4*>(in), cols, o);
         if (dtype == DType::nf4) dequantize_row_nf4(reinterpret_cast<const BlockNf4*>(in), cols, o);
+        if (dtype == DType::q3_0) dequantize_row_q3_0(reinterpret_cast<const BlockQ3*>(in), cols, o);
+        if (dtype == DType::q2_0) dequantize_row_q2_0(reinterpret_cast<const BlockQ2*>(in), cols, o);
     }
     return out;
 }
@@ -188,9 +190,15 @@ TEST_CASE("gptq: dead input channels are rounded to nearest and do not disturb t
                 const float d = fp16_to_fp32(static_cast<uint16_t>(blk[0] | blk[1] << 8));
                 const float v = w[r * cols + c], q = g.dequantized[r * cols + c];
                 bool nearest = true;  // no level of this block is closer to v than q
-                for (int n = 0; n < (dtype == DType::q8_0 ? 255 : 16); n++) {
+                const int levels = dtype == DType::q8_0   ? 255
+                                   : dtype == DType::q3_0 ? 8
+                                   : dtype == DType::q2_0 ? 4
+                                                          : 16;
+                for (int n = 0; n < levels; n++) {
                     const float level = dtype == DType::q8_0   ? d * static_cast<float>(n - 127)
                                         : dtype == DType::q4_0 ? d * static_cast<float>(n - 8)
+                                        : dtype == DType::q3_0 ? d * static_cast<float>(n - 4)
+                                        : dtype == DType::q2_0 ? d * (static_cast<float>(n) - 1.5f)
                                                                : d * kNf4[n];
                     if (std::fabs(level - v) < std::fabs(q - v) * (1 - 1e-6f) - 1e-12f) nearest = false;
                 }
@@ -216,12 +224,19 @@ TEST_CASE("gptq: a row shorter than a block multiple (cols = 40) pads with zeros
     for (DType dtype : kFormats) {
         const QuantResult g = quantize_gptq(w.data(), rows, cols, dtype, h_cal.data(), tokens);
         check_encoding(g, dtype, rows, cols);
-        // Reading the whole last block decodes the padding to zero.
+        // Reading the whole last block decodes the padding to zero; q2_0 has no zero level, so
+        // its padding is +-d / 2 (the kernels meet it with zero activations only).
         const int64_t padded = (cols + dtype_block(dtype) - 1) / dtype_block(dtype) * dtype_block(dtype);
         const std::vector<float> full = decode(g.packed, dtype, rows, padded, cols);
         int64_t nonzero_pad = 0;
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t c = cols; c < padded; c++) nonzero_pad += full[r * padded + c] != 0.0f;
+        for (int64_t r = 0; r < rows; r++) {
+            const uint8_t* last = g.packed.data() + (r + 1) * dtype_row_bytes(dtype, cols) - dtype_block_bytes(dtype);
+            const float half_d = 0.5f * fp16_to_fp32(static_cast<uint16_t>(last[0] | last[1] << 8));
+            for (int64_t c = cols; c < padded; c++) {
+                const float v = full[r * padded + c];
+                nonzero_pad += dtype == DType::q2_0 ? std::fabs(v) != half_d : v != 0.0f;
+            }
+        }
         CHECK(nonzero_pad == 0);
         const QuantResult rtn = quantize_rtn(w.data(), rows, cols, dtype);
         const double ratio = weighted_error(w.data(), g.dequantized.data(), rows, cols, h_test.data()) /
@@ -304,6 +319,13 @@ TEST_CASE("gptq: errors and the error measures") {
                          "cannot quantize to nf4: weight 7 is beyond the range of an fp16 block scale", Error);
     const QuantResult big_q4 = quantize_gptq(w_big.data(), rows, cols, DType::q4_0, h.data(), tokens);
     check_encoding(big_q4, DType::q4_0, rows, cols);  // q4_0 reaches 8 * 65504
+    check_encoding(quantize_gptq(w_big.data(), rows, cols, DType::q2_0, h.data(), tokens), DType::q2_0, rows, cols);
+    check_encoding(quantize_rtn(w_big.data(), rows, cols, DType::q2_0), DType::q2_0, rows, cols);
+    w_big[7] = 1e5f;  // q2_0 reaches 1.5 * 65504, q3_0 4 * 65504
+    CHECK_THROWS_WITH_AS(quantize_rtn(w_big.data(), rows, cols, DType::q2_0),
+                         "cannot quantize to q2: weight 7 is beyond the range of an fp16 block scale", Error);
+    check_encoding(quantize_gptq(w_big.data(), rows, cols, DType::q3_0, h.data(), tokens), DType::q3_0, rows, cols);
+    check_encoding(quantize_rtn(w_big.data(), rows, cols, DType::q3_0), DType::q3_0, rows, cols);
     std::vector<double> h_inf = h;
     h_inf[cols + 2] = INFINITY;
     CHECK_THROWS_WITH_AS(quantize_gptq(w.data(), rows, cols, DType::q4_0, h_inf.data(), tokens),

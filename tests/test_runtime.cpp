@@ -13,51 +13,14 @@
 #include "runtime/model.h"
 #include "runtime/sampler.h"
 #include "runtime/tokenizer.h"
+#include "tests/model_fixtures.h"
 
 using namespace itera;
+using namespace itera::test;
 
 namespace {
 
 Weight view(const std::vector<float>& v, int32_t rows, int32_t cols) { return {DType::f32, rows, cols, v.data()}; }
-
-ModelConfig small_config() {
-    ModelConfig c;
-    c.vocab_size = 23;
-    c.hidden = 12;
-    c.max_seq_length = 6;
-    c.tied_head = false;
-    LayerConfig ssm_ffn{10, 3, 3, ChannelKind::ffn, 0, {7}};
-    LayerConfig ssm_moe{8, 4, 4, ChannelKind::moe, 2, {5, 6, 4}};
-    c.layers = {ssm_ffn, ssm_moe};
-    return c;
-}
-
-ModelSpec random_spec(const ModelConfig& c, DType dtype, uint32_t seed) {
-    ModelSpec spec;
-    spec.config = c;
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> normal(0.0f, 0.5f);
-    for (const ExpectedTensor& e : expected_tensors(c)) {
-        SpecTensor t;
-        t.name = e.name;
-        t.shape = e.shape;
-        t.dtype = e.shape.size() >= 2 ? dtype : DType::f32;
-        int64_t n = 1;
-        for (int64_t d : e.shape) n *= d;
-        for (int64_t i = 0; i < n; i++) t.values.push_back(normal(rng));
-        spec.tensors.push_back(std::move(t));
-    }
-    return spec;
-}
-
-// The model copies the file bytes (from_memory only uses a buffer in place when the caller keeps
-// it alive; these bytes die here).
-std::unique_ptr<Model> model_from(const ModelSpec& spec) {
-    const std::vector<uint8_t> bytes = serialize_itl(spec);
-    std::vector<uint8_t> misaligned(bytes.size() + 1);
-    std::copy(bytes.begin(), bytes.end(), misaligned.begin() + 1);
-    return load_model(ItlFile::from_memory(misaligned.data() + 1, bytes.size()));
-}
 
 std::vector<float> run(Context& ctx, const std::vector<int32_t>& ids) {
     const float* logits = nullptr;
@@ -65,11 +28,6 @@ std::vector<float> run(Context& ctx, const std::vector<int32_t>& ids) {
     return {logits, logits + ctx.model().config.vocab_size};
 }
 
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-    float m = 0.0f;
-    for (size_t i = 0; i < a.size(); i++) m = std::max(m, std::fabs(a[i] - b[i]));
-    return m;
-}
 
 }  // namespace
 

@@ -56,7 +56,7 @@ convert() {  # name, itera-convert arguments...
 tiny=$src/tiny
 convert tiny_fp32_tok $tiny/tiny_moe.pt --tokenizer $tiny/tiny_tokenizer.json --no-trim-vocab
 convert tiny_trimmed $tiny/tiny_moe.pt --tokenizer $tiny/tiny_tokenizer.json --dtype q8
-for q in fp16 q4 nf4; do convert tiny_$q $tiny/tiny_moe.pt --dtype $q; done
+for q in fp16 q4 nf4 q3 q2; do convert tiny_$q $tiny/tiny_moe.pt --dtype $q; done
 convert tiny_dense $tiny/tiny_dense_fp16.pt --tokenizer $tiny/tiny_tokenizer.json
 convert golden_b $src/golden/b/model.pt --top-k 1
 convert golden_d $src/golden/d/model.pt --config $src/golden/d/cfg.json --dtype q4

@@ -28,11 +28,22 @@ constexpr float kScaleMultipliers[] = {0.70f, 0.72f, 0.74f, 0.76f, 0.78f, 0.80f,
 // The largest finite fp16 value, the largest block scale.
 constexpr double kMaxScale = 65504.0;
 
+// The largest |level| a scale multiplies: |w| <= 65504 times it has a finite fp16 scale.
+double max_level(DType dtype) {
+    switch (dtype) {
+        case DType::q8_0: return 127.0;
+        case DType::q4_0: return 8.0;
+        case DType::q3_0: return 4.0;
+        case DType::q2_0: return 1.5;
+        default: return 1.0;  // nf4
+    }
+}
+
 // Throws unless dtype is a block format and every weight is finite and within reach of a finite
 // fp16 scale (|w| <= 65504 times the format's largest level).
 void check_input(DType dtype, const float* w, int64_t count) {
     if (!is_quantized(dtype)) throw Error("cannot quantize to " + std::string(dtype_name(dtype)) + ": not a block format");
-    const double limit = kMaxScale * (dtype == DType::q8_0 ? 127.0 : dtype == DType::q4_0 ? 8.0 : 1.0);
+    const double limit = kMaxScale * max_level(dtype);
     for (int64_t i = 0; i < count; i++) {
         if (!std::isfinite(w[i])) throw Error("cannot quantize: weight " + std::to_string(i) + " is not finite");
         if (std::fabs(w[i]) > limit)
@@ -42,8 +53,14 @@ void check_input(DType dtype, const float* w, int64_t count) {
 }
 
 // The block scale by the format's round-to-nearest rule (as quantize_row_*): q8_0 absmax / 127,
-// q4_0 the max-magnitude value / -8 (it lands exactly on code 0), nf4 absmax.
+// q4_0 the max-magnitude value / -8 (it lands exactly on code 0), nf4 absmax, q3_0 / q2_0 the
+// least-squares scale of q3_0_scale / q2_0_scale.
 float base_scale(DType dtype, const double* v, int n) {
+    if (dtype == DType::q3_0 || dtype == DType::q2_0) {
+        float f[64];
+        for (int i = 0; i < n; i++) f[i] = static_cast<float>(v[i]);
+        return fp16_to_fp32(dtype == DType::q3_0 ? q3_0_scale(f, n) : q2_0_scale(f, n));
+    }
     double amax = 0.0, max = 0.0;
     for (int i = 0; i < n; i++)
         if (std::fabs(v[i]) > amax) {
@@ -64,11 +81,21 @@ constexpr std::array<double, 15> kNf4Mid = [] {
 // Nearest code to v under scale d (an fp16 value). q8_0 stays within [-127, 127] so that |q| fits
 // int8 (int8 dot-product kernels take absolute values).
 int nearest_code(DType dtype, float d, double v) {
-    if (d == 0.0f) return dtype == DType::q8_0 ? 0 : dtype == DType::q4_0 ? 8 : 7;  // the zero code
+    if (d == 0.0f) {  // the zero code (q2_0 has none: 0.5 d = 0)
+        switch (dtype) {
+            case DType::q8_0: return 0;
+            case DType::q4_0: return 8;
+            case DType::q3_0: return 4;
+            case DType::q2_0: return 2;
+            default: return 7;
+        }
+    }
     const double x = std::clamp(v / d, -1e6, 1e6);
     switch (dtype) {
         case DType::q8_0: return static_cast<int>(std::clamp(std::nearbyint(x), -127.0, 127.0));
         case DType::q4_0: return static_cast<int>(std::clamp(std::nearbyint(x) + 8.0, 0.0, 15.0));
+        case DType::q3_0: return static_cast<int>(std::clamp(std::nearbyint(x) + 4.0, 0.0, 7.0));
+        case DType::q2_0: return static_cast<int>(std::clamp(std::floor(x) + 2.0, 0.0, 3.0));
         default: {
             int n = 0;
             for (double m : kNf4Mid) n += x > m;
@@ -82,11 +109,14 @@ float code_value(DType dtype, float d, int n) {
     switch (dtype) {
         case DType::q8_0: return d * static_cast<float>(n);
         case DType::q4_0: return d * static_cast<float>(n - 8);
+        case DType::q3_0: return d * static_cast<float>(n - 4);
+        case DType::q2_0: return d * (static_cast<float>(n) - 1.5f);
         default: return d * kNf4[n];
     }
 }
 
-// Writes one row from its codes (q8_0: -127..127, q4_0 / nf4: 0..15) and block scales (fp16).
+// Writes one row from its codes (q8_0: -127..127, q4_0 / nf4: 0..15, q3_0: 0..7, q2_0: 0..3) and
+// block scales (fp16), in the layouts of format/quant_blocks.h.
 void pack_row(DType dtype, const int* codes, const uint16_t* scales, int64_t cols, uint8_t* out) {
     const int block = dtype_block(dtype);
     const int64_t nblocks = (cols + block - 1) / block;
@@ -98,6 +128,15 @@ void pack_row(DType dtype, const int* codes, const uint16_t* scales, int64_t col
         std::memcpy(blk, &scales[b], 2);
         if (dtype == DType::q8_0) {
             for (int i = 0; i < block; i++) blk[2 + i] = static_cast<uint8_t>(static_cast<int8_t>(n[i]));
+        } else if (dtype == DType::q3_0) {  // 2-bit fields of elements j + 8k in byte j, then the high bits
+            std::memset(blk + 2, 0, sizeof(BlockQ3) - 2);
+            for (int i = 0; i < block; i++) {
+                blk[2 + i % 8] |= static_cast<uint8_t>((n[i] & 3) << (2 * (i / 8)));
+                blk[10 + i / 8] |= static_cast<uint8_t>((n[i] >> 2) << (i % 8));
+            }
+        } else if (dtype == DType::q2_0) {  // 2-bit fields of elements j + 16k in byte j
+            std::memset(blk + 2, 0, sizeof(BlockQ2) - 2);
+            for (int i = 0; i < block; i++) blk[2 + i % 16] |= static_cast<uint8_t>(n[i] << (2 * (i / 16)));
         } else {  // byte j: element j in the low nibble, element j + block/2 in the high nibble
             for (int j = 0; j < block / 2; j++) blk[2 + j] = static_cast<uint8_t>(n[j] | (n[j + block / 2] << 4));
         }
@@ -197,6 +236,14 @@ QuantResult quantize_rtn(const float* w, int64_t rows, int64_t cols, DType dtype
             case DType::q4_0:
                 quantize_row_q4_0(w + i * cols, cols, reinterpret_cast<BlockQ4*>(out));
                 dequantize_row_q4_0(reinterpret_cast<const BlockQ4*>(out), cols, deq);
+                break;
+            case DType::q3_0:
+                quantize_row_q3_0(w + i * cols, cols, reinterpret_cast<BlockQ3*>(out));
+                dequantize_row_q3_0(reinterpret_cast<const BlockQ3*>(out), cols, deq);
+                break;
+            case DType::q2_0:
+                quantize_row_q2_0(w + i * cols, cols, reinterpret_cast<BlockQ2*>(out));
+                dequantize_row_q2_0(reinterpret_cast<const BlockQ2*>(out), cols, deq);
                 break;
             default:
                 quantize_row_nf4(w + i * cols, cols, reinterpret_cast<BlockNf4*>(out));

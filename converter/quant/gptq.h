@@ -1,5 +1,5 @@
 // Quantizing a Linear weight W [rows = out, cols = in] (y = W x) into a block format (q8_0, q4_0,
-// nf4; format/quant_blocks.h), either round-to-nearest or calibrated with GPTQ (Frantar et al.
+// nf4, q3_0, q2_0; format/quant_blocks.h), either round-to-nearest or calibrated with GPTQ (Frantar et al.
 // 2022): columns are quantized one at a time and each column's error is spread over the columns
 // not yet quantized through the inverse Hessian H^-1, H = sum over calibration tokens of x x^T,
 // which minimises the output error ||W X - Q X||^2 rather than ||W - Q||^2.
@@ -24,7 +24,7 @@ struct GptqOptions {
 };
 
 // Both quantizers throw itera::Error for a dtype that is not a block format, a non-finite weight,
-// or one too large for any fp16 block scale (|w| > 65504 times the largest level: 127, 8, 1).
+// or one too large for any fp16 block scale (|w| > 65504 times the largest |level|: 127, 8, 1, 4, 1.5).
 
 // Round-to-nearest with format/quant_blocks.cpp's quantize_row_*.
 QuantResult quantize_rtn(const float* w, int64_t rows, int64_t cols, DType dtype);

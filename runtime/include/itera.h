@@ -4,6 +4,7 @@
  *   itera_model    immutable once loaded; may be shared by any number of threads and contexts
  *   itera_context  one sequence's state; use it from one thread at a time
  *   itera_sampler  picks tokens from logits with its own seeded generator; one thread at a time
+ *   itera_batch    many sequences decoded in lockstep (one matrix product per weight for all)
  *
  * Every function that can fail returns an int: ITERA_OK (0) or an ITERA_ERR_* code, and then
  * itera_last_error() tells what went wrong. Out-parameters are written only on success unless a
@@ -33,6 +34,7 @@ extern "C" {
 typedef struct itera_model itera_model;
 typedef struct itera_context itera_context;
 typedef struct itera_sampler itera_sampler;
+typedef struct itera_batch itera_batch;
 
 /* ---- errors ---- */
 
@@ -155,6 +157,26 @@ ITERA_API int itera_context_save(const itera_context* ctx, void* buffer, size_t 
  * MODEL_MISMATCH (saved from a model with another fingerprint), FORMAT (truncated, corrupt or
  * of an unknown version). */
 ITERA_API int itera_context_restore(itera_context* ctx, const void* buffer, size_t size);
+
+/* ---- batch: many independent sequences decoded in lockstep ---- */
+
+/* n_sequences new, empty sequences over `model` (which must outlive the batch). Each
+ * itera_batch_eval feeds one token to every sequence and runs them through the model together;
+ * n_threads > 1 splits the sequences into contiguous ranges, one per thread (the calling thread
+ * included). Each sequence behaves exactly like an itera_context fed the same tokens (the same
+ * window semantics past max_seq_length). Use a batch from one thread at a time. */
+ITERA_API int itera_batch_new(const itera_model* model, int32_t n_sequences, int32_t n_threads, itera_batch** out);
+ITERA_API void itera_batch_free(itera_batch* batch); /* NULL is a no-op */
+ITERA_API int32_t itera_batch_size(const itera_batch* batch);
+/* Feeds tokens[i] to sequence i, for every i < n_sequences. Errors: INVALID_ARGUMENT (a token
+ * outside the model's vocabulary: no sequence changes). */
+ITERA_API int itera_batch_eval(itera_batch* batch, const int32_t* tokens);
+/* The logits [vocab_size] of sequence i after the last itera_batch_eval (trimmed ids -INFINITY, as
+ * itera_eval), valid until the next call that changes the batch; NULL for an out-of-range i,
+ * before the first eval and after itera_batch_reset(i). */
+ITERA_API const float* itera_batch_logits(const itera_batch* batch, int32_t i);
+/* Sequence i starts over (empty, zero state); the others are untouched. */
+ITERA_API int itera_batch_reset(itera_batch* batch, int32_t i);
 
 /* ---- sampling ---- */
 

@@ -46,6 +46,9 @@ struct FreeModel {
 struct FreeContext {
     void operator()(itera_context* c) const noexcept { itera_context_free(c); }
 };
+struct FreeBatch {
+    void operator()(itera_batch* b) const { itera_batch_free(b); }
+};
 struct FreeSampler {
     void operator()(itera_sampler* s) const noexcept { itera_sampler_free(s); }
 };
@@ -199,6 +202,29 @@ public:
 
 private:
     std::unique_ptr<itera_context, detail::FreeContext> ctx_;
+};
+
+// Many sequences decoded in lockstep (itera_batch_*).
+class Batch {
+public:
+    Batch(const Model& model, int32_t sequences, int32_t threads = 1) {
+        itera_batch* b = nullptr;
+        check(itera_batch_new(model.get(), sequences, threads, &b));
+        batch_.reset(b);
+    }
+    int32_t size() const { return itera_batch_size(get()); }
+    // One token per sequence: tokens.size() must equal size().
+    void eval(const std::vector<int32_t>& tokens) {
+        if (tokens.size() != static_cast<size_t>(size()))
+            throw Exception(ITERA_ERR_INVALID_ARGUMENT, "Batch::eval: one token per sequence");
+        check(itera_batch_eval(get(), tokens.data()));
+    }
+    const float* logits(int32_t i) const { return itera_batch_logits(get(), i); }
+    void reset(int32_t i) { check(itera_batch_reset(get(), i)); }
+    itera_batch* get() const { return batch_.get(); }
+
+private:
+    std::unique_ptr<itera_batch, detail::FreeBatch> batch_;
 };
 
 }  // namespace api

@@ -63,11 +63,12 @@ class Result:
         return f"(exit {self.rc}: {tail[:300]})"
 
 
-def run(cmd, timeout=TIMEOUT_S, cwd=None):
+def run(cmd, timeout=TIMEOUT_S, cwd=None, env=None):
     """Runs cmd; exit status (negative: signal, -999: timed out), output and peak RSS."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
-            p = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd)
+            p = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd,
+                                 env=None if env is None else {**os.environ, **env})
         except OSError as e:
             return Result(-998, "", str(e), 0)
         timer = threading.Timer(timeout, p.kill)
@@ -563,6 +564,43 @@ def bad_run(args, w, p):
     expect_error("unknown subcommand (usage)", [rn, "bogus", "-m", word], codes=(2,))
 
 
+def device_cuda(args, p):
+    """--device cuda: without a usable GPU, one `error: no CUDA device: ...` line and exit 1 for
+    generate, logits and ppl. Then the same commands on the GPU, or without one on the CUDA kernels'
+    code run by host threads (ITERA_CUDA_EMULATE=1): the CPU's greedy ids (past max_seq_length),
+    logits within 1e-4 (relative) and the CPU's perplexity."""
+    word, text = p["word.itl"], write(os.path.join(os.path.dirname(p["word.itl"]), "cuda.txt"), "the cat sat on the mat " * 8)
+    gen = ["generate", "-m", word, "--ids", "4,5,6", "-n", "30", "--temp", "1.0", "--seed", "7", "--print-ids"]
+    builtin = ["generate", "-n", "20", "--greedy"]
+    logits = ["logits", "-m", word, "--ids", "4,5,6,7,8,9,10"]
+    ppl = ["ppl", "-m", word, "--file", text, "--json"]
+    env, where = None, "GPU"
+    probe = run([args.run] + gen + ["--device", "cuda"])
+    if probe.rc != 0 and "no CUDA device" in probe.err:
+        for cmd in (gen, logits, ppl):
+            expect_error(f"--device cuda without a GPU ({cmd[0]})", [args.run] + cmd + ["--device", "cuda"],
+                         mention=["no CUDA device: "])
+        env, where = {"ITERA_CUDA_EMULATE": "1"}, "emulated on the CPU"
+        probe = run([args.run] + gen + ["--device", "cuda"], env=env)
+    cpu = run([args.run] + gen)
+    check(probe.rc == 0 and probe.out == cpu.out, f"--device cuda ({where}): 30 sampled ids (--seed 7, past "
+          f"max_seq_length 16) equal the CPU's ({probe.out.strip()[:60]!r} vs {cpu.out.strip()[:60]!r})")
+    a, b = run([args.run] + builtin + ["--device", "cuda"], env=env), run([args.run] + builtin)
+    check(a.rc == 0 and a.out == b.out, f"--device cuda ({where}): built-in model's greedy text equals the CPU's "
+          f"({a.out.strip()[-50:]!r})")
+    a, b = run([args.run] + logits + ["--device", "cuda"], env=env), run([args.run] + logits)
+    if check(a.rc == 0 and b.rc == 0, f"--device cuda ({where}): logits run" + ("" if a.rc == 0 else " " + a.why())):
+        ga, gb = json.loads(a.out)["logits"], json.loads(b.out)["logits"]
+        diff = max(abs(x - y) for ra, rb in zip(ga, gb) for x, y in zip(ra, rb))
+        top = max(abs(y) for rb in gb for y in rb)
+        check(len(ga) == len(gb) and diff <= 1e-4 * (1 + top),
+              f"--device cuda ({where}): logits within 1e-4 of the CPU ({diff:.3g})")
+    a, b = run([args.run] + ppl + ["--device", "cuda"], env=env), run([args.run] + ppl)
+    if check(a.rc == 0 and b.rc == 0, f"--device cuda ({where}): ppl runs" + ("" if a.rc == 0 else " " + a.why())):
+        pa, pb = json.loads(a.out)["ppl"], json.loads(b.out)["ppl"]
+        check(abs(pa - pb) <= 1e-4 * pb, f"--device cuda ({where}): ppl {pa:.6g} vs CPU {pb:.6g}")
+
+
 def main():
     args = tool_args(__doc__.split("\n")[0])
     w = tempfile.mkdtemp(prefix="cli-", dir=args.workdir)
@@ -573,6 +611,7 @@ def main():
     else:
         bad_convert(args, w, p)
         bad_run(args, w, p)
+        device_cuda(args, p)
     if not counts["failed"]:
         shutil.rmtree(w)  # kept on failure, to look at
     finish()

@@ -14,7 +14,7 @@ distributions are far from flat. Then checks:
   3. `ppl --kld-ref` against KL(F || Q) and top-1 agreement computed here from both files'
      `itera-run logits` on the same windows;
   4. vocabulary trimming: kept columns unchanged, vocab_ids, --no-trim-vocab, --ids of a trimmed id;
-  5. calibration (--calib, --report): calibrated errors, and a lower held-out KL for calibrated q4;
+  5. calibration (--calib, --report): calibrated errors, and a lower held-out KL for calibrated q4, q3, q2;
   6. --keep overrides and the errors of bad --keep / --calib use.
 Prints one line per check and `N passed, N failed`; exits 1 on any failure.
 
@@ -48,12 +48,13 @@ CFG = {"vocab_size": VOCAB, "hidden_size": 64, "num_layers": 2, "ssm_state_size"
        "ssm_expand_factor": 2, "num_experts": 4, "expert_size": 40, "top_k_experts": 2, "moe_layers": [1],
        "max_seq_length": CTX}  # expert width 40: rows of 40 columns end in a partial block
 TRAIN_STEPS, BATCH, LR = 100, 16, 5e-3
-QUANTS = ("fp32", "fp16", "q8", "q4", "nf4")
-BLOCKS = {"q8": (32, 34), "q4": (32, 18), "nf4": (64, 34)}  # elements, bytes per block
+QUANTS = ("fp32", "fp16", "q8", "q4", "nf4", "q3", "q2")
+BLOCKS = {"q8": (32, 34), "q4": (32, 18), "nf4": (64, 34), "q3": (32, 14), "q2": (64, 18)}  # elements, bytes per block
+LOW_BITS = ("q4", "nf4", "q3", "q2")  # bases under which the policy keeps B at q8
 ELEMENT_BYTES = {"fp32": 4, "fp16": 2}
 # max |logit - fp32 logit| over the held-out windows, relative to the fp32 logits' range (positions
 # whose expert routing is a near tie left out, see logits_vs_fp32)
-LOGIT_TOL = {"fp16": 1e-2, "q8": 1e-2, "q4": 0.15, "nf4": 0.15}
+LOGIT_TOL = {"fp16": 1e-2, "q8": 1e-2, "q4": 0.15, "nf4": 0.15, "q3": 0.25, "q2": 0.4}
 ROUTING_MARGIN = 0.02  # router logit gap below which a position's expert choice is a near tie
 
 
@@ -202,12 +203,12 @@ def elementwise(name, rank):
 
 def policy_dtype(name, rank, base):
     """The documented default: rank-1 fp32; conv1d.weight, C fp16 (unless fp32); B q8 under a
-    4-bit base; the rest `base`."""
+    base of 4 bits or fewer; the rest `base`."""
     if base == "fp32" or rank < 2:
         return "fp32"
     if elementwise(name, rank):
         return "fp16"
-    if name.endswith("ssm.B") and base in ("q4", "nf4"):
+    if name.endswith("ssm.B") and base in LOW_BITS:
         return "q8"
     return base
 
@@ -268,8 +269,8 @@ def formats(t, files):
         check_layout(q, info, shapes, lambda n, r, q=q: policy_dtype(n, r, q), itl)
         sizes[q] = os.path.getsize(itl)
     order = " > ".join(f"{q} {sizes[q]}" for q in QUANTS)
-    check(sizes["fp32"] > sizes["fp16"] > sizes["q8"] > sizes["q4"] and sizes["nf4"] < sizes["q8"],
-          f"file sizes fp32 > fp16 > q8 > q4, nf4 < q8: {order}")
+    check(sizes["fp32"] > sizes["fp16"] > sizes["q8"] > sizes["q4"] > sizes["q3"] > sizes["q2"]
+          and sizes["nf4"] < sizes["q8"], f"file sizes fp32 > fp16 > q8 > q4 > q3 > q2, nf4 < q8: {order}")
 
     alias = t.convert("q8_alias", ["--tokenizer", t.p["tok"], "--dtype", "q8"])
     if alias:
@@ -368,8 +369,9 @@ def kl_divergence(t, files):
     kld = {q: check_kld(t, f"{q} vs fp32", files[q], files["fp32"]) for q in QUANTS[1:]}
     check_kld(t, "q4 vs fp32, --ctx 20", files["q4"], files["fp32"], ctx=20)
     if None not in kld.values():
-        check(kld["fp16"] < kld["q8"] < kld["q4"] and kld["q8"] < kld["nf4"],
-              "kld fp16 < q8 < q4, q8 < nf4: " + ", ".join(f"{q} {v:.2e}" for q, v in kld.items()))
+        check(kld["fp16"] < kld["q8"] < kld["q4"] < kld["q3"] < kld["q2"] and kld["q8"] < kld["nf4"]
+              and math.isfinite(kld["q2"]),
+              "kld fp16 < q8 < q4 < q3 < q2 (finite), q8 < nf4: " + ", ".join(f"{q} {v:.2e}" for q, v in kld.items()))
     return kld
 
 
@@ -457,7 +459,7 @@ def check_report(t, label, report_path, itl, calibrated, lookups=LOOKUPS):
 def calibration(t, files, kld):
     p, conv = t.p, t.args.convert
     reports = {}
-    for q in ("q4", "nf4", "q8"):
+    for q in ("q4", "nf4", "q8", "q3", "q2"):
         reports[q] = t.path(f"r_{q}_cal.json")
         itl = t.convert(f"{q}_cal", ["--tokenizer", p["tok"], "--quant", q, "--calib", p["calib"],
                                      "--report", reports[q]], label=f"calibrated {q}")
@@ -495,11 +497,12 @@ def calibration(t, files, kld):
         differ = sum(x["output_error_rtn"] != y["output_error_rtn"] for x, y in zip(a, b) if x["dtype"] in BLOCKS)
         check(differ > 0, f"--calib-tokens 64 changes the statistics: {differ} tensors' output_error_rtn differ")
 
-    if "q4_cal" in files and kld.get("q4") is not None:
-        cal = check_kld(t, "calibrated q4 vs fp32 (held-out text)", files["q4_cal"], files["fp32"])
-        if cal is not None:
-            check(cal < kld["q4"], f"held-out kld: calibrated q4 {cal:.3e} < round-to-nearest q4 {kld['q4']:.3e} "
-                                   f"({kld['q4'] / max(cal, 1e-12):.2f}x)")
+    for q in ("q4", "q3", "q2"):
+        if q + "_cal" in files and kld.get(q) is not None:
+            cal = check_kld(t, f"calibrated {q} vs fp32 (held-out text)", files[q + "_cal"], files["fp32"])
+            if cal is not None:
+                check(cal < kld[q], f"held-out kld: calibrated {q} {cal:.3e} < round-to-nearest {q} {kld[q]:.3e} "
+                                    f"({kld[q] / max(cal, 1e-12):.2f}x)")
 
     # tied head: the head's input statistics belong to embedding.weight
     tied_report = t.path("r_tied.json")
@@ -556,6 +559,11 @@ def keep(t, files):
     case("keep_last_nf4", "q4", ["lm_head.weight=q8", "lm_head.weight=nf4"], {"lm_head.weight": "nf4"})
     case("keep_last_q8", "q4", ["lm_head.weight=nf4", "lm_head.weight=q8"], {"lm_head.weight": "q8"})
     experts = {n: "q8" for n in shapes if "experts" in n and n.endswith("w1.weight")}
+    delta = {f"layers.{i}.ssm.ssm.delta_proj.weight": "q2" for i in range(CFG["num_layers"])}
+    low = case("keep_q3_delta_q2", "q3", ["*.delta_proj.weight=q2"], delta)  # the sub-4-bit mix
+    if low and files.get("q3"):
+        size, q3_size = os.path.getsize(low), os.path.getsize(files["q3"])
+        check(size < q3_size, f"  keep_q3_delta_q2: {size} bytes < q3 {q3_size}")
     case("keep_dots", "q4", ["*experts*.w1.weight=q8"], experts)  # '*' crosses dots; layers.0 ffn.w1 not matched
     case("keep_fp32_base", "fp32", ["lm_head.weight=q4", "layers.*.ssm.conv1d.weight=fp16"],
          {"lm_head.weight": "q4", **{f"layers.{i}.ssm.conv1d.weight": "fp16" for i in range(CFG["num_layers"])}})

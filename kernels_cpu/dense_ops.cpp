@@ -1,0 +1,137 @@
+#include "kernels_cpu/dense_ops.h"
+
+#include <string>
+
+#include "common/error.h"
+#include "kernels_cpu/dense_kernels.h"
+#include "kernels_cpu/ref_ops.h"
+
+namespace itera {
+
+namespace {
+
+// The scalar path is the reference code itself.
+const DenseKernels kDenseScalar = {
+    [](const float* w, int32_t rows, int32_t cols, const float* x, float* y) {
+        ref::matvec({DType::f32, rows, cols, w}, x, y);
+    },
+    [](const uint16_t* w, int32_t rows, int32_t cols, const float* x, float* y) {
+        ref::matvec({DType::f16, rows, cols, w}, x, y);
+    },
+    [](float* x, int32_t n) {
+        for (int32_t i = 0; i < n; i++) x[i] = ref::silu(x[i]);
+    },
+    [](float* x, int32_t n) {
+        for (int32_t i = 0; i < n; i++) x[i] = ref::gelu(x[i]);
+    },
+    [](float* y, const float* z, int32_t n) {
+        for (int32_t i = 0; i < n; i++) y[i] *= ref::silu(z[i]);
+    },
+    [](const float* x, int32_t n) {
+        float sum = 0.0f;
+        for (int32_t i = 0; i < n; i++) sum += ref::softplus(x[i]);
+        return sum / static_cast<float>(n);
+    },
+    [](const float* x, const float* gamma, const float* beta, float eps, int32_t n, float* out) {
+        ref::layer_norm(x, {DType::f32, 1, n, gamma}, {DType::f32, 1, n, beta}, eps, n, out);
+    },
+    [](const float* wt, const float* bias, int32_t channels, int32_t kernel, const float* u, float* history, float* out) {
+        const int32_t h = kernel - 1;
+        for (int32_t i = 0; i < channels; i++) {
+            float acc = bias[i] + wt[static_cast<int64_t>(h) * channels + i] * u[i];
+            for (int32_t j = 0; j < h; j++) {
+                float* hj = history + static_cast<int64_t>(j) * channels + i;
+                acc += wt[static_cast<int64_t>(j) * channels + i] * *hj;
+                *hj = j + 1 < h ? hj[channels] : u[i];
+            }
+            out[i] = acc;
+        }
+    },
+    [](const float* c_t, const float* s, int32_t state, const float* d, const float* v, const float* z, int32_t inner,
+       float* y) {
+        for (int32_t i = 0; i < inner; i++) {
+            float acc = d[i] * v[i];
+            for (int32_t n = 0; n < state; n++) acc += c_t[static_cast<int64_t>(n) * inner + i] * s[n];
+            y[i] = acc * ref::silu(z[i]);
+        }
+    },
+};
+
+const DenseKernels& dense(KernelPath path) {
+    if (!kernel_path_supported(path))
+        throw Error(std::string("kernel path ") + kernel_path_name(path) + " is not supported by this CPU");
+    switch (path) {
+        case KernelPath::avx512: return kDenseAvx512;
+        case KernelPath::avx2: return kDenseAvx2;
+        case KernelPath::scalar: break;
+    }
+    return kDenseScalar;
+}
+
+const DenseKernels& active() {
+    static const DenseKernels& k = dense(kernel_path());
+    return k;
+}
+
+void run_matvec(const DenseKernels& k, const Weight& w, const float* x, float* y) {
+    switch (w.dtype) {
+        case DType::f32: return k.matvec_f32(static_cast<const float*>(w.data), w.rows, w.cols, x, y);
+        case DType::f16: return k.matvec_f16(static_cast<const uint16_t*>(w.data), w.rows, w.cols, x, y);
+        default: throw Error("matvec_dense: weight dtype " + std::string(dtype_name(w.dtype)) + " is not fp32 or fp16");
+    }
+}
+
+void run_layer_norm(const DenseKernels& k, const float* x, const Weight& gamma, const Weight& beta, float eps, int32_t n,
+                    float* out) {
+    if (gamma.dtype != DType::f32 || beta.dtype != DType::f32) return ref::layer_norm(x, gamma, beta, eps, n, out);
+    k.layer_norm(x, static_cast<const float*>(gamma.data), static_cast<const float*>(beta.data), eps, n, out);
+}
+
+}  // namespace
+
+void matvec_dense(const Weight& w, const float* x, float* y) { run_matvec(active(), w, x, y); }
+
+void matmul_dense(const Weight& w, const float* x, int32_t batch, float* y) {
+    // The weight stays in L1/L2 across rows for these model sizes; a register-tiled GEMM lives in
+    // the oneDNN provider (gemm_provider.h).
+    const DenseKernels& k = active();
+    for (int32_t b = 0; b < batch; b++)
+        run_matvec(k, w, x + static_cast<int64_t>(b) * w.cols, y + static_cast<int64_t>(b) * w.rows);
+}
+
+void conv_step(const float* weight_t, const float* bias, int32_t channels, int32_t kernel, const float* u, float* history,
+               float* out) {
+    active().conv_step(weight_t, bias, channels, kernel, u, history, out);
+}
+void ssm_output(const float* c_t, const float* s, int32_t state, const float* d, const float* v, const float* z,
+                int32_t inner, float* y) {
+    active().ssm_output(c_t, s, state, d, v, z, inner, y);
+}
+void silu_inplace(float* x, int32_t n) { active().silu(x, n); }
+void silu_gate(float* y, const float* z, int32_t n) { active().silu_gate(y, z, n); }
+void gelu_inplace(float* x, int32_t n) { active().gelu(x, n); }
+float softplus_mean(const float* x, int32_t n) { return active().softplus_mean(x, n); }
+void layer_norm(const float* x, const Weight& gamma, const Weight& beta, float eps, int32_t n, float* out) {
+    run_layer_norm(active(), x, gamma, beta, eps, n, out);
+}
+
+namespace dense_path {
+void conv_step(KernelPath path, const float* weight_t, const float* bias, int32_t channels, int32_t kernel, const float* u,
+               float* history, float* out) {
+    dense(path).conv_step(weight_t, bias, channels, kernel, u, history, out);
+}
+void ssm_output(KernelPath path, const float* c_t, const float* s, int32_t state, const float* d, const float* v,
+                const float* z, int32_t inner, float* y) {
+    dense(path).ssm_output(c_t, s, state, d, v, z, inner, y);
+}
+void matvec(KernelPath path, const Weight& w, const float* x, float* y) { run_matvec(dense(path), w, x, y); }
+void silu_inplace(KernelPath path, float* x, int32_t n) { dense(path).silu(x, n); }
+void silu_gate(KernelPath path, float* y, const float* z, int32_t n) { dense(path).silu_gate(y, z, n); }
+void gelu_inplace(KernelPath path, float* x, int32_t n) { dense(path).gelu(x, n); }
+float softplus_mean(KernelPath path, const float* x, int32_t n) { return dense(path).softplus_mean(x, n); }
+void layer_norm(KernelPath path, const float* x, const Weight& gamma, const Weight& beta, float eps, int32_t n, float* out) {
+    run_layer_norm(dense(path), x, gamma, beta, eps, n, out);
+}
+}  // namespace dense_path
+
+}  // namespace itera

@@ -1,0 +1,55 @@
+// FP32 / FP16 dense products and the element-wise math of a decode step, in SIMD. Same run-time
+// path as the quantized kernels (quant_ops.h: ITERA_KERNELS=scalar|avx2|avx512, widest by
+// default); the scalar path is ref_ops.h itself, the truth the others are tested against.
+//
+// The avx2 and avx512 bodies are one xsimd template (kernels_cpu/dense_simd.h) instantiated per
+// instruction set; they differ from the scalar path only by FP32 summation order and by xsimd's
+// exp/log1p/erf (a few ulp).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels_cpu/quant_ops.h"
+#include "kernels_cpu/weight.h"
+
+namespace itera {
+
+// y[r] = W[r, :] . x for an fp32 or fp16 weight (throws itera::Error for another dtype).
+void matvec_dense(const Weight& w, const float* x, float* y);
+// y[b, :] = W x[b, :] for b < batch (x [batch, w.cols], y [batch, w.rows]).
+void matmul_dense(const Weight& w, const float* x, int32_t batch, float* y);
+
+// x[i] = silu(x[i])
+void silu_inplace(float* x, int32_t n);
+// y[i] *= silu(z[i])  (the SSM output gate)
+void silu_gate(float* y, const float* z, int32_t n);
+// x[i] = gelu(x[i])  (erf form)
+void gelu_inplace(float* x, int32_t n);
+// mean_i softplus(x[i])  (the SSM's step size)
+float softplus_mean(const float* x, int32_t n);
+// Causal depthwise conv for one token on a time-major history [K-1, channels] (oldest first),
+// which it shifts to include u; weight_t is the conv weight transposed to [K, channels].
+void conv_step(const float* weight_t, const float* bias, int32_t channels, int32_t kernel, const float* u, float* history,
+               float* out);
+// The SSM's output and gate: y[i] = (D[i] v[i] + sum_n C[i, n] s[n]) * silu(z[i]); c_t is C
+// transposed to [state, inner].
+void ssm_output(const float* c_t, const float* s, int32_t state, const float* d, const float* v, const float* z,
+                int32_t inner, float* y);
+// LayerNorm (ref::layer_norm's math); gamma and beta in any dtype ref::element reads.
+void layer_norm(const float* x, const Weight& gamma, const Weight& beta, float eps, int32_t n, float* out);
+
+// The same functions on an explicit path, for tests and benchmarks.
+namespace dense_path {
+void conv_step(KernelPath path, const float* weight_t, const float* bias, int32_t channels, int32_t kernel, const float* u,
+               float* history, float* out);
+void ssm_output(KernelPath path, const float* c_t, const float* s, int32_t state, const float* d, const float* v,
+                const float* z, int32_t inner, float* y);
+void matvec(KernelPath path, const Weight& w, const float* x, float* y);
+void silu_inplace(KernelPath path, float* x, int32_t n);
+void silu_gate(KernelPath path, float* y, const float* z, int32_t n);
+void gelu_inplace(KernelPath path, float* x, int32_t n);
+float softplus_mean(KernelPath path, const float* x, int32_t n);
+void layer_norm(KernelPath path, const float* x, const Weight& gamma, const Weight& beta, float eps, int32_t n, float* out);
+}  // namespace dense_path
+
+}  // namespace itera

@@ -1,0 +1,208 @@
+// The SIMD bodies of dense_ops.h, written once with xsimd and instantiated per instruction set
+// by dense_avx2.cpp and dense_avx512.cpp (each compiled with its own -m flags). Everything here
+// has internal linkage (an unnamed namespace): a function with external linkage compiled with
+// -mavx512f could be the copy the linker keeps for code that runs on any CPU.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <xsimd/xsimd.hpp>
+
+#include "kernels_cpu/dense_kernels.h"
+
+namespace itera {
+namespace {
+
+template <class Arch>
+struct Dense {
+    using F = xsimd::batch<float, Arch>;
+    static constexpr int32_t L = static_cast<int32_t>(F::size);
+
+    static F load_f16(const uint16_t* p) {
+        if constexpr (L == 16) {
+            return F(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+        } else {
+            return F(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+        }
+    }
+    static float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
+
+    // Lane i = the sum of acc[i]'s lanes. xsimd 8.1's haddp is right for AVX2 and wrong for
+    // AVX-512 (tests/test_dense_kernels.cpp caught it): halve each AVX-512 register to AVX2 first.
+    static F reduce_rows(const F* acc) {
+        if constexpr (L == 16) {
+            using F8 = xsimd::batch<float, xsimd::fma3<xsimd::avx2>>;
+            F8 half[2][8];
+            for (int32_t i = 0; i < 16; i++) {
+                const __m512 v = acc[i];
+                half[i / 8][i % 8] = F8(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
+            }
+            const __m256 lo = xsimd::haddp(half[0]), hi = xsimd::haddp(half[1]);
+            return F(_mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1));
+        } else {
+            return xsimd::haddp(acc);
+        }
+    }
+
+    // L rows at a time: one accumulator per row, reduced together by haddp (lane r = row r's sum).
+    template <class T>
+    static void matvec(const T* w, int32_t rows, int32_t cols, const float* x, float* y) {
+        const int32_t body = cols - cols % L;
+        auto wv = [](const T* p) {
+            if constexpr (sizeof(T) == 2) {
+                return load_f16(p);
+            } else {
+                return F::load_unaligned(p);
+            }
+        };
+        auto ws = [](T v) {
+            if constexpr (sizeof(T) == 2) {
+                return f16_scalar(v);
+            } else {
+                return v;
+            }
+        };
+        int32_t r = 0;
+        for (; r + L <= rows; r += L) {
+            F acc[L];
+            for (int32_t i = 0; i < L; i++) acc[i] = F(0.0f);
+            for (int32_t c = 0; c < body; c += L) {
+                const F xv = F::load_unaligned(x + c);
+                for (int32_t i = 0; i < L; i++) acc[i] = xsimd::fma(wv(w + static_cast<int64_t>(r + i) * cols + c), xv, acc[i]);
+            }
+            F sums = reduce_rows(acc);
+            if (body < cols) {
+                alignas(64) float tail[L];
+                for (int32_t i = 0; i < L; i++) {
+                    float t = 0.0f;
+                    const T* row = w + static_cast<int64_t>(r + i) * cols;
+                    for (int32_t c = body; c < cols; c++) t += ws(row[c]) * x[c];
+                    tail[i] = t;
+                }
+                sums += F::load_aligned(tail);
+            }
+            sums.store_unaligned(y + r);
+        }
+        for (; r < rows; r++) {
+            const T* row = w + static_cast<int64_t>(r) * cols;
+            F acc(0.0f);
+            for (int32_t c = 0; c < body; c += L) acc = xsimd::fma(wv(row + c), F::load_unaligned(x + c), acc);
+            float sum = xsimd::hadd(acc);
+            for (int32_t c = body; c < cols; c++) sum += ws(row[c]) * x[c];
+            y[r] = sum;
+        }
+    }
+
+    static F silu(F v) { return v / (F(1.0f) + xsimd::exp(-v)); }
+    static F gelu(F v) { return F(0.5f) * v * (F(1.0f) + xsimd::erf(v * F(0.70710678118654752f))); }
+    static F softplus(F v) { return xsimd::select(v > F(20.0f), v, xsimd::log1p(xsimd::exp(v))); }
+
+    template <class Op>
+    static void map(float* x, int32_t n, Op op) {
+        int32_t i = 0;
+        for (; i + L <= n; i += L) op(F::load_unaligned(x + i)).store_unaligned(x + i);
+        if (i < n) {
+            alignas(64) float tail[L] = {};
+            for (int32_t j = i; j < n; j++) tail[j - i] = x[j];
+            const F t = op(F::load_aligned(tail));
+            t.store_aligned(tail);
+            for (int32_t j = i; j < n; j++) x[j] = tail[j - i];
+        }
+    }
+};
+
+template <class Arch>
+constexpr DenseKernels dense_kernels() {
+    using D = Dense<Arch>;
+    DenseKernels k{};
+    k.matvec_f32 = [](const float* w, int32_t rows, int32_t cols, const float* x, float* y) {
+        D::matvec(w, rows, cols, x, y);
+    };
+    k.matvec_f16 = [](const uint16_t* w, int32_t rows, int32_t cols, const float* x, float* y) {
+        D::matvec(w, rows, cols, x, y);
+    };
+    k.silu = [](float* x, int32_t n) { D::map(x, n, [](typename D::F v) { return D::silu(v); }); };
+    k.gelu = [](float* x, int32_t n) { D::map(x, n, [](typename D::F v) { return D::gelu(v); }); };
+    k.silu_gate = [](float* y, const float* z, int32_t n) {
+        using F = typename D::F;
+        int32_t i = 0;
+        for (; i + D::L <= n; i += D::L)
+            (F::load_unaligned(y + i) * D::silu(F::load_unaligned(z + i))).store_unaligned(y + i);
+        for (; i < n; i++) y[i] *= z[i] / (1.0f + __builtin_expf(-z[i]));
+    };
+    k.softplus_mean = [](const float* x, int32_t n) {
+        using F = typename D::F;
+        F acc(0.0f);
+        int32_t i = 0;
+        for (; i + D::L <= n; i += D::L) acc += D::softplus(F::load_unaligned(x + i));
+        float sum = xsimd::hadd(acc);
+        for (; i < n; i++) sum += x[i] > 20.0f ? x[i] : __builtin_log1pf(__builtin_expf(x[i]));
+        return sum / static_cast<float>(n);
+    };
+    k.layer_norm = [](const float* x, const float* gamma, const float* beta, float eps, int32_t n, float* out) {
+        using F = typename D::F;
+        const int32_t body = n - n % D::L;
+        F acc(0.0f);
+        for (int32_t i = 0; i < body; i += D::L) acc += F::load_unaligned(x + i);
+        float sum = xsimd::hadd(acc);
+        for (int32_t i = body; i < n; i++) sum += x[i];
+        const float mean = sum / static_cast<float>(n);
+        F var_acc(0.0f);
+        for (int32_t i = 0; i < body; i += D::L) {
+            const F d = F::load_unaligned(x + i) - F(mean);
+            var_acc = xsimd::fma(d, d, var_acc);
+        }
+        float var = xsimd::hadd(var_acc);
+        for (int32_t i = body; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+        const float inv = 1.0f / __builtin_sqrtf(var / static_cast<float>(n) + eps);
+        for (int32_t i = 0; i < body; i += D::L)
+            xsimd::fma((F::load_unaligned(x + i) - F(mean)) * F(inv), F::load_unaligned(gamma + i), F::load_unaligned(beta + i))
+                .store_unaligned(out + i);
+        for (int32_t i = body; i < n; i++) out[i] = (x[i] - mean) * inv * gamma[i] + beta[i];
+    };
+    k.conv_step = [](const float* wt, const float* bias, int32_t channels, int32_t K, const float* u, float* hist, float* out) {
+        using F = typename D::F;
+        const int32_t h = K - 1, body = channels - channels % D::L;
+        for (int32_t i = 0; i < body; i += D::L) {
+            const F ui = F::load_unaligned(u + i);
+            F acc = xsimd::fma(F::load_unaligned(wt + static_cast<int64_t>(h) * channels + i), ui, F::load_unaligned(bias + i));
+            for (int32_t j = 0; j < h; j++) {
+                float* hj = hist + static_cast<int64_t>(j) * channels + i;
+                const F past = F::load_unaligned(hj);
+                acc = xsimd::fma(F::load_unaligned(wt + static_cast<int64_t>(j) * channels + i), past, acc);
+                // shift the history down one step as it is read
+                (j + 1 < h ? F::load_unaligned(hj + channels) : ui).store_unaligned(hj);
+            }
+            acc.store_unaligned(out + i);
+        }
+        for (int32_t i = body; i < channels; i++) {
+            float acc = bias[i] + wt[static_cast<int64_t>(h) * channels + i] * u[i];
+            for (int32_t j = 0; j < h; j++) {
+                float* hj = hist + static_cast<int64_t>(j) * channels + i;
+                acc += wt[static_cast<int64_t>(j) * channels + i] * *hj;
+                *hj = j + 1 < h ? hj[channels] : u[i];
+            }
+            out[i] = acc;
+        }
+    };
+    k.ssm_output = [](const float* c_t, const float* s, int32_t N, const float* d, const float* v, const float* z,
+                      int32_t Di, float* y) {
+        using F = typename D::F;
+        const int32_t body = Di - Di % D::L;
+        for (int32_t i = 0; i < body; i += D::L) {
+            F acc = F::load_unaligned(d + i) * F::load_unaligned(v + i);
+            for (int32_t n = 0; n < N; n++) acc = xsimd::fma(F::load_unaligned(c_t + static_cast<int64_t>(n) * Di + i), F(s[n]), acc);
+            (acc * D::silu(F::load_unaligned(z + i))).store_unaligned(y + i);
+        }
+        for (int32_t i = body; i < Di; i++) {
+            float acc = d[i] * v[i];
+            for (int32_t n = 0; n < N; n++) acc += c_t[static_cast<int64_t>(n) * Di + i] * s[n];
+            y[i] = acc * (z[i] / (1.0f + __builtin_expf(-z[i])));
+        }
+    };
+    return k;
+}
+
+}  // namespace
+}  // namespace itera

@@ -1,0 +1,184 @@
+// Reading .itl weights as they lie in the file (format/quant_blocks.h layouts), on the device and,
+// for the tests, on the host. Products over a block format use the CPU's integer scheme
+// (kernels_cpu/quant_ops.h): the input row is quantized to ActQ8 blocks of 32 and each weight block
+// meets its activation block as an integer dot, so the device computes the CPU's integers; only the
+// FP32 summation order of the scaled partial sums differs.
+//
+// A row is split into units that the lanes of a warp take in turn (lane, lane + lanes, ...):
+//   fp32 / fp16  1 element
+//   q8_0         4 bytes of a block (4 elements), 8 units per block
+//   q4_0         4 bytes of a block (elements j..j+3 and j+16..j+19), 4 units per block
+//   nf4          4 bytes of a block (elements j..j+3 of activation blocks 2b and 2b+1), 8 per block
+// Each unit adds d_w * d_x * (its integer dot) to the row's FP32 sum.
+#pragma once
+
+#include <cstdint>
+
+#include "format/dtype.h"
+#include "kernels_cpu/quant_ops.h"
+#include "kernels_cpu/weight.h"
+#include "kernels_cuda/hd.h"
+
+namespace itera::cuda {
+
+// The block formats the CUDA kernels read; other dtypes are refused when the model is loaded.
+ITERA_HD inline bool is_block(DType t) { return t == DType::q8_0 || t == DType::q4_0 || t == DType::nf4; }
+
+// Bytes of one row of `cols` elements (format/dtype.h dtype_row_bytes for the dtypes above).
+ITERA_HD inline int64_t row_bytes(DType t, int32_t cols) {
+    switch (t) {
+        case DType::f32: return 4 * static_cast<int64_t>(cols);
+        case DType::f16: return 2 * static_cast<int64_t>(cols);
+        case DType::q8_0: return 34 * static_cast<int64_t>((cols + 31) / 32);
+        case DType::q4_0: return 18 * static_cast<int64_t>((cols + 31) / 32);
+        case DType::nf4: return 34 * static_cast<int64_t>((cols + 63) / 64);
+        default: return 0;
+    }
+}
+
+// Element i of an fp32 or fp16 tensor (the per-channel vectors and small matrices).
+ITERA_HD inline float element(const Weight& w, int64_t i) {
+    if (w.dtype == DType::f16) return load_half(static_cast<const uint8_t*>(w.data) + 2 * i);
+    return static_cast<const float*>(w.data)[i];
+}
+
+// W[row, col] for any supported dtype (ref::load_row's dequantization, element by element).
+ITERA_HD inline float load_element(const Weight& w, int32_t row, int32_t col) {
+    const uint8_t* r = static_cast<const uint8_t*>(w.data) + static_cast<int64_t>(row) * row_bytes(w.dtype, w.cols);
+    switch (w.dtype) {
+        case DType::q8_0: {
+            const uint8_t* blk = r + 34 * (col / 32);
+            return load_half(blk) * static_cast<float>(static_cast<int8_t>(blk[2 + col % 32]));
+        }
+        case DType::q4_0: {
+            const uint8_t* blk = r + 18 * (col / 32);
+            const int i = col % 32;
+            const int n = i < 16 ? blk[2 + i] & 0x0f : blk[2 + i - 16] >> 4;
+            return load_half(blk) * static_cast<float>(n - 8);
+        }
+        case DType::nf4: {
+            const uint8_t* blk = r + 34 * (col / 64);
+            const int i = col % 64;
+            const int n = i < 32 ? blk[2 + i] & 0x0f : blk[2 + i - 32] >> 4;
+            // kNf4 (format/quant_blocks.h), spelled out: a host constexpr array is not visible on the device
+            const float levels[16] = {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+                                      -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+                                      0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f,
+                                      0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
+                                      0.7229568362236023f, 1.0f};
+            return load_half(blk) * levels[n];
+        }
+        default: return element(w, static_cast<int64_t>(row) * w.cols + col);
+    }
+}
+
+// The int8 NF4 levels kNf4I8 (kernels_cpu/quant_ops.h) of four codes, one in the low nibble of
+// each byte of `codes`: two byte permutations over the 16-entry table, then a select on bit 3.
+ITERA_HD inline int32_t nf4_levels(uint32_t codes) {
+    constexpr uint32_t t0 = 0xcebda881u, t1 = 0x00f4e9dcu, t2 = 0x2b1f140au, t3 = 0x7f5c4738u;
+    const uint32_t sel = (codes & 0x7u) | ((codes >> 4) & 0x70u) | ((codes >> 8) & 0x700u) | ((codes >> 12) & 0x7000u);
+    const uint32_t lo = byte_perm(t0, t1, sel), hi = byte_perm(t2, t3, sel);
+    const uint32_t high = ((codes >> 3) & 0x01010101u) * 0xffu;
+    return static_cast<int32_t>((lo & ~high) | (hi & high));
+}
+
+// Units of a row (see the top of this file).
+ITERA_HD inline int32_t row_units(DType t, int32_t cols) {
+    switch (t) {
+        case DType::q8_0: return 8 * ((cols + 31) / 32);
+        case DType::q4_0: return 4 * ((cols + 31) / 32);
+        case DType::nf4: return 8 * ((cols + 63) / 64);
+        default: return cols;
+    }
+}
+
+// acc[r] += the units lane, lane + lanes, ... of row . x_r for every r in `mask` (bit r: row r).
+// Float inputs x (row r at x + r * xs) serve fp32 / fp16 rows; block rows read the ActQ8 rows xq
+// (row r at xq + r * xqs, act_blocks(cols) blocks each).
+template <int kRows>
+ITERA_HD inline void dot_rows(DType t, const uint8_t* row, int32_t cols, const float* x, int32_t xs, const ActQ8* xq,
+                              int32_t xqs, uint32_t mask, int lane, int lanes, float* acc) {
+    switch (t) {
+        case DType::f32: {
+            const float* w = reinterpret_cast<const float*>(row);
+            for (int32_t c = lane; c < cols; c += lanes) {
+                const float wc = w[c];
+                ITERA_UNROLL
+                for (int r = 0; r < kRows; r++)
+                    if (mask >> r & 1u) acc[r] += wc * x[r * xs + c];
+            }
+            return;
+        }
+        case DType::f16: {
+            for (int32_t c = lane; c < cols; c += lanes) {
+                const float wc = load_half(row + 2 * c);
+                ITERA_UNROLL
+                for (int r = 0; r < kRows; r++)
+                    if (mask >> r & 1u) acc[r] += wc * x[r * xs + c];
+            }
+            return;
+        }
+        case DType::q8_0: {
+            const int32_t units = row_units(t, cols);
+            for (int32_t u = lane; u < units; u += lanes) {
+                const int32_t b = u >> 3, j = u & 7;
+                const uint8_t* blk = row + 34 * b;
+                const float d = load_half(blk);
+                const int32_t w = load_i32_a2(blk + 2 + 4 * j);
+                ITERA_UNROLL
+                for (int r = 0; r < kRows; r++) {
+                    if (!(mask >> r & 1u)) continue;
+                    const ActQ8& a = xq[r * xqs + b];
+                    acc[r] += d * a.d * static_cast<float>(dp4a(w, load_i32(a.q + 4 * j), 0));
+                }
+            }
+            return;
+        }
+        case DType::q4_0: {
+            const int32_t units = row_units(t, cols);
+            for (int32_t u = lane; u < units; u += lanes) {
+                const int32_t b = u >> 2, j = u & 3;
+                const uint8_t* blk = row + 18 * b;
+                const float d = load_half(blk);
+                const int32_t w = load_i32_a2(blk + 2 + 4 * j);
+                const int32_t lo = w & 0x0f0f0f0f, hi = (w >> 4) & 0x0f0f0f0f;
+                ITERA_UNROLL
+                for (int r = 0; r < kRows; r++) {
+                    if (!(mask >> r & 1u)) continue;
+                    const ActQ8& a = xq[r * xqs + b];
+                    const int32_t xl = load_i32(a.q + 4 * j), xh = load_i32(a.q + 16 + 4 * j);
+                    // sum (n - 8) q = sum n q - 8 sum q, as the CPU kernels count it
+                    const int32_t s = dp4a(lo, xl, dp4a(hi, xh, 0)) - 8 * dp4a(0x01010101, xl, dp4a(0x01010101, xh, 0));
+                    acc[r] += d * a.d * static_cast<float>(s);
+                }
+            }
+            return;
+        }
+        case DType::nf4: {
+            const int32_t units = row_units(t, cols);
+            const int32_t nx = (cols + 31) / 32;  // activation blocks; odd: the last nf4 block is half used
+            for (int32_t u = lane; u < units; u += lanes) {
+                const int32_t b = u >> 3, j = u & 7;
+                const uint8_t* blk = row + 34 * b;
+                const float d = load_half(blk);
+                const uint32_t w = static_cast<uint32_t>(load_i32_a2(blk + 2 + 4 * j));
+                const int32_t lo = nf4_levels(w & 0x0f0f0f0fu), hi = nf4_levels((w >> 4) & 0x0f0f0f0fu);
+                const bool has_hi = 2 * b + 1 < nx;
+                ITERA_UNROLL
+                for (int r = 0; r < kRows; r++) {
+                    if (!(mask >> r & 1u)) continue;
+                    const ActQ8& a = xq[r * xqs + 2 * b];
+                    acc[r] += d * (a.d * (1.0f / 127.0f)) * static_cast<float>(dp4a(lo, load_i32(a.q + 4 * j), 0));
+                    if (has_hi) {
+                        const ActQ8& h = xq[r * xqs + 2 * b + 1];
+                        acc[r] += d * (h.d * (1.0f / 127.0f)) * static_cast<float>(dp4a(hi, load_i32(h.q + 4 * j), 0));
+                    }
+                }
+            }
+            return;
+        }
+        default: return;
+    }
+}
+
+}  // namespace itera::cuda

@@ -1,0 +1,182 @@
+// The CUDA backend on a GPU against the CPU reference (runtime/context.cpp) on the same inputs:
+// logits within a bound per dtype, identical greedy ids in FP32, and the device against the same
+// kernel code run on host threads. Without a device it prints "no CUDA device: <why>" and exits
+// 77, which meson counts as a skip.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "format/itl_file.h"
+#include "format/tensor_names.h"
+#include "kernels_cuda/cuda_backend.h"
+#include "runtime/builtin_model.h"
+#include "runtime/context.h"
+#include "runtime/model.h"
+#include "runtime/sampler.h"
+
+using namespace itera;
+
+namespace {
+
+ModelSpec random_spec(const ModelConfig& c, DType dtype, uint32_t seed) {
+    ModelSpec spec;
+    spec.config = c;
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal(0.0f, 0.5f);
+    for (const ExpectedTensor& e : expected_tensors(c)) {
+        SpecTensor t;
+        t.name = e.name;
+        t.shape = e.shape;
+        const bool rows = e.shape.size() == 2 && !e.name.ends_with("ssm.C");  // block formats: products only
+        t.dtype = e.shape.size() >= 2 && (rows || !is_quantized(dtype)) ? dtype : DType::f32;
+        int64_t n = 1;
+        for (int64_t d : e.shape) n *= d;
+        for (int64_t i = 0; i < n; i++) t.values.push_back(normal(rng));
+        spec.tensors.push_back(std::move(t));
+    }
+    return spec;
+}
+
+std::unique_ptr<Model> model_from(const ModelSpec& spec) {
+    const std::vector<uint8_t> bytes = serialize_itl(spec);
+    std::vector<uint8_t> misaligned(bytes.size() + 1);
+    std::copy(bytes.begin(), bytes.end(), misaligned.begin() + 1);
+    return load_model(ItlFile::from_memory(misaligned.data() + 1, bytes.size()));
+}
+
+// The shipped model's widths, a 3000-word vocabulary, max_seq_length 24 (so windows slide soon).
+ModelConfig shipped_like() {
+    ModelConfig c;
+    c.vocab_size = 3000;
+    c.hidden = 96;
+    c.max_seq_length = 24;
+    c.tied_head = true;
+    c.layers = {{192, 16, 4, ChannelKind::ffn, 0, {128}}, {192, 16, 4, ChannelKind::moe, 2, {128, 128, 128, 128}}};
+    return c;
+}
+
+// Relative to the logits' size. The device differs from the CPU by summation order, FMA
+// contraction and expf/erff (2 ulp); block formats also by an activation that rounds the other
+// way at a q8 boundary.
+float bound(DType t) { return t == DType::f32 || t == DType::f16 ? 1e-4f : 5e-3f; }
+
+// The larger of a and b, NaN when either is (std::max drops a NaN in its second argument).
+float worse(float a, float b) { return std::isnan(a) || b <= a ? a : b; }
+
+// NaN when any difference is NaN (std::max would skip it), so a NaN fails every bound.
+float rel_diff(const float* a, const float* b, int32_t n) {
+    float d = 0.0f, m = 0.0f;
+    for (int32_t i = 0; i < n; i++) {
+        const float e = std::fabs(a[i] - b[i]);
+        if (!(e <= d)) d = e;
+        m = std::max(m, std::fabs(b[i]));
+    }
+    return d / (1.0f + m);
+}
+
+}  // namespace
+
+TEST_CASE("device logits match the CPU per dtype: decode past the window, prefill, a batch of 64") {
+    for (DType t : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4}) {
+        const auto model = model_from(random_spec(shipped_like(), t, 41));
+        const int32_t V = model->vocab_rows();
+        std::mt19937 rng(7);
+        std::vector<int32_t> ids(60);
+        for (int32_t& id : ids) id = static_cast<int32_t>(rng() % 3000);
+        // Decode, 60 tokens (windows of 24 slide from token 25 on).
+        cuda::Backend gpu(*model);
+        Context cpu(*model);
+        float decode = 0.0f;
+        for (int32_t id : ids) {
+            const float* want = cpu.eval(id);
+            decode = worse(decode, rel_diff(gpu.step(&id, 1), want, V));
+        }
+        CHECK_MESSAGE(decode <= bound(t), dtype_name(t));
+        // Prefill of 30 tokens with every position's logits, against the CPU and the emulation.
+        cuda::BackendOptions emu;
+        emu.emulate = true;
+        cuda::Backend host(*model, emu);
+        cuda::Backend pre(*model);
+        Context fresh(*model);
+        pre.run({{0, ids.data(), 30, cuda::Logits::all}});
+        host.run({{0, ids.data(), 30, cuda::Logits::all}});
+        float prefill = 0.0f, vs_host = 0.0f;
+        for (int32_t p = 0; p < 30; p++) {
+            const float* want = fresh.eval(ids[static_cast<size_t>(p)]);
+            prefill = worse(prefill, rel_diff(pre.logits(0) + static_cast<size_t>(p) * V, want, V));
+            vs_host = worse(vs_host, rel_diff(pre.logits(0) + static_cast<size_t>(p) * V,
+                                              host.logits(0) + static_cast<size_t>(p) * V, V));
+        }
+        CHECK_MESSAGE(prefill <= bound(t), dtype_name(t));
+        CHECK_MESSAGE(vs_host <= bound(t), dtype_name(t));
+        // 64 sequences, three rounds of 1..5 tokens each.
+        cuda::BackendOptions o;
+        o.max_seqs = 64;
+        cuda::Backend batch(*model, o);
+        std::vector<Context> ctxs;
+        for (int s = 0; s < 64; s++) ctxs.emplace_back(*model);
+        float batched = 0.0f;
+        for (int round = 0; round < 3; round++) {
+            std::vector<std::vector<int32_t>> feed_ids(64);
+            std::vector<cuda::Feed> feeds;
+            for (int32_t s = 0; s < 64; s++) {
+                auto& f = feed_ids[static_cast<size_t>(s)];
+                for (uint32_t i = 0, n = 1 + rng() % 5; i < n; i++) f.push_back(static_cast<int32_t>(rng() % 3000));
+                feeds.push_back({s, f.data(), static_cast<int32_t>(f.size()), cuda::Logits::last});
+            }
+            batch.run(feeds);
+            for (int32_t s = 0; s < 64; s++) {
+                const auto& f = feed_ids[static_cast<size_t>(s)];
+                const float* want = ctxs[static_cast<size_t>(s)].eval_tokens(f.data(), static_cast<int32_t>(f.size()));
+                batched = worse(batched, rel_diff(batch.logits(static_cast<size_t>(s)), want, V));
+            }
+        }
+        CHECK_MESSAGE(batched <= bound(t), dtype_name(t));
+        std::printf(
+            "%-5s max |d logit| / (1 + max |logit|): decode %.3g, prefill %.3g, batch-64 %.3g, device vs host "
+            "emulation %.3g (bound %.0e)\n",
+            std::string(dtype_name(t)).c_str(), decode, prefill, batched, vs_host, bound(t));
+    }
+}
+
+TEST_CASE("built-in model, FP32: 150 greedy tokens identical to the CPU, graphs on and off") {
+    const auto model = load_model(ItlFile::from_memory(itera_builtin_model, itera_builtin_model_size));
+    const int32_t V = model->vocab_rows();
+    const std::vector<int32_t> prompt = model->tokenizer.encode("and god said");
+    for (bool graphs : {true, false}) {
+        cuda::BackendOptions o;
+        o.graphs = graphs;
+        cuda::Backend gpu(*model, o);
+        Context cpu(*model);
+        const float* g = nullptr;
+        const float* c = cpu.eval_tokens(prompt.data(), static_cast<int32_t>(prompt.size()));
+        gpu.run({{0, prompt.data(), static_cast<int32_t>(prompt.size()), cuda::Logits::last}});
+        g = gpu.logits(0);
+        int same = 0;
+        float worst = 0.0f;
+        for (int i = 0; i < 150; i++) {  // past max_seq_length 128
+            worst = worse(worst, rel_diff(g, c, V));
+            const int32_t a = model->id_of(argmax(g, V)), b = model->id_of(argmax(c, V));
+            same += a == b;
+            g = gpu.step(&b, 1);
+            c = cpu.eval(b);
+        }
+        CHECK(same == 150);
+        CHECK(worst <= bound(DType::f32));
+        std::printf("built-in model, graphs %s: %d/150 greedy ids equal, max |d logit| / (1 + max |logit|) %.3g\n",
+                    graphs ? "on" : "off", same, worst);
+    }
+}
+
+int main(int argc, char** argv) {
+    std::string why;
+    if (!cuda::available(&why)) {
+        std::printf("no CUDA device: %s\n", why.c_str());
+        return 77;
+    }
+    doctest::Context context(argc, argv);
+    return context.run();
+}

@@ -1,0 +1,471 @@
+// The CUDA backend's host-side logic, on the CPU (no GPU needed): the __host__ __device__ math
+// and block-format dots against kernels_cpu, the scratch layout and tile plans, the feed -> job
+// planner against Context's window semantics, and the kernel body itself (kernels_cuda/forward.h)
+// run on host threads through the whole Backend against runtime/context.cpp.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "common/error.h"
+#include "format/half.h"
+#include "format/itl_file.h"
+#include "format/quant_blocks.h"
+#include "format/tensor_names.h"
+#include "kernels_cpu/ref_ops.h"
+#include "kernels_cuda/cuda_backend.h"
+#include "kernels_cuda/forward.h"
+#include "kernels_cuda/plan.h"
+#include "runtime/context.h"
+#include "runtime/model.h"
+#include "runtime/sampler.h"
+#include "tests/model_fixtures.h"
+
+using namespace itera;
+using namespace itera::cuda;
+
+namespace {
+
+// A thread group of one thread with one lane: the kernel helpers run their loops whole.
+struct OneThread {
+    int tid = 0, nthreads = 1, team = 0, teams = 1, lane = 0, lanes = 1;
+    void sync() {}
+    float team_sum(float v) const { return v; }
+    int32_t team_sum_int(int32_t v) const { return v; }
+    float team_max(float v) const { return v; }
+};
+
+using test::model_from;
+using test::random_spec;
+
+// Hidden 12, max_seq_length 6: an SSM + FFN layer, an SSM + MoE layer (3 experts of different
+// widths, top-2) and an SSM layer whose channel block is the identity; inner widths differ.
+ModelConfig small_config() {
+    ModelConfig c;
+    c.vocab_size = 23;
+    c.hidden = 12;
+    c.max_seq_length = 6;
+    c.tied_head = false;
+    c.layers = {{10, 3, 3, ChannelKind::ffn, 0, {7}},
+                {8, 4, 4, ChannelKind::moe, 2, {5, 6, 4}},
+                {14, 2, 1, ChannelKind::none, 0, {}}};
+    return c;
+}
+
+// The shipped model's widths (hidden 96, inner 192, state 16, K 4, 4 experts of 128, top-2) with
+// a smaller vocabulary: rows span several activation blocks and odd nf4 half blocks.
+ModelConfig wide_config() {
+    ModelConfig c;
+    c.vocab_size = 200;
+    c.hidden = 96;
+    c.max_seq_length = 20;
+    c.tied_head = true;
+    c.layers = {{192, 16, 4, ChannelKind::ffn, 0, {128}}, {192, 16, 4, ChannelKind::moe, 2, {128, 128, 128, 128}}};
+    return c;
+}
+
+std::vector<float> row(const float* p, int32_t n) { return {p, p + n}; }
+
+// The larger of a and b, NaN when either is (std::max drops a NaN in its second argument).
+float worse(float a, float b) { return std::isnan(a) || b <= a ? a : b; }
+
+// NaN when any difference is NaN (std::max would skip it), so a NaN fails every bound.
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+    float m = 0.0f;
+    for (size_t i = 0; i < a.size(); i++) {
+        const float d = std::fabs(a[i] - b[i]);
+        if (!(d <= m)) m = d;
+    }
+    return m;
+}
+
+float max_abs(const std::vector<float>& a) {
+    float m = 0.0f;
+    for (float v : a) m = std::max(m, std::fabs(v));
+    return m;
+}
+
+// threads in teams of `lanes`: with lanes > 1 every product row, LayerNorm and quantized block
+// is split over the lanes and reduced as a warp does on the device.
+BackendOptions emulated(int32_t seqs, int32_t threads = 3, int64_t smem = 96 * 1024, int32_t lanes = 1) {
+    BackendOptions o;
+    o.max_seqs = seqs;
+    o.emulate = true;
+    o.emulate_threads = threads;
+    o.emulate_lanes = lanes;
+    o.emulate_smem_bytes = smem;
+    return o;
+}
+
+// Logits bound for the emulated kernels against the CPU, relative to the logits' size: FP32
+// summation order only (the block formats compute the CPU's integers, but an activation that
+// lands on a rounding boundary may round the other way).
+float bound(DType t) { return t == DType::f32 || t == DType::f16 ? 2e-5f : 2e-3f; }
+
+}  // namespace
+
+TEST_CASE("cuda: shared math equals the CPU reference") {
+    int mismatches = 0;
+    for (float v = -30.0f; v <= 30.0f; v += 0.0371f) {
+        mismatches += cuda::silu(v) != ref::silu(v);
+        mismatches += cuda::gelu(v) != ref::gelu(v);
+        mismatches += cuda::softplus(v) != ref::softplus(v);
+    }
+    CHECK(mismatches == 0);
+    int half_mismatches = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        const float a = half_to_float(static_cast<uint16_t>(h)), b = fp16_to_fp32(static_cast<uint16_t>(h));
+        half_mismatches += std::memcmp(&a, &b, 4) != 0;
+    }
+    CHECK(half_mismatches == 0);
+    // dp4a, and the nf4 table lookup through byte permutations, for every code in every byte.
+    std::mt19937 rng(3);
+    int dp4a_bad = 0;
+    for (int i = 0; i < 10000; i++) {
+        const int32_t a = static_cast<int32_t>(rng()), b = static_cast<int32_t>(rng());
+        int32_t want = 7;
+        for (int k = 0; k < 4; k++) want += static_cast<int8_t>(a >> (8 * k)) * static_cast<int8_t>(b >> (8 * k));
+        dp4a_bad += dp4a(a, b, 7) != want;
+    }
+    CHECK(dp4a_bad == 0);
+    int nf4_bad = 0;
+    for (uint32_t codes = 0; codes < 65536; codes++) {
+        const uint32_t packed =
+            (codes & 0xf) | ((codes >> 4 & 0xf) << 8) | ((codes >> 8 & 0xf) << 16) | ((codes >> 12 & 0xf) << 24);
+        const int32_t got = nf4_levels(packed);
+        for (int k = 0; k < 4; k++) nf4_bad += static_cast<int8_t>(got >> (8 * k)) != kNf4I8[(codes >> (4 * k)) & 0xf];
+    }
+    CHECK(nf4_bad == 0);
+    for (DType t : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4})
+        for (int32_t cols : {1, 31, 32, 33, 64, 96, 100})
+            CHECK(row_bytes(t, cols) == static_cast<int64_t>(dtype_row_bytes(t, cols)));
+    MESSAGE(
+        "silu, gelu, softplus bit-equal to ref:: on 1617 points; fp16 decode on all 65536 codes; dp4a; nf4 "
+        "levels on all 65536 nibble quads; row bytes");
+}
+
+TEST_CASE("cuda: activation quantization and block dots give the CPU's integers") {
+    std::mt19937 rng(11);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    const int32_t R = 3;
+    for (int32_t cols : {32, 40, 96, 100, 160}) {
+        // Input rows, one with a tiny block, and the CPU's quantization of each.
+        std::vector<float> x(static_cast<size_t>(R * cols));
+        for (float& v : x) v = normal(rng);
+        for (int32_t c = 0; c < std::min(cols, 32); c++) x[static_cast<size_t>(cols + c)] = 1e-39f;
+        const int32_t nb = act_blocks(cols);
+        std::vector<ActQ8> cpu(static_cast<size_t>(R * nb)), gpu(static_cast<size_t>(R * nb));
+        for (int32_t r = 0; r < R; r++)
+            quantize_activation(KernelPath::scalar, x.data() + r * cols, cols, cpu.data() + r * nb);
+        OneThread g;
+        quantize_rows(g, x.data(), cols, cols, (1u << R) - 1, gpu.data(), nb);
+        bool same = true;
+        for (size_t i = 0; i < cpu.size(); i++)
+            same = same && cpu[i].d == gpu[i].d && cpu[i].sum == gpu[i].sum && std::memcmp(cpu[i].q, gpu[i].q, 32) == 0;
+        CHECK_MESSAGE(same, "cols " << cols);
+        for (DType t : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4}) {
+            const int32_t rows = 5;
+            std::vector<float> values(static_cast<size_t>(rows * cols));
+            for (float& v : values) v = normal(rng);
+            // The rows as the writer encodes them.
+            std::vector<uint8_t> bytes(static_cast<size_t>(rows) * dtype_row_bytes(t, cols));
+            for (int32_t r = 0; r < rows; r++) {
+                uint8_t* out = bytes.data() + static_cast<size_t>(r) * dtype_row_bytes(t, cols);
+                const float* in = values.data() + static_cast<size_t>(r * cols);
+                if (t == DType::f32) std::memcpy(out, in, 4 * static_cast<size_t>(cols));
+                if (t == DType::f16)
+                    for (int32_t c = 0; c < cols; c++) {
+                        const uint16_t h = fp32_to_fp16(in[c]);
+                        std::memcpy(out + 2 * c, &h, 2);
+                    }
+                if (t == DType::q8_0) quantize_row_q8_0(in, cols, reinterpret_cast<BlockQ8*>(out));
+                if (t == DType::q4_0) quantize_row_q4_0(in, cols, reinterpret_cast<BlockQ4*>(out));
+                if (t == DType::nf4) quantize_row_nf4(in, cols, reinterpret_cast<BlockNf4*>(out));
+            }
+            const Weight w{t, rows, cols, bytes.data()};
+            std::vector<float> want(static_cast<size_t>(rows));
+            std::vector<float> deq(static_cast<size_t>(cols));
+            for (int32_t lanes : {1, 3, 32}) {
+                float worst = 0.0f;
+                for (int32_t r = 0; r < R; r++) {
+                    if (is_quantized(t))
+                        matvec_quant(KernelPath::scalar, w, cpu.data() + r * nb, want.data());
+                    else
+                        ref::matvec(w, x.data() + r * cols, want.data());
+                    for (int32_t o = 0; o < rows; o++) {
+                        float acc[kMaxRows] = {};
+                        const uint8_t* wrow = bytes.data() + static_cast<size_t>(o) * dtype_row_bytes(t, cols);
+                        float sum = 0.0f;
+                        for (int lane = 0; lane < lanes; lane++) {
+                            std::fill(acc, acc + kMaxRows, 0.0f);
+                            dot_rows<kMaxRows>(t, wrow, cols, x.data(), cols, gpu.data(), nb, 1u << r, lane, lanes,
+                                               acc);
+                            sum += acc[r];
+                        }
+                        worst = worse(worst, std::fabs(sum - want[static_cast<size_t>(o)]) /
+                                                 (1.0f + std::fabs(want[static_cast<size_t>(o)])));
+                    }
+                }
+                CHECK_MESSAGE(worst < 1e-5f, dtype_name(t) << " cols " << cols << " lanes " << lanes << ": " << worst);
+            }
+            // load_element dequantizes as ref::load_row does.
+            bool rows_same = true;
+            for (int32_t r = 0; r < rows; r++) {
+                ref::load_row(w, r, deq.data());
+                for (int32_t c = 0; c < cols; c++)
+                    rows_same = rows_same && load_element(w, r, c) == deq[static_cast<size_t>(c)];
+            }
+            CHECK_MESSAGE(rows_same, dtype_name(t) << " cols " << cols);
+        }
+    }
+    // Non-finite input: d = NaN and q = 0, as the CPU.
+    std::vector<float> bad(40, 1.0f);
+    bad[5] = INFINITY;
+    ActQ8 out[2];
+    OneThread g;
+    quantize_rows(g, bad.data(), 40, 40, 1u, out, 2);
+    CHECK(std::isnan(out[0].d));
+    CHECK(out[0].sum == 0);
+    CHECK(out[1].d == doctest::Approx(1.0f / 127.0f));
+    MESSAGE(
+        "ActQ8 blocks bit-equal to quantize_activation; fp32/fp16/q8/q4/nf4 row dots split over 1, 3 and 32 "
+        "lanes within 1e-5 (relative) of the CPU kernels; load_element equals ref::load_row");
+}
+
+TEST_CASE("cuda: scratch layout and tile shapes") {
+    const ModelDims d{96, 192, 16, 128, 4, 2};
+    const Scratch s = make_scratch(d, 16);
+    const int32_t regions[][2] = {{s.x, 4 * 16 * s.sx}, {s.a, 4 * 16 * s.sa},        {s.uz, 4 * 16 * s.suz},
+                                  {s.v, 4 * 16 * s.sv}, {s.st, 4 * 16 * s.sst},      {s.bv, 4 * 16 * s.sst},
+                                  {s.dt, 4 * 16},       {s.rw, 4 * 16 * s.sk},       {s.ri, 4 * 16 * s.sk},
+                                  {s.lrow, 4 * 16},     {s.act0, 40 * 16 * s.sact0}, {s.act1, 40 * 16 * s.sact1}};
+    int64_t end = 0;
+    for (const auto& r : regions) {
+        CHECK(r[0] % 16 == 0);
+        CHECK(r[0] >= end);  // in order, no overlap
+        end = r[0] + r[1];
+    }
+    CHECK(end <= s.bytes);
+    CHECK(s.sa >= 192);
+    CHECK(s.suz >= 128 + 96);
+    CHECK(s.suz >= 2 * 192);
+    CHECK(s.sact0 == 6);
+    bool global = true;
+    CHECK(tile_rows(d, {132, 227 * 1024}, &global) == 16);
+    CHECK(!global);
+    const int32_t small = tile_rows(d, {132, s.bytes / 3}, &global);
+    CHECK((small == 4 && !global));
+    CHECK(tile_rows(d, {132, 100}, &global) == kMaxRows);
+    CHECK(global);
+    // Decode: one token per job, small batches spread over the SMs, large ones fill tiles.
+    TileShape t = tile_shape(16, 132, 1, 1);
+    CHECK((t.seqs == 1 && t.chunk == 1 && t.tiles == 1));
+    t = tile_shape(16, 132, 4096, 1);
+    CHECK((t.seqs == 16 && t.chunk == 1 && t.tiles == 256));
+    t = tile_shape(16, 132, 200, 1);
+    CHECK((t.seqs == 2 && t.tiles == 100));
+    // Prefill: chunks of the longest job.
+    t = tile_shape(16, 132, 1, 100);
+    CHECK((t.seqs == 1 && t.chunk == 16 && t.tiles == 1));
+    t = tile_shape(16, 2, 8, 3);
+    CHECK((t.seqs == 4 && t.chunk == 3 && t.tiles == 2));
+    MESSAGE("scratch regions aligned and disjoint (" << s.bytes << " bytes for 16 rows of the shipped widths)");
+}
+
+TEST_CASE("cuda: feeds become jobs with Context's window semantics") {
+    const int32_t P = 4;
+    std::vector<SequenceWindow> seqs(3);
+    const std::vector<int32_t> a = {1, 2, 3}, b = {4, 5, 6, 7, 8, 9};
+    // seq 0: three tokens, all logits; seq 1: six tokens past P=4, last logits; seq 0 again: one more.
+    const std::vector<int32_t> one = {7};
+    auto waves = plan_waves(
+        &seqs, {{0, a.data(), 3, Logits::all}, {1, b.data(), 6, Logits::last}, {0, one.data(), 1, Logits::last}}, P);
+    // seq 1: its first 4 tokens and the first slide have no logits and are discarded by the last
+    // slide's reset: one job, the window {6, 7, 8, 9} from zero state.
+    REQUIRE(waves.size() == 2);
+    REQUIRE(waves[0].size() == 2);
+    CHECK((waves[0][0].seq == 0 && waves[0][0].pos0 == 0 && waves[0][0].ids == a && waves[0][0].logits_all &&
+           waves[0][0].logits_row == 0));
+    CHECK((waves[0][1].seq == 1 && waves[0][1].reset && waves[0][1].pos0 == 0 &&
+           waves[0][1].ids == std::vector<int32_t>{6, 7, 8, 9} && waves[0][1].logits_row == 0));
+    REQUIRE(waves[1].size() == 1);
+    CHECK((waves[1][0].seq == 0 && waves[1][0].pos0 == 3 && !waves[1][0].reset && waves[1][0].ids == one &&
+           waves[1][0].feed == 2));
+    CHECK(seqs[0].tokens == std::vector<int32_t>{1, 2, 3, 7});
+    CHECK(seqs[1].tokens == std::vector<int32_t>{6, 7, 8, 9});
+    // All logits past P: the fitting part, then a slide per token with its last row.
+    const std::vector<int32_t> c = {1, 2, 3, 4, 5, 6};
+    waves = plan_waves(&seqs, {{2, c.data(), 6, Logits::all}}, P);
+    REQUIRE(waves.size() == 3);
+    CHECK((waves[0][0].ids.size() == 4 && waves[0][0].logits_all && waves[0][0].logits_row == 0));
+    CHECK((waves[1][0].reset && waves[1][0].ids == std::vector<int32_t>{2, 3, 4, 5} && !waves[1][0].logits_all &&
+           waves[1][0].logits_row == 4));
+    CHECK((waves[2][0].ids == std::vector<int32_t>{3, 4, 5, 6} && waves[2][0].logits_row == 5));
+    // A reset sequence's next job zeroes its state.
+    seqs[0].tokens.clear();
+    seqs[0].zero_pending = true;
+    waves = plan_waves(&seqs, {{0, one.data(), 1, Logits::none}}, P);
+    CHECK((waves[0][0].reset && waves[0][0].logits_row < 0));
+    CHECK(!seqs[0].zero_pending);
+    // Launch splitting keeps each launch within its capacities.
+    std::vector<PlannedJob> wave(5);
+    for (size_t i = 0; i < wave.size(); i++) {
+        wave[i].ids.assign(3, 1);
+        wave[i].logits_row = 0;
+        wave[i].logits_all = true;
+    }
+    const auto parts = split_wave(wave, {4, 7, 100});
+    REQUIRE(parts.size() == 3);
+    CHECK((parts[0] == std::pair<size_t, size_t>{0, 2} && parts[1] == std::pair<size_t, size_t>{2, 4} &&
+           parts[2] == std::pair<size_t, size_t>{4, 5}));
+    CHECK(split_wave(wave, {2, 100, 6}).size() == 3);
+    CHECK_THROWS_AS(split_wave(wave, {2, 2, 6}), Error);
+}
+
+TEST_CASE("cuda: the host model mirrors the loaded model") {
+    const auto model = model_from(random_spec(small_config(), DType::q4_0, 5));
+    HostModel hm;
+    build_host_model(*model, &hm);
+    Context ctx(*model);
+    CHECK(static_cast<size_t>(hm.model.state_floats) * sizeof(float) == ctx.state_bytes());
+    CHECK((hm.dims.hidden == 12 && hm.dims.inner == 14 && hm.dims.state == 4 && hm.dims.ffn == 7 &&
+           hm.dims.experts == 3 && hm.dims.top_k == 2));
+    CHECK(hm.layers.size() == 3);
+    CHECK(hm.experts.size() == 4);
+    CHECK(hm.layers[1].first_expert == 1);
+    const auto* lo = static_cast<const uint8_t*>(model->embedding.data);
+    CHECK((lo >= hm.span && lo < hm.span + hm.span_bytes));
+    std::vector<uint8_t> copy(hm.span_bytes);
+    const uint8_t* old = static_cast<const uint8_t*>(hm.layers[1].router.data);
+    relocate_weights(&hm, copy.data());
+    CHECK(static_cast<const uint8_t*>(hm.layers[1].router.data) == copy.data() + (old - hm.span));
+}
+
+TEST_CASE("cuda: emulated kernels match Context (decode, prefill, batches, windows, every dtype)") {
+    for (DType t : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4}) {
+        const auto model = model_from(random_spec(small_config(), t, 17));
+        const int32_t V = model->vocab_rows();
+        // One sequence token by token, well past max_seq_length 6: every step's logits; teams of 4.
+        Backend one(*model, emulated(1, 8, 96 * 1024, 4));
+        Context ctx(*model);
+        const std::vector<int32_t> seq = {3, 17, 5, 22, 0, 9, 11, 4, 8, 8, 1};
+        float worst = 0.0f;
+        for (int32_t id : seq) {
+            const std::vector<float> want = row(ctx.eval(id), V);
+            const std::vector<float> got = row(one.step(&id, 1), V);
+            worst = worse(worst, max_abs_diff(got, want) / (1.0f + max_abs(want)));
+        }
+        CHECK_MESSAGE(worst <= bound(t), dtype_name(t) << " decode: " << worst);
+        CHECK(one.position(0) == 6);
+        // Prefill with a logits row per token (past the window too), rows = 4 forces chunks of 4
+        // carrying the state between them; then the same again after reset().
+        const int64_t four_rows = make_scratch({12, 14, 4, 7, 3, 2}, 4).bytes;
+        Backend pre(*model, emulated(1, 2, four_rows));
+        Context fresh(*model);
+        std::vector<float> want;
+        for (int32_t id : seq) {
+            const std::vector<float> r = row(fresh.eval(id), V);
+            want.insert(want.end(), r.begin(), r.end());
+        }
+        for (int pass = 0; pass < 2; pass++) {
+            pre.run({{0, seq.data(), static_cast<int32_t>(seq.size()), Logits::all}});
+            const std::vector<float> got = row(pre.logits(0), V * static_cast<int32_t>(seq.size()));
+            CHECK_MESSAGE(max_abs_diff(got, want) / (1.0f + max_abs(want)) <= bound(t),
+                          dtype_name(t) << " prefill pass " << pass);
+            pre.reset(0);
+        }
+        // One team of 32 lanes, a warp as the device has it (slow here: a barrier per reduction).
+        Backend warp(*model, emulated(1, 32, 96 * 1024, 32));
+        warp.run({{0, seq.data(), 4, Logits::all}});
+        const std::vector<float> first4(want.begin(), want.begin() + 4 * V);
+        CHECK_MESSAGE(max_abs_diff(row(warp.logits(0), 4 * V), first4) / (1.0f + max_abs(first4)) <= bound(t),
+                      dtype_name(t) << " 32 lanes");
+        // A batch: five sequences at different points, fed together (prefill, decode and slides in
+        // one wave), against five contexts.
+        Backend batch(*model, emulated(5, 8, 96 * 1024, 4));
+        std::vector<Context> ctxs;
+        for (int s = 0; s < 5; s++) ctxs.emplace_back(*model);
+        std::mt19937 rng(static_cast<uint32_t>(t) + 1);
+        float batch_worst = 0.0f;
+        for (int round = 0; round < 4; round++) {
+            std::vector<std::vector<int32_t>> ids(5);
+            std::vector<Feed> feeds;
+            for (int32_t s = 0; s < 5; s++) {
+                const int32_t n = 1 + static_cast<int32_t>(rng() % (s == 0 ? 1 : 4));
+                for (int32_t i = 0; i < n; i++) ids[static_cast<size_t>(s)].push_back(static_cast<int32_t>(rng() % 23));
+                feeds.push_back({s, ids[static_cast<size_t>(s)].data(), n, Logits::last});
+            }
+            batch.run(feeds);
+            for (int32_t s = 0; s < 5; s++) {
+                const auto& v = ids[static_cast<size_t>(s)];
+                const std::vector<float> w =
+                    row(ctxs[static_cast<size_t>(s)].eval_tokens(v.data(), static_cast<int32_t>(v.size())), V);
+                batch_worst = worse(
+                    batch_worst, max_abs_diff(row(batch.logits(static_cast<size_t>(s)), V), w) / (1.0f + max_abs(w)));
+                CHECK(batch.position(s) == ctxs[static_cast<size_t>(s)].position());
+            }
+        }
+        CHECK_MESSAGE(batch_worst <= bound(t), dtype_name(t) << " batch: " << batch_worst);
+        MESSAGE(dtype_name(t) << ": max |logit diff| / (1 + max |logit|) vs Context: decode " << worst << ", batch "
+                              << batch_worst);
+    }
+}
+
+TEST_CASE("cuda: emulated kernels at the shipped widths; thread counts and scratch placement agree") {
+    for (DType t : {DType::f32, DType::q8_0, DType::nf4}) {
+        const auto model = model_from(random_spec(wide_config(), t, 29));
+        const int32_t V = model->vocab_rows();
+        const std::vector<int32_t> prompt = {5, 100, 42, 7, 199, 0, 13, 64, 3, 77, 150, 2, 9, 11, 180, 33, 21, 8};
+        Context ctx(*model);
+        std::vector<float> want;
+        for (int32_t id : prompt) {
+            const std::vector<float> r = row(ctx.eval(id), V);
+            want.insert(want.end(), r.begin(), r.end());
+        }
+        std::vector<float> first;
+        struct Run {
+            int32_t threads, lanes;
+            int64_t smem;
+        };
+        for (const Run& r : {Run{1, 1, 1 << 20}, Run{5, 1, 1 << 20}, Run{3, 1, 0}, Run{8, 4, 1 << 20}}) {
+            Backend b(*model, emulated(1, r.threads, r.smem, r.lanes));
+            b.run({{0, prompt.data(), static_cast<int32_t>(prompt.size()), Logits::all}});
+            const std::vector<float> got = row(b.logits(0), V * static_cast<int32_t>(prompt.size()));
+            const float diff = max_abs_diff(got, want) / (1.0f + max_abs(want));
+            CHECK_MESSAGE(diff <= bound(t), dtype_name(t)
+                                                << " threads " << r.threads << " lanes " << r.lanes << ": " << diff);
+            if (first.empty()) first = got;
+            if (r.lanes == 1)  // one lane per team: the same sums in the same order, whatever the threads
+                CHECK_MESSAGE(std::memcmp(first.data(), got.data(), 4 * first.size()) == 0,
+                              dtype_name(t) << " threads " << r.threads << " smem " << r.smem);
+            if (t == DType::f32) {  // identical greedy ids
+                int same = 0;
+                for (size_t p = 0; p < prompt.size(); p++)
+                    same += argmax(got.data() + p * V, V) == argmax(want.data() + p * V, V);
+                CHECK(same == static_cast<int>(prompt.size()));
+            }
+        }
+    }
+    MESSAGE(
+        "18-token prefill of a hidden-96 model: 1 and 5 threads, shared and global scratch give the same bits; "
+        "teams of 4 lanes within the bound");
+}
+
+TEST_CASE("cuda: bad input and the no-device error") {
+    const auto model = model_from(random_spec(small_config(), DType::f32, 3));
+    Backend b(*model, emulated(2));
+    const int32_t bad = 23, good = 1;
+    CHECK_THROWS_WITH_AS(b.run({{0, &bad, 1, Logits::last}}), doctest::Contains("not in the model's vocabulary"),
+                         Error);
+    CHECK_THROWS_WITH_AS(b.run({{2, &good, 1, Logits::last}}), doctest::Contains("out of range"), Error);
+    CHECK(b.position(0) == 0);  // nothing ran
+    const auto q3 = model_from(random_spec(small_config(), DType::q3_0, 3));
+    CHECK_THROWS_WITH_AS(Backend(*q3, emulated(1)), doctest::Contains("which the CUDA backend does not read"), Error);
+    std::string why;
+    if (!available(&why)) {
+        CHECK(!why.empty());
+        CHECK_THROWS_WITH_AS(Backend{*model}, ("no CUDA device: " + why).c_str(), Error);
+        MESSAGE("no CUDA device here: " << why);
+    }
+}

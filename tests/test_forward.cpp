@@ -1,0 +1,180 @@
+// The fast paths against the reference: SIMD dense kernels against the scalar ones, a prompt run
+// as one block of rows (prefill) against token-by-token decode, and lockstep batches (with and
+// without threads, past max_seq_length) against one context per sequence.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+
+#include "common/error.h"
+#include "format/half.h"
+#include "kernels_cpu/dense_ops.h"
+#include "kernels_cpu/ref_ops.h"
+#include "runtime/batch.h"
+#include "runtime/context.h"
+#include "tests/model_fixtures.h"
+
+using namespace itera;
+using namespace itera::test;
+
+namespace {
+
+std::vector<KernelPath> simd_paths() {
+    std::vector<KernelPath> paths;
+    for (KernelPath p : {KernelPath::avx2, KernelPath::avx512})
+        if (kernel_path_supported(p)) paths.push_back(p);
+    return paths;
+}
+
+std::vector<float> logits_of(const float* p, const Model& m) { return {p, p + m.config.vocab_size}; }
+
+}  // namespace
+
+TEST_CASE("dense SIMD kernels match the scalar reference") {
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    int checked = 0;
+    float worst = 0.0f;
+    for (KernelPath path : simd_paths()) {
+        for (int32_t rows : {1, 3, 8, 16, 17, 40}) {
+            for (int32_t cols : {1, 7, 8, 16, 33, 64, 96, 130}) {
+                std::vector<float> w(static_cast<size_t>(rows * cols)), x(static_cast<size_t>(cols));
+                for (float& v : w) v = normal(rng);
+                for (float& v : x) v = normal(rng);
+                std::vector<uint16_t> h(w.size());
+                for (size_t i = 0; i < w.size(); i++) h[i] = fp32_to_fp16(w[i]);
+                for (DType dtype : {DType::f32, DType::f16}) {
+                    const Weight W{dtype, rows, cols, dtype == DType::f32 ? static_cast<const void*>(w.data()) : h.data()};
+                    std::vector<float> want(static_cast<size_t>(rows)), got(static_cast<size_t>(rows));
+                    ref::matvec(W, x.data(), want.data());
+                    dense_path::matvec(path, W, x.data(), got.data());
+                    for (int32_t r = 0; r < rows; r++) {
+                        float scale = 0.0f;  // sum |w x|: the FP32 rounding bound scales with it
+                        for (int32_t c = 0; c < cols; c++) scale += std::fabs(ref::element(W, int64_t{r} * cols + c) * x[c]);
+                        const float err = std::fabs(got[r] - want[r]) / (scale + 1e-30f);
+                        worst = std::max(worst, err);
+                        CHECK(err < 1e-5f);
+                    }
+                    checked++;
+                }
+            }
+        }
+        std::vector<float> v(101);
+        for (size_t i = 0; i < v.size(); i++) v[i] = -30.0f + 0.6f * static_cast<float>(i);  // both softplus branches
+        std::vector<float> a = v, b = v, g = v, z(v.rbegin(), v.rend());
+        dense_path::silu_inplace(path, a.data(), 101);
+        dense_path::gelu_inplace(path, b.data(), 101);
+        dense_path::silu_gate(path, g.data(), z.data(), 101);
+        float sp = 0.0f;
+        for (size_t i = 0; i < v.size(); i++) {
+            CHECK(std::fabs(a[i] - ref::silu(v[i])) <= 1e-6f * (1.0f + std::fabs(v[i])));
+            CHECK(std::fabs(b[i] - ref::gelu(v[i])) <= 1e-6f * (1.0f + std::fabs(v[i])));
+            CHECK(std::fabs(g[i] - v[i] * ref::silu(z[i])) <= 1e-5f * (1.0f + std::fabs(v[i] * z[i])));
+            sp += ref::softplus(v[i]);
+        }
+        CHECK(std::fabs(dense_path::softplus_mean(path, v.data(), 101) - sp / 101) < 1e-5f * sp / 101);
+        for (int32_t channels : {5, 16, 37, 128}) {
+            for (int32_t K : {1, 3, 4}) {
+                std::vector<float> wt(static_cast<size_t>(K * channels)), bias(static_cast<size_t>(channels)),
+                    u(static_cast<size_t>(channels)), hist(static_cast<size_t>((K - 1) * channels));
+                for (std::vector<float>* t : {&wt, &bias, &u, &hist})
+                    for (float& e : *t) e = normal(rng);
+                std::vector<float> hist2 = hist, want(static_cast<size_t>(channels)), got(want.size());
+                dense_path::conv_step(KernelPath::scalar, wt.data(), bias.data(), channels, K, u.data(), hist.data(), want.data());
+                dense_path::conv_step(path, wt.data(), bias.data(), channels, K, u.data(), hist2.data(), got.data());
+                CHECK(max_abs_diff(got, want) < 1e-5f);
+                CHECK(max_abs_diff(hist2, hist) == 0.0f);  // the shifted history
+                // the scalar conv on the time-major layout is ref::conv_step's math
+                std::vector<float> w_ref(static_cast<size_t>(K * channels)), h_ref(static_cast<size_t>((K - 1) * channels)),
+                    ref_out(static_cast<size_t>(channels));
+                std::vector<float> h0 = hist2;  // any history: rebuild it channel-major
+                for (int32_t i = 0; i < channels; i++) {
+                    for (int32_t k = 0; k < K; k++) w_ref[static_cast<size_t>(i * K + k)] = wt[static_cast<size_t>(k * channels + i)];
+                    for (int32_t j = 0; j < K - 1; j++) h_ref[static_cast<size_t>(i * (K - 1) + j)] = h0[static_cast<size_t>(j * channels + i)];
+                }
+                dense_path::conv_step(path, wt.data(), bias.data(), channels, K, u.data(), h0.data(), got.data());
+                ref::conv_step({DType::f32, channels, K, w_ref.data()}, {DType::f32, 1, channels, bias.data()}, channels, K,
+                               u.data(), h_ref.data(), ref_out.data());
+                CHECK(max_abs_diff(got, ref_out) < 1e-5f);
+            }
+            for (int32_t N : {1, 8, 16}) {
+                std::vector<float> c_t(static_cast<size_t>(N * channels)), s(static_cast<size_t>(N)), d(static_cast<size_t>(channels)),
+                    vv(static_cast<size_t>(channels)), zz(static_cast<size_t>(channels));
+                for (std::vector<float>* t : {&c_t, &s, &d, &vv, &zz})
+                    for (float& e : *t) e = normal(rng);
+                std::vector<float> want(static_cast<size_t>(channels)), got(want.size());
+                dense_path::ssm_output(KernelPath::scalar, c_t.data(), s.data(), N, d.data(), vv.data(), zz.data(), channels, want.data());
+                dense_path::ssm_output(path, c_t.data(), s.data(), N, d.data(), vv.data(), zz.data(), channels, got.data());
+                CHECK(max_abs_diff(got, want) < 1e-5f);
+            }
+        }
+        for (int32_t n : {1, 7, 64, 96, 101}) {
+            std::vector<float> gamma(v.rbegin(), v.rend()), want(static_cast<size_t>(n)), got(static_cast<size_t>(n));
+            const Weight gw{DType::f32, 1, n, gamma.data()}, bw{DType::f32, 1, n, v.data()};
+            ref::layer_norm(v.data(), gw, bw, 1e-5f, n, want.data());
+            dense_path::layer_norm(path, v.data(), gw, bw, 1e-5f, n, got.data());
+            CHECK(max_abs_diff(got, want) < 1e-5f * 30);  // values up to |gamma| ~ 30
+        }
+    }
+    MESSAGE(checked << " matvecs (f32, f16; rows 1..40 x cols 1..130) on " << simd_paths().size()
+                    << " SIMD paths: max |simd - scalar| / sum|wx| = " << worst
+                    << " (limit 1e-5); silu, gelu, gate, softplus mean, layer norm, conv step (and ref::conv_step's math), SSM output within a few ulp");
+}
+
+TEST_CASE("prefill (a prompt as one block of rows) equals token-by-token decode") {
+    for (DType dtype : {DType::f32, DType::f16, DType::q8_0, DType::q4_0}) {
+        const auto model = model_from(random_spec(small_config(), dtype, 11));
+        const std::vector<int32_t> prompt = {3, 1, 4, 1, 5, 9, 2, 6, 5};  // longer than max_seq_length 6
+        Context one(*model), block(*model);
+        std::vector<float> want;
+        for (int32_t t : prompt) want = logits_of(one.eval(t), *model);
+        const std::vector<float> got = logits_of(block.eval_tokens(prompt.data(), static_cast<int32_t>(prompt.size())), *model);
+        // The native kernels compute each row exactly as decode does.
+        CHECK(max_abs_diff(got, want) == 0.0f);
+        CHECK(block.position() == one.position());
+        // and the states agree: the next token gives the same logits
+        CHECK(max_abs_diff(logits_of(block.eval(7), *model), logits_of(one.eval(7), *model)) == 0.0f);
+        // prefill without logits, then one token
+        Context part(*model);
+        CHECK(part.eval_tokens(prompt.data(), 4, false) == nullptr);
+        Context ref(*model);
+        for (int i = 0; i < 4; i++) ref.eval(prompt[static_cast<size_t>(i)], false);
+        CHECK(max_abs_diff(logits_of(part.eval(8), *model), logits_of(ref.eval(8), *model)) == 0.0f);
+    }
+    MESSAGE("f32, f16, q8_0, q4_0: a 9-token prompt (window 6) in one call gives bit-identical logits and state");
+}
+
+TEST_CASE("batch decode equals one context per sequence, with threads and past max_seq_length") {
+    for (DType dtype : {DType::f32, DType::q4_0}) {
+        const auto model = model_from(random_spec(small_config(), dtype, 5));
+        for (int32_t threads : {1, 3}) {
+            const int32_t n = 5;
+            Batch batch(*model, n, threads);
+            std::vector<Context> contexts;
+            for (int32_t i = 0; i < n; i++) contexts.emplace_back(*model);
+            float worst = 0.0f;
+            for (int32_t step = 0; step < 9; step++) {  // max_seq_length is 6: windows slide
+                if (step == 4) {  // sequence 2 starts over: sequences sit at different positions
+                    batch.reset(2);
+                    contexts[2].reset();
+                }
+                std::vector<int32_t> tokens(n);
+                for (int32_t i = 0; i < n; i++) tokens[static_cast<size_t>(i)] = (step * 7 + i * 3) % 23;
+                batch.eval(tokens.data());
+                for (int32_t i = 0; i < n; i++) {
+                    const auto want = logits_of(contexts[static_cast<size_t>(i)].eval(tokens[static_cast<size_t>(i)]), *model);
+                    worst = std::max(worst, max_abs_diff(logits_of(batch.logits(i), *model), want));
+                    CHECK(batch.position(i) == contexts[static_cast<size_t>(i)].position());
+                }
+            }
+            CHECK(worst == 0.0f);
+            CHECK(batch.state_bytes() == contexts[0].state_bytes());
+        }
+        Batch batch(*model, 2, 1);
+        const int32_t bad[2] = {1, 99};
+        CHECK_THROWS_AS(batch.eval(bad), Error);
+    }
+    MESSAGE("f32 and q4_0, 5 sequences x 9 steps (window 6, one reset), 1 and 3 threads: bit-identical logits; "
+            "an unknown id is refused");
+}
