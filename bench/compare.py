@@ -251,7 +251,7 @@ def convert(args, workdir):
 
 
 def itera_bench(args, path):
-    cmd = [args.itera_bench, "-m", path, "--json", "--threads", str(args.threads)]
+    cmd = [args.itera_bench, "-m", path, "--json", "--threads", str(args.threads), "--kernels", args.kernels]
     out = run_tool(cmd)
     try:
         r = json.loads(out)
@@ -360,6 +360,8 @@ def main():
     ap.add_argument("--itera-convert", required=True)
     ap.add_argument("--tokens", type=int, default=50, help="greedy tokens decoded per round (default 50)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--kernels", default="native", choices=["native", "onednn", "auto"],
+                    help="itera-bench --kernels: who runs the prefill's products (default native)")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds (default 7)")
     ap.add_argument("--json", help="write every measurement to this file")
     args = ap.parse_args()
