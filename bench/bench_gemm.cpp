@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/median_ns.h"
 #include "common/error.h"
 #include "common/file_io.h"
 #include "format/dtype.h"
@@ -41,26 +42,7 @@ namespace {
 
 volatile float g_sink;
 
-// Median ns per call of fn, timed in loops of about 50 us.
-template <class Fn>
-double median_ns(Fn fn, int repeats) {
-    using clock = std::chrono::steady_clock;
-    int loop = 1;
-    for (;;) {
-        const auto t0 = clock::now();
-        for (int i = 0; i < loop; i++) fn();
-        if (clock::now() - t0 > std::chrono::microseconds(50) || loop >= (1 << 20)) break;
-        loop *= 2;
-    }
-    std::vector<double> ns(static_cast<size_t>(repeats));
-    for (double& t : ns) {
-        const auto t0 = clock::now();
-        for (int i = 0; i < loop; i++) fn();
-        t = std::chrono::duration<double, std::nano>(clock::now() - t0).count() / loop;
-    }
-    std::nth_element(ns.begin(), ns.begin() + repeats / 2, ns.end());
-    return ns[static_cast<size_t>(repeats / 2)];
-}
+using bench::median_ns;
 
 std::vector<uint8_t> make_weight(DType dtype, const std::vector<float>& w, int32_t rows, int32_t cols) {
     const size_t row_bytes = dtype_row_bytes(dtype, cols);
@@ -71,7 +53,7 @@ std::vector<uint8_t> make_weight(DType dtype, const std::vector<float>& w, int32
         if (dtype == DType::f32) std::memcpy(out, src, row_bytes);
         if (dtype == DType::f16)
             for (int32_t c = 0; c < cols; c++) reinterpret_cast<uint16_t*>(out)[c] = fp32_to_fp16(src[c]);
-        if (dtype == DType::q8_0) quantize_row_q8_0(src, cols, reinterpret_cast<BlockQ8*>(out));
+        if (is_quantized(dtype)) quantize_row(dtype, src, cols, out);
     }
     return bytes;
 }

@@ -2,13 +2,13 @@
 // shapes of the Itera-Lite projections, plus the activation quantizer. Single thread; each figure
 // is the median over repeats of a timed batch of calls. Usage: bench_quant_kernels [repeats]
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "bench/median_ns.h"
 #include "common/error.h"
 #include "format/quant_blocks.h"
 #include "kernels_cpu/quant_ops.h"
@@ -20,26 +20,7 @@ namespace {
 
 volatile float g_sink;
 
-// Median ns per call of fn, timed in batches of about 50 us.
-template <class Fn>
-double median_ns(Fn fn, int repeats) {
-    using clock = std::chrono::steady_clock;
-    int batch = 1;
-    for (;;) {  // grow the batch until it takes 50 us
-        const auto t0 = clock::now();
-        for (int i = 0; i < batch; i++) fn();
-        if (clock::now() - t0 > std::chrono::microseconds(50) || batch >= (1 << 20)) break;
-        batch *= 2;
-    }
-    std::vector<double> ns(static_cast<size_t>(repeats));
-    for (double& t : ns) {
-        const auto t0 = clock::now();
-        for (int i = 0; i < batch; i++) fn();
-        t = std::chrono::duration<double, std::nano>(clock::now() - t0).count() / batch;
-    }
-    std::nth_element(ns.begin(), ns.begin() + repeats / 2, ns.end());
-    return ns[static_cast<size_t>(repeats / 2)];
-}
+using bench::median_ns;
 
 std::vector<uint8_t> quantize_matrix(DType dtype, const std::vector<float>& w, int32_t rows, int32_t cols) {
     const size_t row_bytes = dtype_row_bytes(dtype, cols);
@@ -47,13 +28,7 @@ std::vector<uint8_t> quantize_matrix(DType dtype, const std::vector<float>& w, i
     std::vector<uint8_t> row(row_bytes + 2);
     for (int32_t r = 0; r < rows; r++) {
         const float* src = w.data() + static_cast<size_t>(r) * cols;
-        switch (dtype) {
-            case DType::q8_0: quantize_row_q8_0(src, cols, reinterpret_cast<BlockQ8*>(row.data())); break;
-            case DType::q4_0: quantize_row_q4_0(src, cols, reinterpret_cast<BlockQ4*>(row.data())); break;
-            case DType::q3_0: quantize_row_q3_0(src, cols, reinterpret_cast<BlockQ3*>(row.data())); break;
-            case DType::q2_0: quantize_row_q2_0(src, cols, reinterpret_cast<BlockQ2*>(row.data())); break;
-            default: quantize_row_nf4(src, cols, reinterpret_cast<BlockNf4*>(row.data())); break;
-        }
+        quantize_row(dtype, src, cols, row.data());
         std::copy(row.begin(), row.begin() + static_cast<ptrdiff_t>(row_bytes), bytes.begin() + 2 + r * row_bytes);
     }
     return bytes;  // data at offset 2, as in a .itl file: 2-byte aligned blocks

@@ -4,12 +4,12 @@
 // (fp32 values, uint16 column indices), and the bytes each stores. Single thread; median of
 // repeats. Usage: bench_sparse [repeats]   (docs/compression.md, "Structured pruning")
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
 #include <vector>
 
+#include "bench/median_ns.h"
 #include "common/error.h"
 #include "format/dtype.h"
 #include "format/quant_blocks.h"
@@ -22,25 +22,7 @@ namespace {
 
 volatile float g_sink;
 
-template <class Fn>
-double median_ns(Fn fn, int repeats) {
-    using clock = std::chrono::steady_clock;
-    int batch = 1;
-    for (;;) {
-        const auto t0 = clock::now();
-        for (int i = 0; i < batch; i++) fn();
-        if (clock::now() - t0 > std::chrono::microseconds(50) || batch >= (1 << 20)) break;
-        batch *= 2;
-    }
-    std::vector<double> ns(static_cast<size_t>(repeats));
-    for (double& t : ns) {
-        const auto t0 = clock::now();
-        for (int i = 0; i < batch; i++) fn();
-        t = std::chrono::duration<double, std::nano>(clock::now() - t0).count() / batch;
-    }
-    std::nth_element(ns.begin(), ns.begin() + repeats / 2, ns.end());
-    return ns[static_cast<size_t>(repeats / 2)];
-}
+using bench::median_ns;
 
 // Compressed sparse rows: the nonzeros of each row, with their columns.
 struct Csr {

@@ -2,11 +2,14 @@
 # Reproduces the tables of docs/quantization.md: every storage type, with and without calibration,
 # for the shipped model and the upstream micro checkpoint. Usage (from the repository root, after
 # `meson setup build && meson compile -C build`):
-#   sh docs/measure_quantization.sh build [../shared/upstream]
+#   sh docs/measure_quantization.sh build [../shared/upstream] [lowbit]
+# `lowbit` gives the sub-4-bit table instead: q4 (for comparison), q3, q2 and q3 with delta_proj
+# at q2, each round-to-nearest and calibrated.
 # The KJV corpus is regenerated with models/make_corpus.py (needs `apt-get install bible-kjv`).
 set -eu
 build=$1
 upstream=${2:-../shared/upstream}
+mode=${3:-main}
 work=$(mktemp -d)
 convert=$build/itera-convert
 run=$build/itera-run
@@ -22,12 +25,7 @@ print(f"| {label} | {info['file_bytes']:,} | {info['bits_per_weight']:.2f} | {pp
 PY
 }
 
-table() {  # name checkpoint tokenizer calib.txt eval.txt
-    echo "### $1"
-    echo
-    echo "| file | bytes | bits/weight | ppl | KLD vs fp32 (nats) | top-1 vs fp32 |"
-    echo "|---|---:|---:|---:|---:|---:|"
-    $convert "$2" -o "$work/ref.itl" --tokenizer "$3" --no-trim-vocab >/dev/null
+main_rows() {  # the q8 / q4 / nf4 table
     row "fp32 (untrimmed, the reference)" "$work/ref.itl" "$work/ref.itl" "$5"
     for q in fp32 fp16 q8 q4 nf4; do
         $convert "$2" -o "$work/$q.itl" --tokenizer "$3" --quant $q >/dev/null
@@ -39,6 +37,33 @@ table() {  # name checkpoint tokenizer calib.txt eval.txt
     done
     $convert "$2" -o "$work/q4b.itl" --tokenizer "$3" --quant q4 --calib "$4" --keep 'layers.*.ssm.ssm.B=fp16' >/dev/null
     row "q4 calibrated, B fp16 (--keep)" "$work/q4b.itl" "$work/ref.itl" "$5"
+}
+
+lowbit_rows() {  # the sub-4-bit table: q4 for comparison, q3, q2, q3 with delta_proj q2
+    for spec in "q4:--quant q4" "q3:--quant q3" "q2:--quant q2" \
+                "q3, delta_proj q2:--quant q3 --keep *.delta_proj.weight=q2"; do
+        label=${spec%%:*}
+        args=${spec#*:}
+        set -f  # $args is split into words, its glob left to --keep
+        $convert "$2" -o "$work/m.itl" --tokenizer "$3" $args >/dev/null
+        row "$label" "$work/m.itl" "$work/ref.itl" "$5"
+        $convert "$2" -o "$work/m.itl" --tokenizer "$3" $args --calib "$4" >/dev/null
+        set +f
+        row "$label calibrated" "$work/m.itl" "$work/ref.itl" "$5"
+    done
+}
+
+table() {  # name checkpoint tokenizer calib.txt eval.txt
+    echo "### $1"
+    echo
+    echo "| file | bytes | bits/weight | ppl | KLD vs fp32 (nats) | top-1 vs fp32 |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    $convert "$2" -o "$work/ref.itl" --tokenizer "$3" --no-trim-vocab >/dev/null
+    if [ "$mode" = lowbit ]; then
+        lowbit_rows "$@"
+    else
+        main_rows "$@"
+    fi
     echo
 }
 

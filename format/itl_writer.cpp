@@ -74,11 +74,7 @@ void encode_tensor(const SpecTensor& t, uint8_t* dst) {
                     std::memcpy(out + 2 * c, &half, 2);
                 }
                 break;
-            case DType::q8_0: quantize_row_q8_0(x, cols, reinterpret_cast<BlockQ8*>(out)); break;
-            case DType::q4_0: quantize_row_q4_0(x, cols, reinterpret_cast<BlockQ4*>(out)); break;
-            case DType::nf4: quantize_row_nf4(x, cols, reinterpret_cast<BlockNf4*>(out)); break;
-            case DType::q3_0: quantize_row_q3_0(x, cols, reinterpret_cast<BlockQ3*>(out)); break;
-            case DType::q2_0: quantize_row_q2_0(x, cols, reinterpret_cast<BlockQ2*>(out)); break;
+            default: quantize_row(t.dtype, x, cols, out); break;
         }
     }
 }

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 
+#include "common/error.h"
 #include "format/half.h"
 
 namespace itera {
@@ -197,6 +199,28 @@ void dequantize_row_q2_0(const BlockQ2* in, int64_t cols, float* out) {
         const BlockQ2& blk = in[c / kQ2Block];
         const int i = static_cast<int>(c % kQ2Block);
         out[c] = q2_0_value(fp16_to_fp32(blk.d), (blk.qs[i % 16] >> (2 * (i / 16))) & 3);
+    }
+}
+
+void quantize_row(DType dtype, const float* x, int64_t cols, void* out) {
+    switch (dtype) {
+        case DType::q8_0: return quantize_row_q8_0(x, cols, static_cast<BlockQ8*>(out));
+        case DType::q4_0: return quantize_row_q4_0(x, cols, static_cast<BlockQ4*>(out));
+        case DType::nf4: return quantize_row_nf4(x, cols, static_cast<BlockNf4*>(out));
+        case DType::q3_0: return quantize_row_q3_0(x, cols, static_cast<BlockQ3*>(out));
+        case DType::q2_0: return quantize_row_q2_0(x, cols, static_cast<BlockQ2*>(out));
+        default: throw Error("quantize_row: " + std::string(dtype_name(dtype)) + " is not a block format");
+    }
+}
+
+void dequantize_row(DType dtype, const void* in, int64_t cols, float* out) {
+    switch (dtype) {
+        case DType::q8_0: return dequantize_row_q8_0(static_cast<const BlockQ8*>(in), cols, out);
+        case DType::q4_0: return dequantize_row_q4_0(static_cast<const BlockQ4*>(in), cols, out);
+        case DType::nf4: return dequantize_row_nf4(static_cast<const BlockNf4*>(in), cols, out);
+        case DType::q3_0: return dequantize_row_q3_0(static_cast<const BlockQ3*>(in), cols, out);
+        case DType::q2_0: return dequantize_row_q2_0(static_cast<const BlockQ2*>(in), cols, out);
+        default: throw Error("dequantize_row: " + std::string(dtype_name(dtype)) + " is not a block format");
     }
 }
 

@@ -28,6 +28,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "format/dtype.h"
+
 namespace itera {
 
 constexpr int kQ8Block = 32;
@@ -99,6 +101,10 @@ void dequantize_row_q4_0(const BlockQ4* in, int64_t cols, float* out);
 void dequantize_row_nf4(const BlockNf4* in, int64_t cols, float* out);
 void dequantize_row_q3_0(const BlockQ3* in, int64_t cols, float* out);
 void dequantize_row_q2_0(const BlockQ2* in, int64_t cols, float* out);
+// The same for any block format named by its DType (q8_0, q4_0, nf4, q3_0, q2_0): `out` / `in` is
+// one row of dtype_row_bytes(dtype, cols) bytes. Throws itera::Error for another dtype.
+void quantize_row(DType dtype, const float* x, int64_t cols, void* out);
+void dequantize_row(DType dtype, const void* in, int64_t cols, float* out);
 
 // The fp16 scale (bits) round-to-nearest gives n <= B values of a q3_0 / q2_0 block: the format's
 // rule (q3_0: the max-magnitude value / -4, q2_0: absmax / 1.5) times the multiple of least

@@ -133,14 +133,7 @@ void matvec_quant_ref(const Weight& w, const ActQ8* x, float* y) {
     std::vector<float> row(static_cast<size_t>(w.cols));
     const size_t row_bytes = dtype_row_bytes(w.dtype, w.cols);
     for (int32_t r = 0; r < w.rows; r++) {
-        const void* data = static_cast<const uint8_t*>(w.data) + static_cast<size_t>(r) * row_bytes;
-        switch (w.dtype) {
-            case DType::q8_0: dequantize_row_q8_0(static_cast<const BlockQ8*>(data), w.cols, row.data()); break;
-            case DType::q4_0: dequantize_row_q4_0(static_cast<const BlockQ4*>(data), w.cols, row.data()); break;
-            case DType::q3_0: dequantize_row_q3_0(static_cast<const BlockQ3*>(data), w.cols, row.data()); break;
-            case DType::q2_0: dequantize_row_q2_0(static_cast<const BlockQ2*>(data), w.cols, row.data()); break;
-            default: dequantize_row_nf4(static_cast<const BlockNf4*>(data), w.cols, row.data()); break;
-        }
+        dequantize_row(w.dtype, static_cast<const uint8_t*>(w.data) + static_cast<size_t>(r) * row_bytes, w.cols, row.data());
         float sum = 0.0f;
         for (int32_t c = 0; c < w.cols; c++) {
             const ActQ8& b = x[c / kActBlock];

@@ -15,14 +15,7 @@ float element(const Weight& w, int64_t i) {
 
 void load_row(const Weight& w, int32_t row, float* out) {
     const auto* bytes = static_cast<const uint8_t*>(w.data) + static_cast<size_t>(row) * dtype_row_bytes(w.dtype, w.cols);
-    switch (w.dtype) {
-        case DType::q8_0: return dequantize_row_q8_0(reinterpret_cast<const BlockQ8*>(bytes), w.cols, out);
-        case DType::q4_0: return dequantize_row_q4_0(reinterpret_cast<const BlockQ4*>(bytes), w.cols, out);
-        case DType::nf4: return dequantize_row_nf4(reinterpret_cast<const BlockNf4*>(bytes), w.cols, out);
-        case DType::q3_0: return dequantize_row_q3_0(reinterpret_cast<const BlockQ3*>(bytes), w.cols, out);
-        case DType::q2_0: return dequantize_row_q2_0(reinterpret_cast<const BlockQ2*>(bytes), w.cols, out);
-        default: break;
-    }
+    if (is_quantized(w.dtype)) return dequantize_row(w.dtype, bytes, w.cols, out);
     const int64_t base = static_cast<int64_t>(row) * w.cols;
     for (int32_t c = 0; c < w.cols; c++) out[c] = element(w, base + c);
 }

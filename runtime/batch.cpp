@@ -8,7 +8,8 @@ namespace itera {
 
 Batch::Batch(const Model& model, int32_t sequences, int32_t threads)
     : model_(model), layout_(model.config), n_(sequences), threads_(std::clamp(threads, 1, std::max(sequences, 1))) {
-    if (sequences < 1 || sequences > (1 << 20)) throw Error("batch size must be 1..1048576, got " + std::to_string(sequences));
+    if (sequences < 1 || sequences > (1 << 20))
+        throw Error("batch size must be 1..1048576, got " + std::to_string(sequences));
     if (threads < 1 || threads > 1024) throw Error("threads must be 1..1024, got " + std::to_string(threads));
     const size_t n = static_cast<size_t>(n_);
     conv_.assign(n * layout_.conv, 0.0f);
@@ -106,8 +107,6 @@ void Batch::run_range(int32_t worker, const int32_t* tokens) {
     // each full window.
     std::vector<float>& lockstep = w.stash;
     lockstep.assign(w.forward.logits(0), w.forward.logits(0) + static_cast<size_t>(rows) * model_.config.vocab_size);
-    std::vector<int32_t> positions(P);
-    for (size_t p = 0; p < P; p++) positions[p] = static_cast<int32_t>(p);
     for (int32_t i = begin; i < end; i++) {
         const int32_t row = row_of_seq[static_cast<size_t>(i - begin)];
         const size_t V = static_cast<size_t>(model_.config.vocab_size);
@@ -122,8 +121,7 @@ void Batch::run_range(int32_t worker, const int32_t* tokens) {
         float* ssm = ssm_.data() + static_cast<size_t>(i) * layout_.ssm;
         std::fill(conv, conv + layout_.conv, 0.0f);
         std::fill(ssm, ssm + layout_.ssm, 0.0f);
-        const std::vector<SequenceState> states(P, SequenceState{conv, ssm});
-        w.forward.run(window.data(), positions.data(), states.data(), static_cast<int32_t>(P), static_cast<int32_t>(P) - 1);
+        w.forward.run_sequence(window.data(), 0, static_cast<int32_t>(P), {conv, ssm}, true);
         float* out = w.slid_logits.data() + k * V;
         std::copy(w.forward.logits(0), w.forward.logits(0) + V, out);
         w.logits[static_cast<size_t>(i - begin)] = out;

@@ -12,11 +12,10 @@
 
 namespace itera {
 
-Context::Context(const Model& model) : model_(model), forward_(model), layout_(model.config) {
-    conv_.assign(layout_.conv, 0.0f);
-    ssm_.assign(layout_.ssm, 0.0f);
+Context::Context(const Model& model) : model_(model), forward_(model) {
+    conv_.assign(forward_.layout().conv, 0.0f);
+    ssm_.assign(forward_.layout().ssm, 0.0f);
     window_.reserve(static_cast<size_t>(model.config.max_seq_length));
-    for (int32_t p = 0; p < model.config.max_seq_length; p++) positions_.push_back(p);
 }
 
 void Context::reset() {
@@ -31,11 +30,8 @@ void Context::zero_state() {
 }
 
 void Context::run_window(size_t from, bool want_logits) {
-    const int32_t n = static_cast<int32_t>(window_.size() - from);
-    // Every row shares this sequence's state (SequenceState is two pointers).
-    thread_local std::vector<SequenceState> states;
-    states.assign(static_cast<size_t>(n), SequenceState{conv_.data(), ssm_.data()});
-    forward_.run(window_.data() + from, positions_.data() + from, states.data(), n, want_logits ? n - 1 : n);
+    forward_.run_sequence(window_.data(), static_cast<int32_t>(from), static_cast<int32_t>(window_.size() - from),
+                          {conv_.data(), ssm_.data()}, want_logits);
     logits_ = want_logits ? forward_.logits(0) : nullptr;
     has_logits_ = want_logits;
 }
@@ -68,7 +64,7 @@ const float* Context::eval_tokens(const int32_t* tokens, int32_t n, bool want_lo
 
 size_t Context::conv_index(size_t layer, size_t channel, size_t tap) const {
     const size_t inner = static_cast<size_t>(model_.config.layers[layer].inner);
-    return layout_.conv_off[layer] + tap * inner + channel;
+    return forward_.layout().conv_off[layer] + tap * inner + channel;
 }
 
 // ---- saved state (layout in context.h) ----
@@ -95,7 +91,8 @@ float load_f32(const uint8_t* p) {
 void check_state_header(const uint8_t* data, size_t size) {
     if (size < kStateHeaderBytes)
         throw Error("saved state is truncated: " + std::to_string(size) + " bytes, smaller than its 64-byte header");
-    if (std::memcmp(data, kStateMagic, sizeof kStateMagic) != 0) throw Error("not a saved Itera context state (bad magic)");
+    if (std::memcmp(data, kStateMagic, sizeof kStateMagic) != 0)
+        throw Error("not a saved Itera context state (bad magic)");
     const uint32_t version = static_cast<uint32_t>(load_le(data + 8, 4));
     if (version != kStateVersion)
         throw Error("unsupported saved state version " + std::to_string(version) + " (this reader supports " +
@@ -159,20 +156,23 @@ void Context::restore(const uint8_t* data, size_t size) {
                     std::to_string(cfg.max_seq_length));
     if (conv != conv_.size() || ssm != ssm_.size())
         throw Error("corrupt saved state: " + std::to_string(conv) + " conv and " + std::to_string(ssm) +
-                    " ssm values, this model has " + std::to_string(conv_.size()) + " and " + std::to_string(ssm_.size()));
+                    " ssm values, this model has " + std::to_string(conv_.size()) + " and " +
+                    std::to_string(ssm_.size()));
     if (logits != 0 && logits != static_cast<size_t>(model_.config.vocab_size))
         throw Error("corrupt saved state: " + std::to_string(logits) + " logits, the vocabulary is " +
                     std::to_string(model_.config.vocab_size));
     const uint64_t expected = kStateHeaderBytes + 4 * (window + conv + ssm + logits);
     if (size != expected)
-        throw Error("saved state is " + std::to_string(size) + " bytes, its header implies " + std::to_string(expected));
+        throw Error("saved state is " + std::to_string(size) + " bytes, its header implies " +
+                    std::to_string(expected));
     if (XXH3_64bits(data + kStateHeaderBytes, size - kStateHeaderBytes) != load_le(data + 24, 8))
         throw Error("corrupt saved state: checksum mismatch");
     const uint8_t* p = data + kStateHeaderBytes;
     auto token = [&](uint64_t i) { return static_cast<int32_t>(static_cast<uint32_t>(load_le(p + 4 * i, 4))); };
     for (uint64_t i = 0; i < window; i++)
         if (model_.row_of(token(i)) < 0)
-            throw Error("corrupt saved state: token id " + std::to_string(token(i)) + " is not in the model's vocabulary");
+            throw Error("corrupt saved state: token id " + std::to_string(token(i)) +
+                        " is not in the model's vocabulary");
     // Everything is checked: from here on nothing throws (window_ has max_seq_length reserved).
     window_.resize(window);
     for (uint64_t i = 0; i < window; i++) window_[i] = token(i);

@@ -52,9 +52,7 @@ private:
 
     const Model& model_;
     Forward forward_;
-    StateLayout layout_;
     std::vector<int32_t> window_;          // tokens fed since the state was last zero
-    std::vector<int32_t> positions_;       // 0, 1, ..., max_seq_length - 1
     std::vector<float> conv_, ssm_;        // all layers' state, one allocation each
     const float* logits_ = nullptr;        // into forward_ (or restored_logits_), until the next eval
     std::vector<float> restored_logits_;

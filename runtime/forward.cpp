@@ -30,7 +30,13 @@ Forward::Forward(const Model& model) : model_(model), layout_(model.config) {
         experts_ = std::max(experts_, static_cast<int32_t>(l.ffn_widths.size()));
         top_k_ = std::max(top_k_, l.top_k);
     }
+    for (int32_t p = 0; p < cfg.max_seq_length; p++) positions_.push_back(p);
     reserve(1);
+}
+
+void Forward::run_sequence(const int32_t* window, int32_t from, int32_t n, SequenceState state, bool want_logits) {
+    shared_.assign(static_cast<size_t>(n), state);
+    run(window + from, positions_.data() + from, shared_.data(), n, want_logits ? n - 1 : n);
 }
 
 void Forward::reserve(int32_t n) {
@@ -66,7 +72,8 @@ void Forward::reserve(int32_t n) {
 // weight that reads the same input.
 const ActQ8* Forward::quantize_rows(const float* x, int32_t n, int32_t cols, std::vector<ActQ8>& buffer) {
     const size_t blocks = static_cast<size_t>(act_blocks(cols));
-    for (int32_t r = 0; r < n; r++) quantize_activation(x + static_cast<size_t>(r) * cols, cols, buffer.data() + r * blocks);
+    for (int32_t r = 0; r < n; r++)
+        quantize_activation(x + static_cast<size_t>(r) * cols, cols, buffer.data() + r * blocks);
     return buffer.data();
 }
 
@@ -124,8 +131,8 @@ void Forward::run(const int32_t* tokens, const int32_t* positions, const Sequenc
     const int32_t m = n - logits_from;
     if (m <= 0) return;
     for (int32_t r = 0; r < m; r++)
-        layer_norm(x_.data() + (logits_from + r) * H, model_.final_norm_w, model_.final_norm_b,
-                        model_.config.norm_eps, H_, a_.data() + r * H);
+        layer_norm(x_.data() + (logits_from + r) * H, model_.final_norm_w, model_.final_norm_b, model_.config.norm_eps,
+                   H_, a_.data() + r * H);
     const ActQ8* aq = is_quantized(model_.lm_head.dtype) ? quantize_rows(a_.data(), m, H_, xq_) : nullptr;
     matmul(model_.lm_head, a_.data(), aq, m, logits_.data());
 }
@@ -147,8 +154,8 @@ void Forward::ssm_block(size_t layer, const SequenceState* states, int32_t n) {
                   states[r].conv + layout_.conv_off[layer], v_.data() + r * D);
     silu_inplace(v_.data(), n * Di);
     // delta_proj and B both read v: one quantized copy serves both.
-    const ActQ8* vq = is_quantized(w.delta_w.dtype) || is_quantized(w.b.dtype) ? quantize_rows(v_.data(), n, Di, xq_)
-                                                                                 : nullptr;
+    const ActQ8* vq =
+        is_quantized(w.delta_w.dtype) || is_quantized(w.b.dtype) ? quantize_rows(v_.data(), n, Di, xq_) : nullptr;
     matmul(w.delta_w, v_.data(), vq, n, delta_.data());
     matmul(w.b, v_.data(), vq, n, bv_.data());
     // Scan, row by row: dt = mean softplus(delta + bias); s = exp(dt A) s + dt B v;
@@ -200,7 +207,8 @@ void Forward::experts(size_t layer, int32_t n) {
     const ActQ8* aq = is_quantized(w.router.dtype) ? quantize_rows(a_.data(), n, H_, xq_) : nullptr;
     matmul(w.router, a_.data(), aq, n, router_.data());
     for (int32_t r = 0; r < n; r++)
-        ref::top_k_softmax(router_.data() + r * static_cast<size_t>(E), E, k, chosen_.data() + r * static_cast<size_t>(k),
+        ref::top_k_softmax(router_.data() + r * static_cast<size_t>(E), E, k,
+                           chosen_.data() + r * static_cast<size_t>(k),
                            chosen_weight_.data() + r * static_cast<size_t>(k));
     for (int32_t e = 0; e < E; e++) {
         int32_t m = 0;

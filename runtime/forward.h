@@ -44,10 +44,14 @@ public:
     // order. Logits are computed for rows [logits_from, n) only (n: none).
     void run(const int32_t* tokens, const int32_t* positions, const SequenceState* states, int32_t n,
              int32_t logits_from);
+    // Tokens [from, from + n) of one sequence's window, at positions from.., all on `state`; logits
+    // for the last one when want_logits (then logits(0)).
+    void run_sequence(const int32_t* window, int32_t from, int32_t n, SequenceState state, bool want_logits);
     // The logits of row logits_from + i of the last run, one per vocabulary row.
     const float* logits(int32_t i) const { return logits_.data() + static_cast<size_t>(i) * vocab_; }
 
     void set_observer(ActivationObserver* observer) { observer_ = observer; }
+    const StateLayout& layout() const { return layout_; }
 
 private:
     void reserve(int32_t n);
@@ -67,6 +71,8 @@ private:
     std::vector<int32_t> chosen_, route_rows_;
     std::vector<float> chosen_weight_;
     std::vector<ActQ8> xq_, hq_;
+    std::vector<int32_t> positions_;     // 0, 1, ..., max_seq_length - 1
+    std::vector<SequenceState> shared_;  // run_sequence's rows, all the same state
 };
 
 }  // namespace itera

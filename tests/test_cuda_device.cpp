@@ -16,36 +16,14 @@
 #include "runtime/context.h"
 #include "runtime/model.h"
 #include "runtime/sampler.h"
+#include "tests/model_fixtures.h"
 
 using namespace itera;
 
 namespace {
 
-ModelSpec random_spec(const ModelConfig& c, DType dtype, uint32_t seed) {
-    ModelSpec spec;
-    spec.config = c;
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> normal(0.0f, 0.5f);
-    for (const ExpectedTensor& e : expected_tensors(c)) {
-        SpecTensor t;
-        t.name = e.name;
-        t.shape = e.shape;
-        const bool rows = e.shape.size() == 2 && !e.name.ends_with("ssm.C");  // block formats: products only
-        t.dtype = e.shape.size() >= 2 && (rows || !is_quantized(dtype)) ? dtype : DType::f32;
-        int64_t n = 1;
-        for (int64_t d : e.shape) n *= d;
-        for (int64_t i = 0; i < n; i++) t.values.push_back(normal(rng));
-        spec.tensors.push_back(std::move(t));
-    }
-    return spec;
-}
-
-std::unique_ptr<Model> model_from(const ModelSpec& spec) {
-    const std::vector<uint8_t> bytes = serialize_itl(spec);
-    std::vector<uint8_t> misaligned(bytes.size() + 1);
-    std::copy(bytes.begin(), bytes.end(), misaligned.begin() + 1);
-    return load_model(ItlFile::from_memory(misaligned.data() + 1, bytes.size()));
-}
+using test::model_from;
+using test::random_spec;
 
 // The shipped model's widths, a 3000-word vocabulary, max_seq_length 24 (so windows slide soon).
 ModelConfig shipped_like() {

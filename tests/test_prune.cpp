@@ -15,36 +15,15 @@
 #include "format/tensor_names.h"
 #include "runtime/context.h"
 #include "runtime/model.h"
+#include "tests/model_fixtures.h"
 
 using namespace itera;
 
 namespace {
 
-ModelConfig prune_config() {
-    ModelConfig c;
-    c.vocab_size = 23;
-    c.hidden = 12;
-    c.max_seq_length = 6;
-    c.tied_head = false;
-    c.layers = {LayerConfig{10, 3, 3, ChannelKind::ffn, 0, {7}}, LayerConfig{8, 4, 4, ChannelKind::moe, 2, {5, 6, 4}}};
-    return c;
-}
-
+// FP32 random weights and a word tokenizer producing every id: <PAD> <UNK> w2 .. w22.
 ModelSpec random_model(const ModelConfig& c, uint32_t seed) {
-    ModelSpec spec;
-    spec.config = c;
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> normal(0.0f, 0.5f);
-    for (const ExpectedTensor& e : expected_tensors(c)) {
-        SpecTensor t;
-        t.name = e.name;
-        t.shape = e.shape;
-        int64_t n = 1;
-        for (int64_t d : e.shape) n *= d;
-        for (int64_t i = 0; i < n; i++) t.values.push_back(normal(rng));
-        spec.tensors.push_back(std::move(t));
-    }
-    // A word tokenizer producing every id: <PAD> <UNK> w2 .. w22.
+    ModelSpec spec = test::random_spec(c, DType::f32, seed);
     spec.has_tokenizer = true;
     spec.tokenizer.tokens = {"<PAD>", "<UNK>"};
     for (int32_t i = 2; i < c.vocab_size; i++) spec.tokenizer.tokens.push_back("w" + std::to_string(i));
@@ -59,8 +38,7 @@ SpecTensor& named(ModelSpec& spec, const std::string& name) {
 }
 
 std::vector<float> logits_of(const ModelSpec& spec, const std::vector<int32_t>& ids) {
-    const std::vector<uint8_t> bytes = serialize_itl(spec);
-    const auto model = load_model(ItlFile::from_memory(bytes.data(), bytes.size()));
+    const auto model = test::model_from(spec);
     Context ctx(*model);
     std::vector<float> out;
     for (int32_t id : ids) {
@@ -106,7 +84,7 @@ void zero_col(SpecTensor& t, int64_t col) {
 }  // namespace
 
 TEST_CASE("pruning neurons: the smaller model equals the model with those neurons zeroed") {
-    const ModelSpec original = random_model(prune_config(), 11);
+    const ModelSpec original = random_model(test::small_config(), 11);
     ModelSpec zeroed = original;
     // dense FFN of layer 0 keeps 0, 2, 3, 6; expert 1 keeps 1, 3, 5; expert 0 keeps only 4
     for (int j : {1, 4, 5}) zero_row(named(zeroed, "layers.0.moe.ffn.w1.weight"), j);
@@ -137,7 +115,7 @@ TEST_CASE("pruning SSM channels: every slice goes (u and z rows, conv, delta row
     // Channels m..2m-1 copy channels 0..m-1 everywhere, except that their columns of delta_proj,
     // B and out_proj are zero: they change nothing but the count of the dt mean, whose value
     // they repeat. Removing them must then give the unpruned logits.
-    ModelConfig c = prune_config();
+    ModelConfig c = test::small_config();
     const int32_t m = 5;
     c.layers[0].inner = 2 * m;
     c.layers[1].inner = 2 * m;
@@ -189,7 +167,7 @@ TEST_CASE("pruning SSM channels: every slice goes (u and z rows, conv, delta row
 TEST_CASE("pruning a whole expert: router row and expert go, later experts are renumbered") {
     // The MoE LayerNorm's weight is zero, so its output is its bias for every token and the
     // router's choice is fixed; expert 1 gets the lowest router logit and is never chosen.
-    ModelSpec spec = random_model(prune_config(), 9);
+    ModelSpec spec = random_model(test::small_config(), 9);
     for (float& v : named(spec, "layers.1.moe.layer.norm.weight").values) v = 0.0f;
     const std::vector<float> bias = named(spec, "layers.1.moe.layer.norm.bias").values;
     SpecTensor& router = named(spec, "layers.1.moe.layer.router.gate.weight");
@@ -213,7 +191,7 @@ TEST_CASE("pruning a whole expert: router row and expert go, later experts are r
 }
 
 TEST_CASE("pruning plans: refused when they do not describe the model") {
-    const ModelSpec spec = random_model(prune_config(), 3);
+    const ModelSpec spec = random_model(test::small_config(), 3);
     auto refused = [&](GroupPlan gp) {
         ModelSpec s = spec;
         PrunePlan plan;
@@ -230,7 +208,7 @@ TEST_CASE("pruning plans: refused when they do not describe the model") {
 }
 
 TEST_CASE("magnitude plan: reaches the ratio, drops the weakest units first, keeps shapes consistent") {
-    ModelSpec spec = random_model(prune_config(), 21);
+    ModelSpec spec = random_model(test::small_config(), 21);
     for (float& v : named(spec, expert_prefix(1, 2) + "w1.weight").values) v *= 1e-3f;  // expert 2: weak
     zero_row(named(spec, "layers.0.moe.ffn.w1.weight"), 3);
     PruneOptions options;
@@ -262,7 +240,7 @@ TEST_CASE("magnitude plan: reaches the ratio, drops the weakest units first, kee
 }
 
 TEST_CASE("calibrated analysis: activation and taylor scores, sensitivities, a dead neuron goes first") {
-    ModelSpec spec = random_model(prune_config(), 33);
+    ModelSpec spec = random_model(test::small_config(), 33);
     zero_row(named(spec, expert_prefix(1, 1) + "w1.weight"), 2);  // GELU(0) = 0: adds nothing
     std::string text;
     std::mt19937 rng(4);
@@ -303,7 +281,7 @@ TEST_CASE("taylor score is the first-order change of the next-token loss") {
     // One layer whose FFN neuron 2 adds a small vector to the residual stream just before the
     // final LayerNorm: removing it changes each token's loss by -g.c to first order, and the score
     // is the mean of |g.c|.
-    ModelConfig c = prune_config();
+    ModelConfig c = test::small_config();
     c.layers = {LayerConfig{6, 3, 3, ChannelKind::ffn, 0, {5}}};
     ModelSpec spec = random_model(c, 17);
     SpecTensor& w2 = named(spec, "layers.0.moe.ffn.w2.weight");
@@ -345,7 +323,7 @@ TEST_CASE("taylor score is the first-order change of the next-token loss") {
 }
 
 TEST_CASE("vocabulary rows no text can produce") {
-    ModelSpec spec = random_model(prune_config(), 2);
+    ModelSpec spec = random_model(test::small_config(), 2);
     // ids 10..22 have no token; <PAD> <BOS> "B" "c d" "" cannot come out of the word tokenizer,
     // nor the second "a" (the first one wins)
     spec.tokenizer.tokens = {"<PAD>", "<UNK>", "<BOS>", "<EOS>", "a", "B", "a", "c d", "", "e"};
@@ -364,14 +342,14 @@ TEST_CASE("vocabulary rows no text can produce") {
     spec.tokenizer.tokens[4] = "A";
     CHECK(reachable_vocab_rows(spec) == std::vector<int32_t>{0, 1, 3});
     // Character level: one code point per piece, a truncated one only at the end of a text.
-    ModelSpec chars = random_model(prune_config(), 2);
+    ModelSpec chars = random_model(test::small_config(), 2);
     chars.tokenizer.kind = TokenizerKind::chars;
     chars.tokenizer.tokens = {"<PAD>", "<UNK>", "<BOS>", "<EOS>", "a", "\xc3\xa9", "ab", "\xc3", " "};
     CHECK(reachable_vocab_rows(chars) == std::vector<int32_t>{1, 3, 4, 5, 7, 8});
 }
 
 TEST_CASE("checkpoints in the torch.nn.utils.prune layout: masks folded, zeroed neurons removed") {
-    const ModelSpec spec = random_model(prune_config(), 44);
+    const ModelSpec spec = random_model(test::small_config(), 44);
     pt::Checkpoint ck;
     for (const SpecTensor& t : spec.tensors) {
         pt::Tensor pt_t;

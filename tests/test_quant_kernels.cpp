@@ -62,27 +62,11 @@ QMatrix quantize_matrix(DType dtype, const std::vector<float>& w, int32_t rows, 
     std::vector<uint8_t> row(dtype_row_bytes(dtype, cols));  // staged in a block-aligned buffer
     for (int32_t r = 0; r < rows; r++) {
         const float* src = w.data() + static_cast<size_t>(r) * cols;
-        switch (dtype) {
-            case DType::q8_0: quantize_row_q8_0(src, cols, reinterpret_cast<BlockQ8*>(row.data())); break;
-            case DType::q4_0: quantize_row_q4_0(src, cols, reinterpret_cast<BlockQ4*>(row.data())); break;
-            case DType::q3_0: quantize_row_q3_0(src, cols, reinterpret_cast<BlockQ3*>(row.data())); break;
-            case DType::q2_0: quantize_row_q2_0(src, cols, reinterpret_cast<BlockQ2*>(row.data())); break;
-            default: quantize_row_nf4(src, cols, reinterpret_cast<BlockNf4*>(row.data())); break;
-        }
+        quantize_row(dtype, src, cols, row.data());
         m.bytes.insert(m.bytes.end(), row.begin(), row.end());
     }
     m.weight = {dtype, rows, cols, m.bytes.data() + offset};
     return m;
-}
-
-void dequantize(DType dtype, const void* row, int32_t cols, float* out) {
-    switch (dtype) {
-        case DType::q8_0: dequantize_row_q8_0(static_cast<const BlockQ8*>(row), cols, out); break;
-        case DType::q4_0: dequantize_row_q4_0(static_cast<const BlockQ4*>(row), cols, out); break;
-        case DType::q3_0: dequantize_row_q3_0(static_cast<const BlockQ3*>(row), cols, out); break;
-        case DType::q2_0: dequantize_row_q2_0(static_cast<const BlockQ2*>(row), cols, out); break;
-        default: dequantize_row_nf4(static_cast<const BlockNf4*>(row), cols, out); break;
-    }
 }
 
 // nf4 dequantized through the kernels' int8 levels: d * kNf4I8[n] / 127.
@@ -255,7 +239,7 @@ TEST_CASE("round trip in ggml's setup (test-quantize-fns.cpp: 0.1 + 2 cos(i), n 
                              : dtype == DType::q2_0 ? 0.0075
                                                     : 0.002;
         const QMatrix m = quantize_matrix(dtype, data, 1, n, 0);
-        dequantize(dtype, m.weight.data, n, out.data());
+        dequantize_row(dtype, m.weight.data, n, out.data());
         const double err = ggml_rmse(data.data(), out.data(), data.size());
         MESSAGE(label(dtype) << " round trip: ggml error " << err << " (limit " << limit << "), RMS "
                              << rms(data.data(), out.data(), data.size()));
@@ -281,7 +265,7 @@ TEST_CASE("round trip on Gaussian weights, RMS relative to the standard deviatio
     std::vector<float> out(static_cast<size_t>(n));
     for (DType dtype : kFormats) {
         const QMatrix m = quantize_matrix(dtype, w, 1, n, 0);
-        dequantize(dtype, m.weight.data, n, out.data());
+        dequantize_row(dtype, m.weight.data, n, out.data());
         const double e = rms(w.data(), out.data(), w.size());
         // uniform rounding in steps of absmax/127 (q8) or absmax/8 (q4): ~0.005 and ~0.07 std; the
         // least-squares grids of 8 and 4 levels: ~0.16 and ~0.34 std (Lloyd-Max, the best 8 / 4
@@ -350,7 +334,7 @@ TEST_CASE("matvec on odd sizes and unaligned rows: fast == scalar integer path, 
                             // magnitudes: sum |w x| over the dequantized values, |w|_2 |x|_2, and
                             // (nf4) the largest change the int8 levels can make
                             std::vector<float> wd(static_cast<size_t>(cols));
-                            dequantize(dtype, m.bytes.data() + offset + r * row_bytes, cols, wd.data());
+                            dequantize_row(dtype, m.bytes.data() + offset + r * row_bytes, cols, wd.data());
                             double abs_sum = 0.0, w2 = 0.0, x2 = 0.0, map_bound = 0.0, exact = 0.0;
                             for (int32_t c = 0; c < cols; c++) {
                                 abs_sum += std::fabs(static_cast<double>(wd[c]) * xd[c]);

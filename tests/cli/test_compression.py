@@ -24,7 +24,6 @@ Prints one line per check and `N passed, N failed`; exits 1 on any failure.
 """
 import json
 import os
-import random
 import re
 import shutil
 import sys
@@ -36,10 +35,9 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 
 import torch  # noqa: E402
 
-from itera_lite import IteraLite  # noqa: E402
+from markov_language import pseudo_word_language, train as train_reference  # noqa: E402
 from testlib import check, counts, finish, run, tool_args, why  # noqa: E402
 
-SPECIALS = ["<PAD>", "<UNK>", "<BOS>", "<EOS>"]
 N_TOKENS = 120
 CTX = 32
 CFG = {"vocab_size": N_TOKENS, "hidden_size": 64, "num_layers": 2, "ssm_state_size": 8, "ssm_conv_kernel": 4,
@@ -49,49 +47,16 @@ TRAIN_STEPS, BATCH, LR = 80, 16, 5e-3
 SCORE_TOKENS = 384  # --score-tokens: keeps each budgeted conversion to a few seconds
 
 
-def vocabulary():
-    rng = random.Random(7)
-    words = set()
-    while len(words) < N_TOKENS - len(SPECIALS) - 1:
-        words.add("".join(rng.choice(s) for s in ("bdfgklmnprstvz", "aeiou") * 2))
-    return sorted(words) + ["."]
-
-
-WORDS = vocabulary()
-TOKENS = SPECIALS + WORDS
-TOKEN_ID = {t: i for i, t in enumerate(TOKENS)}
-SUCCESSORS = {w: random.Random(11 + i).sample(WORDS, 4) for i, w in enumerate(WORDS)}
-
-
-def markov_text(n, seed):
-    rng = random.Random(seed)
-    word, out = rng.choice(WORDS), []
-    for _ in range(n):
-        out.append(word)
-        word = rng.choices(SUCCESSORS[word], (0.6, 0.25, 0.1, 0.05))[0]
-    return out
+LANG = pseudo_word_language(N_TOKENS)
 
 
 def train(w):
-    torch.manual_seed(0)
-    model = IteraLite(CFG, tied=True)
-    data = torch.tensor([TOKEN_ID[t] for t in markov_text(20000, seed=1)])
-    opt = torch.optim.AdamW(model.parameters(), lr=LR)
-    for _ in range(TRAIN_STEPS):
-        at = torch.randint(0, len(data) - CTX - 1, (BATCH,))
-        x = torch.stack([data[i:i + CTX] for i in at])
-        y = torch.stack([data[i + 1:i + CTX + 1] for i in at])
-        loss = torch.nn.functional.cross_entropy(model(x).reshape(-1, N_TOKENS), y.reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    model, _ = train_reference(CFG, True, LANG.ids(LANG.text(20000, seed=1)), TRAIN_STEPS, BATCH, LR)
     p = {k: os.path.join(w, v) for k, v in
          {"ck": "ck.pt", "tok": "tok.json", "calib": "calib.txt", "score": "score.txt"}.items()}
     torch.save({"model_state_dict": model.state_dict(), "config": CFG}, p["ck"])
-    with open(p["tok"], "w") as f:
-        json.dump({"vocab_size": len(TOKENS), "token_to_id": TOKEN_ID,
-                   "id_to_token": {str(i): t for i, t in enumerate(TOKENS)}}, f)
-    calib = markov_text(3000, seed=2)
+    LANG.write_tokenizer(p["tok"])
+    calib = LANG.text(3000, seed=2)
     with open(p["calib"], "w") as f:
         f.write(" ".join(calib) + "\n")
     # The tokens the converter scores, plus one: `ppl` scores every position but the last.

@@ -35,10 +35,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.utils.prune as prune  # noqa: E402
 
-from itera_lite import IteraLite  # noqa: E402
+from markov_language import SPECIALS, MarkovLanguage, train as train_reference  # noqa: E402
 from testlib import check, counts, finish, run, tool_args, why  # noqa: E402
 
-SPECIALS = ["<PAD>", "<UNK>", "<BOS>", "<EOS>"]
 N_WORDS = 56
 CTX = 32
 CFG = {"vocab_size": len(SPECIALS) + N_WORDS, "hidden_size": 32, "num_layers": 2, "ssm_state_size": 8,
@@ -47,39 +46,18 @@ CFG = {"vocab_size": len(SPECIALS) + N_WORDS, "hidden_size": 32, "num_layers": 2
 LOGIT_TOL = 1e-4
 
 
-def markov_text(words, n, seed):
-    succ = {w: random.Random(100 + i).sample(words, 3) for i, w in enumerate(words)}
-    rng = random.Random(seed)
-    word, out = rng.choice(words), []
-    for _ in range(n):
-        out.append(word)
-        word = rng.choices(succ[word], (0.7, 0.2, 0.1))[0]
-    return out
+WORDS = [f"w{i}" for i in range(N_WORDS)]
+LANG = MarkovLanguage(WORDS, {w: random.Random(100 + i).sample(WORDS, 3) for i, w in enumerate(WORDS)}, (0.7, 0.2, 0.1))
 
 
 def train(w):
-    words = [f"w{i}" for i in range(N_WORDS)]
-    tokens = SPECIALS + words
-    tid = {t: i for i, t in enumerate(tokens)}
-    torch.manual_seed(0)
-    model = IteraLite(CFG, tied=True)
-    data = torch.tensor([tid[t] for t in markov_text(words, 8000, seed=1)])
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    for _ in range(60):
-        at = torch.randint(0, len(data) - CTX - 1, (16,))
-        x = torch.stack([data[i:i + CTX] for i in at])
-        y = torch.stack([data[i + 1:i + CTX + 1] for i in at])
-        loss = torch.nn.functional.cross_entropy(model(x).reshape(-1, CFG["vocab_size"]), y.reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    model, _ = train_reference(CFG, True, LANG.ids(LANG.text(8000, seed=1)), 60, 16, 5e-3)
     p = {"ck": os.path.join(w, "ck.pt"), "tok": os.path.join(w, "tok.json"), "calib": os.path.join(w, "calib.txt")}
     torch.save({"model_state_dict": model.state_dict(), "config": CFG}, p["ck"])
-    with open(p["tok"], "w") as f:
-        json.dump({"vocab_size": len(tokens), "token_to_id": tid, "id_to_token": {str(i): t for i, t in enumerate(tokens)}}, f)
+    LANG.write_tokenizer(p["tok"])
     with open(p["calib"], "w") as f:
-        f.write(" ".join(markov_text(words, 1500, seed=2)) + "\n")
-    p["ids"] = [tid[t] for t in markov_text(words, 3 * CTX, seed=3)]
+        f.write(" ".join(LANG.text(1500, seed=2)) + "\n")
+    p["ids"] = LANG.ids(LANG.text(3 * CTX, seed=3))
     return model.eval(), p
 
 

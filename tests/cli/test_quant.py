@@ -25,7 +25,6 @@ against ids[t+1] (a window's last position against the next window's first token
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import tempfile
@@ -37,10 +36,9 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from itera_lite import IteraLite  # noqa: E402
+from markov_language import pseudo_word_language, train as train_reference  # noqa: E402
 from testlib import check, counts, finish, run, tool_args, why  # noqa: E402
 
-SPECIALS = ["<PAD>", "<UNK>", "<BOS>", "<EOS>"]
 VOCAB = 300           # the checkpoint's rows; the tokenizer produces ids 0..N_TOKENS-1 only
 N_TOKENS = 120
 CTX = 32              # max_seq_length
@@ -60,46 +58,11 @@ ROUTING_MARGIN = 0.02  # router logit gap below which a position's expert choice
 
 # ---- the model, its tokenizer and texts ---------------------------------------------------------
 
-def vocabulary():
-    """SPECIALS, 115 four-letter pseudo-words and '.': N_TOKENS tokens."""
-    rng = random.Random(7)
-    words = set()
-    while len(words) < N_TOKENS - len(SPECIALS) - 1:
-        words.add("".join(rng.choice(s) for s in ("bdfgklmnprstvz", "aeiou") * 2))
-    return sorted(words) + ["."]
-
-
-WORDS = vocabulary()
-TOKENS = SPECIALS + WORDS
-TOKEN_ID = {t: i for i, t in enumerate(TOKENS)}
-# Each word is followed by one of 4 others with probabilities .6 .25 .1 .05 (entropy 1.03 nats).
-SUCCESSORS = {w: random.Random(11 + i).sample(WORDS, 4) for i, w in enumerate(WORDS)}
-
-
-def markov_text(n, seed):
-    rng = random.Random(seed)
-    word, out = rng.choice(WORDS), []
-    for _ in range(n):
-        out.append(word)
-        word = rng.choices(SUCCESSORS[word], (0.6, 0.25, 0.1, 0.05))[0]
-    return out
+LANG = pseudo_word_language(N_TOKENS)
 
 
 def train(w):
-    torch.manual_seed(0)
-    model = IteraLite(CFG, tied=False)
-    data = torch.tensor([TOKEN_ID[t] for t in markov_text(20000, seed=1)])
-    opt = torch.optim.AdamW(model.parameters(), lr=LR)
-    losses = []
-    for _ in range(TRAIN_STEPS):
-        at = torch.randint(0, len(data) - CTX - 1, (BATCH,))
-        x = torch.stack([data[i:i + CTX] for i in at])
-        y = torch.stack([data[i + 1:i + CTX + 1] for i in at])
-        loss = torch.nn.functional.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    model, losses = train_reference(CFG, False, LANG.ids(LANG.text(20000, seed=1)), TRAIN_STEPS, BATCH, LR)
     check(losses[-1] < 2.0 and losses[-1] < losses[0] / 2,
           f"reference model trained {TRAIN_STEPS} steps: loss {losses[0]:.2f} -> {losses[-1]:.2f} (< 2)")
     state = model.state_dict()
@@ -110,15 +73,13 @@ def train(w):
     tied = dict(state)
     tied["lm_head.weight"] = tied["embedding.weight"]  # one storage: a tied checkpoint
     torch.save({"model_state_dict": tied, "config": CFG}, p["tied_ck"])
-    with open(p["tok"], "w") as f:
-        json.dump({"vocab_size": len(TOKENS), "token_to_id": TOKEN_ID,
-                   "id_to_token": {str(i): t for i, t in enumerate(TOKENS)}}, f)
+    LANG.write_tokenizer(p["tok"])
     with open(p["calib"], "w") as f:
-        f.write(" ".join(markov_text(3000, seed=2)) + "\n")
-    held = markov_text(24 * CTX + 22, seed=3)  # a last, partial window
+        f.write(" ".join(LANG.text(3000, seed=2)) + "\n")
+    held = LANG.text(24 * CTX + 22, seed=3)  # a last, partial window
     with open(p["held"], "w") as f:
         f.write(" ".join(held) + "\n")
-    p["held_ids"] = [TOKEN_ID[t] for t in held]
+    p["held_ids"] = LANG.ids(held)
     return p
 
 
