@@ -9,7 +9,8 @@ Makes a small random Itera-Lite checkpoint and word tokenizer with the PyTorch r
 compare.py on it with few tokens and one round, and checks: exit 0; every recurrent path passed
 its check against the full forward (max |d| printed) and reproduced the greedy ids; every path
 has its row in both tables; the --json figures, itera-bench's contract keys included, are > 0;
-a bad --tokens is one `error:` line and exit 1. Prints one line per check and `N passed, N failed`.
+a bad --tokens is one `error:` line and exit 1; so is itera-bench on a missing or truncated model (a
+usage error exits 2). Prints one line per check and `N passed, N failed`.
 """
 import argparse
 import json
@@ -92,6 +93,22 @@ def main():
     lines = err.strip().splitlines()
     check(rc == 1 and len(lines) == 1 and lines[0].startswith("error:"),
           f"--tokens 200 on max_seq_length 128: exit {rc}, {lines[-1] if lines else 'no message'!r}")
+
+    # itera-bench itself on bad input: one error line, exit 1 (2 for a usage error).
+    itl = os.path.join(args.workdir, "fixture.itl")
+    rc, _, err = run([args.convert, pt, "-o", itl])
+    if check(rc == 0, "fixture converted for itera-bench" + ("" if rc == 0 else " " + why(rc, err))):
+        truncated = os.path.join(args.workdir, "truncated.itl")
+        with open(itl, "rb") as f, open(truncated, "wb") as g:
+            g.write(f.read(100))
+        for label, extra, want in (("a missing model", ["-m", os.path.join(args.workdir, "none.itl")], 1),
+                                   ("a truncated model", ["-m", truncated], 1),
+                                   ("--kernels bogus", ["-m", itl, "--kernels", "bogus"], 2),
+                                   ("--batch 0", ["-m", itl, "--batch", "0"], 2)):
+            rc, out, err = run([args.bench] + extra)
+            lines = err.strip().splitlines()
+            check(rc == want and len(lines) == 1 and lines[0].startswith("error:") and not out,
+                  f"itera-bench with {label}: exit {rc} (want {want}), {lines[-1] if lines else 'no message'!r}")
     finish()
 
 
