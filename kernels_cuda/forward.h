@@ -30,6 +30,7 @@
 namespace itera::cuda {
 
 constexpr int32_t kMaxRows = 16;  // tokens a tile carries at once (a row mask is a uint32_t)
+constexpr int32_t kOneRowOuts = 4;  // weight rows a team reads at once when a product has one row
 
 struct FwdLayer {
     int32_t inner = 0, state = 0, conv_kernel = 0;
@@ -128,6 +129,30 @@ template <class G>
 ITERA_HD void gemm(G& g, const Weight& w, const float* x, int32_t xs, const ActQ8* xq, int32_t xqs, uint32_t mask,
                    float* y, int64_t ys, const int32_t* yrow) {
     const int64_t rb = row_bytes(w.dtype, w.cols);
+    if ((mask & (mask - 1)) == 0) {  // one row (a decode step): kOneRowOuts weight rows per team at a time
+        if (mask == 0) return;
+        int32_t r = 0;
+        while (!has_row(mask, r)) r++;
+        float* yr = y + (yrow ? yrow[r] : r) * ys;
+        const uint8_t* base = static_cast<const uint8_t*>(w.data);
+        const int32_t full = w.rows / kOneRowOuts * kOneRowOuts;
+        for (int32_t o = g.team * kOneRowOuts; o < full; o += g.teams * kOneRowOuts) {
+            float acc[kOneRowOuts] = {};
+            dot_outs<kOneRowOuts>(w.dtype, base + o * rb, rb, w.cols, x + r * xs, xq + r * xqs, g.lane, g.lanes, acc);
+            ITERA_UNROLL
+            for (int k = 0; k < kOneRowOuts; k++) {
+                const float sum = g.team_sum(acc[k]);
+                if (g.lane == 0) yr[o + k] = sum;
+            }
+        }
+        for (int32_t o = full + g.team; o < w.rows; o += g.teams) {  // the last rows % kOneRowOuts
+            float acc[1] = {};
+            dot_outs<1>(w.dtype, base + o * rb, rb, w.cols, x + r * xs, xq + r * xqs, g.lane, g.lanes, acc);
+            const float sum = g.team_sum(acc[0]);
+            if (g.lane == 0) yr[o] = sum;
+        }
+        return;
+    }
     for (int32_t o = g.team; o < w.rows; o += g.teams) {
         float acc[kMaxRows];
         ITERA_UNROLL

@@ -181,4 +181,84 @@ ITERA_HD inline void dot_rows(DType t, const uint8_t* row, int32_t cols, const f
     }
 }
 
+// The single-row case, kOut weight rows at once: acc[o] += the units lane, lane + lanes, ... of
+// (row0 + o * rb) . x for o < kOut. A decode step has one token per tile, so a team would wait on
+// one weight row's loads at a time; kOut rows give it kOut independent loads in flight, and each
+// activation unit is read once for all of them. Per row and lane the units are added in
+// dot_rows' order, so the sums are dot_rows<1>'s bits. Callers pass kOut valid rows.
+template <int kOut>
+ITERA_HD inline void dot_outs(DType t, const uint8_t* row0, int64_t rb, int32_t cols, const float* x, const ActQ8* xq,
+                              int lane, int lanes, float* acc) {
+    switch (t) {
+        case DType::f32:
+            for (int32_t c = lane; c < cols; c += lanes) {
+                const float xc = x[c];
+                ITERA_UNROLL
+                for (int o = 0; o < kOut; o++) acc[o] += reinterpret_cast<const float*>(row0 + o * rb)[c] * xc;
+            }
+            return;
+        case DType::f16:
+            for (int32_t c = lane; c < cols; c += lanes) {
+                const float xc = x[c];
+                ITERA_UNROLL
+                for (int o = 0; o < kOut; o++) acc[o] += load_half(row0 + o * rb + 2 * c) * xc;
+            }
+            return;
+        case DType::q8_0: {
+            const int32_t units = row_units(t, cols);
+            for (int32_t u = lane; u < units; u += lanes) {
+                const int32_t b = u >> 3, j = u & 7;
+                const ActQ8& a = xq[b];
+                const int32_t xa = load_i32(a.q + 4 * j);
+                ITERA_UNROLL
+                for (int o = 0; o < kOut; o++) {
+                    const uint8_t* blk = row0 + o * rb + 34 * b;
+                    acc[o] += load_half(blk) * a.d * static_cast<float>(dp4a(load_i32_a2(blk + 2 + 4 * j), xa, 0));
+                }
+            }
+            return;
+        }
+        case DType::q4_0: {
+            const int32_t units = row_units(t, cols);
+            for (int32_t u = lane; u < units; u += lanes) {
+                const int32_t b = u >> 2, j = u & 3;
+                const ActQ8& a = xq[b];
+                const int32_t xl = load_i32(a.q + 4 * j), xh = load_i32(a.q + 16 + 4 * j);
+                const int32_t xsum = dp4a(0x01010101, xl, dp4a(0x01010101, xh, 0));
+                ITERA_UNROLL
+                for (int o = 0; o < kOut; o++) {
+                    const uint8_t* blk = row0 + o * rb + 18 * b;
+                    const int32_t w = load_i32_a2(blk + 2 + 4 * j);
+                    const int32_t s = dp4a(w & 0x0f0f0f0f, xl, dp4a((w >> 4) & 0x0f0f0f0f, xh, 0)) - 8 * xsum;
+                    acc[o] += load_half(blk) * a.d * static_cast<float>(s);
+                }
+            }
+            return;
+        }
+        case DType::nf4: {
+            const int32_t units = row_units(t, cols);
+            const int32_t nx = (cols + 31) / 32;
+            for (int32_t u = lane; u < units; u += lanes) {
+                const int32_t b = u >> 3, j = u & 7;
+                const bool has_hi = 2 * b + 1 < nx;
+                const ActQ8& a = xq[2 * b];
+                const int32_t xl = load_i32(a.q + 4 * j);
+                const int32_t xh = has_hi ? load_i32(xq[2 * b + 1].q + 4 * j) : 0;
+                const float dl = a.d * (1.0f / 127.0f), dh = has_hi ? xq[2 * b + 1].d * (1.0f / 127.0f) : 0.0f;
+                ITERA_UNROLL
+                for (int o = 0; o < kOut; o++) {
+                    const uint8_t* blk = row0 + o * rb + 34 * b;
+                    const float d = load_half(blk);
+                    const uint32_t w = static_cast<uint32_t>(load_i32_a2(blk + 2 + 4 * j));
+                    acc[o] += d * dl * static_cast<float>(dp4a(nf4_levels(w & 0x0f0f0f0fu), xl, 0));
+                    if (has_hi) acc[o] += d * dh * static_cast<float>(dp4a(nf4_levels((w >> 4) & 0x0f0f0f0fu), xh, 0));
+                }
+            }
+            return;
+        }
+        default:
+            return;
+    }
+}
+
 }  // namespace itera::cuda
