@@ -52,11 +52,13 @@ const dnnl::engine& cpu_engine() {
     return engine;
 }
 
-// How a weight dtype enters the matmul.
+// How a weight dtype enters the matmul: fp32 as it lies in the file; q8_0 as s8 rows; fp16 and the
+// 4-, 3- and 2-bit block formats as an FP32 copy of exactly the values they decode to (oneDNN 2.6
+// has no 4-bit weights; a product of many rows then runs at the FP32 speed, for 4 bytes a weight).
 enum class Kind { f32_in_place, f32_packed, u8s8 };
 
 Kind kind_of(DType dtype) {
-    return dtype == DType::f32 ? Kind::f32_in_place : dtype == DType::f16 ? Kind::f32_packed : Kind::u8s8;
+    return dtype == DType::f32 ? Kind::f32_in_place : dtype == DType::q8_0 ? Kind::u8s8 : Kind::f32_packed;
 }
 
 // One primitive, shared by every weight of its shape. `id` is unique in the process, so per-thread
@@ -172,6 +174,13 @@ std::unique_ptr<Packed> pack(const Weight& w, const Desc& layout, dnnl::stream& 
         const uint16_t* h = static_cast<const uint16_t*>(w.data);
         f32.resize(n);
         for (size_t i = 0; i < n; i++) f32[i] = fp16_to_fp32(h[i]);
+        plain = dnnl::memory(Desc({K, N}, dt::f32, dnnl::memory::dims{1, K}), cpu_engine(), f32.data());
+    } else if (w.dtype != DType::q8_0) {
+        const size_t row_bytes = dtype_row_bytes(w.dtype, w.cols);
+        f32.resize(n);
+        for (int32_t r = 0; r < w.rows; r++)
+            dequantize_row(w.dtype, static_cast<const uint8_t*>(w.data) + r * row_bytes, w.cols,
+                           f32.data() + static_cast<size_t>(r) * w.cols);
         plain = dnnl::memory(Desc({K, N}, dt::f32, dnnl::memory::dims{1, K}), cpu_engine(), f32.data());
     } else {
         const size_t row_bytes = dtype_row_bytes(DType::q8_0, w.cols);
@@ -318,8 +327,16 @@ OnednnGemm::OnednnGemm() : impl_(std::make_unique<Impl>()) {
 OnednnGemm::~OnednnGemm() = default;
 
 bool OnednnGemm::handles(const Weight& w) {
-    // u8 * s8 sums: 255 * 127 * cols must stay below 2^31.
-    return w.dtype == DType::f32 || w.dtype == DType::f16 || (w.dtype == DType::q8_0 && w.cols <= 65536);
+    switch (w.dtype) {
+        case DType::f32:
+        case DType::f16:
+        case DType::q4_0:
+        case DType::nf4:
+        case DType::q3_0:
+        case DType::q2_0: return true;
+        case DType::q8_0: return w.cols <= 65536;  // u8 * s8 sums: 255 * 127 * cols must stay below 2^31
+        default: return false;
+    }
 }
 
 void OnednnGemm::run(const Weight& w, const float* x, int32_t batch, float* y) {

@@ -77,12 +77,22 @@ const ActQ8* Forward::quantize_rows(const float* x, int32_t n, int32_t cols, std
     return buffer.data();
 }
 
-// y[r, :] = W x[r, :]. xq: x quantized (when w is in a block format and the native kernels run).
+// Whether a product of n rows goes to the model's gemm provider (oneDNN or auto) rather than the
+// native kernels below.
+bool Forward::dispatched(int32_t n) const {
+    return n > 1 && model_.gemm && model_.gemm->provider() != GemmProvider::native;
+}
+
+// Whether matmul reads w's input as q8 blocks (the caller quantizes it once for the weights that
+// share it); a dispatched product takes the float input.
+bool Forward::reads_q8(const Weight& w, int32_t n) const { return is_quantized(w.dtype) && !dispatched(n); }
+
+// y[r, :] = W x[r, :]. xq: x quantized (when reads_q8(w, n)).
 void Forward::matmul(const Weight& w, const float* x, const ActQ8* xq, int32_t n, float* y) {
     const size_t in = static_cast<size_t>(w.cols);
     if (observer_)
         for (int32_t r = 0; r < n; r++) observer_->observe(w, x + r * in);
-    if (n > 1 && model_.gemm && model_.gemm->provider() != GemmProvider::native) {
+    if (dispatched(n)) {
         model_.gemm->run(w, x, n, y);
     } else if (is_quantized(w.dtype)) {
         // Row by row: a tile sharing each unpacked weight block across activation rows measured
@@ -133,7 +143,7 @@ void Forward::run(const int32_t* tokens, const int32_t* positions, const Sequenc
     for (int32_t r = 0; r < m; r++)
         layer_norm(x_.data() + (logits_from + r) * H, model_.final_norm_w, model_.final_norm_b, model_.config.norm_eps,
                    H_, a_.data() + r * H);
-    const ActQ8* aq = is_quantized(model_.lm_head.dtype) ? quantize_rows(a_.data(), m, H_, xq_) : nullptr;
+    const ActQ8* aq = reads_q8(model_.lm_head, m) ? quantize_rows(a_.data(), m, H_, xq_) : nullptr;
     matmul(model_.lm_head, a_.data(), aq, m, logits_.data());
 }
 
@@ -146,7 +156,7 @@ void Forward::ssm_block(size_t layer, const SequenceState* states, int32_t n) {
     for (int32_t r = 0; r < n; r++)
         layer_norm(x_.data() + r * H, w.norm_w, w.norm_b, cfg.norm_eps, H_, a_.data() + r * H);
     // uz[r] = in_proj a[r]: u = uz[r][0, Di), z = uz[r][Di, 2Di)
-    const ActQ8* aq = is_quantized(w.in_proj.dtype) ? quantize_rows(a_.data(), n, H_, xq_) : nullptr;
+    const ActQ8* aq = reads_q8(w.in_proj, n) ? quantize_rows(a_.data(), n, H_, xq_) : nullptr;
     matmul(w.in_proj, a_.data(), aq, n, uz_.data());
     // Causal depthwise conv, row by row (consecutive rows of one sequence advance its history).
     for (int32_t r = 0; r < n; r++)
@@ -155,7 +165,7 @@ void Forward::ssm_block(size_t layer, const SequenceState* states, int32_t n) {
     silu_inplace(v_.data(), n * Di);
     // delta_proj and B both read v: one quantized copy serves both.
     const ActQ8* vq =
-        is_quantized(w.delta_w.dtype) || is_quantized(w.b.dtype) ? quantize_rows(v_.data(), n, Di, xq_) : nullptr;
+        reads_q8(w.delta_w, n) || reads_q8(w.b, n) ? quantize_rows(v_.data(), n, Di, xq_) : nullptr;
     matmul(w.delta_w, v_.data(), vq, n, delta_.data());
     matmul(w.b, v_.data(), vq, n, bv_.data());
     // Scan, row by row: dt = mean softplus(delta + bias); s = exp(dt A) s + dt B v;
@@ -170,7 +180,7 @@ void Forward::ssm_block(size_t layer, const SequenceState* states, int32_t n) {
         ssm_output(w.c_t.data(), s, N, w.d_skip.data(), v_.data() + r * D, uz_.data() + r * 2 * D + D, Di,
                    y_.data() + r * D);
     }
-    const ActQ8* yq = is_quantized(w.out_proj.dtype) ? quantize_rows(y_.data(), n, Di, xq_) : nullptr;
+    const ActQ8* yq = reads_q8(w.out_proj, n) ? quantize_rows(y_.data(), n, Di, xq_) : nullptr;
     matmul(w.out_proj, y_.data(), yq, n, mix_.data());
     for (size_t i = 0; i < static_cast<size_t>(n) * H; i++) x_[i] += mix_[i];
 }
@@ -185,10 +195,10 @@ void Forward::channel_block(size_t layer, int32_t n) {
         layer_norm(x_.data() + r * H, w.mix_norm_w, w.mix_norm_b, cfg.norm_eps, H_, a_.data() + r * H);
     if (lc.kind == ChannelKind::ffn) {
         const FfnWeights& f = w.experts[0];
-        const ActQ8* aq = is_quantized(f.w1.dtype) ? quantize_rows(a_.data(), n, H_, xq_) : nullptr;
+        const ActQ8* aq = reads_q8(f.w1, n) ? quantize_rows(a_.data(), n, H_, xq_) : nullptr;
         matmul(f.w1, a_.data(), aq, n, hidden_.data());
         gelu_inplace(hidden_.data(), n * f.w1.rows);
-        const ActQ8* hq = is_quantized(f.w2.dtype) ? quantize_rows(hidden_.data(), n, f.w1.rows, hq_) : nullptr;
+        const ActQ8* hq = reads_q8(f.w2, n) ? quantize_rows(hidden_.data(), n, f.w1.rows, hq_) : nullptr;
         matmul(f.w2, hidden_.data(), hq, n, mix_.data());
         for (size_t i = 0; i < static_cast<size_t>(n) * H; i++) x_[i] += mix_[i];
         return;
@@ -204,7 +214,7 @@ void Forward::experts(size_t layer, int32_t n) {
     const LayerWeights& w = model_.layers[layer];
     const size_t H = static_cast<size_t>(H_);
     const int32_t E = static_cast<int32_t>(w.experts.size()), k = lc.top_k;
-    const ActQ8* aq = is_quantized(w.router.dtype) ? quantize_rows(a_.data(), n, H_, xq_) : nullptr;
+    const ActQ8* aq = reads_q8(w.router, n) ? quantize_rows(a_.data(), n, H_, xq_) : nullptr;
     matmul(w.router, a_.data(), aq, n, router_.data());
     for (int32_t r = 0; r < n; r++)
         ref::top_k_softmax(router_.data() + r * static_cast<size_t>(E), E, k,
@@ -222,10 +232,10 @@ void Forward::experts(size_t layer, int32_t n) {
                 }
         if (m == 0) continue;
         const FfnWeights& f = w.experts[static_cast<size_t>(e)];
-        const ActQ8* gq = is_quantized(f.w1.dtype) ? quantize_rows(gathered_.data(), m, H_, xq_) : nullptr;
+        const ActQ8* gq = reads_q8(f.w1, m) ? quantize_rows(gathered_.data(), m, H_, xq_) : nullptr;
         matmul(f.w1, gathered_.data(), gq, m, hidden_.data());
         gelu_inplace(hidden_.data(), m * f.w1.rows);
-        const ActQ8* hq = is_quantized(f.w2.dtype) ? quantize_rows(hidden_.data(), m, f.w1.rows, hq_) : nullptr;
+        const ActQ8* hq = reads_q8(f.w2, m) ? quantize_rows(hidden_.data(), m, f.w1.rows, hq_) : nullptr;
         matmul(f.w2, hidden_.data(), hq, m, gathered_out_.data());
         for (int32_t i = 0; i < m; i++) {
             float* x = x_.data() + route_rows_[i] * H;

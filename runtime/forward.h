@@ -56,6 +56,8 @@ public:
 private:
     void reserve(int32_t n);
     const ActQ8* quantize_rows(const float* x, int32_t n, int32_t cols, std::vector<ActQ8>& buffer);
+    bool dispatched(int32_t n) const;
+    bool reads_q8(const Weight& w, int32_t n) const;
     void matmul(const Weight& w, const float* x, const ActQ8* xq, int32_t n, float* y);
     void ssm_block(size_t layer, const SequenceState* states, int32_t n);
     void channel_block(size_t layer, int32_t n);

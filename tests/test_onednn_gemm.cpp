@@ -76,8 +76,8 @@ Matrix make_matrix(DType dtype, int32_t rows, int32_t cols, uint32_t seed) {
             quantize_row_q8_0(src, cols, reinterpret_cast<BlockQ8*>(out));
             dequantize_row_q8_0(reinterpret_cast<const BlockQ8*>(out), cols, dst);
         } else {
-            quantize_row_q4_0(src, cols, reinterpret_cast<BlockQ4*>(out));
-            dequantize_row_q4_0(reinterpret_cast<const BlockQ4*>(out), cols, dst);
+            quantize_row(dtype, src, cols, out);
+            dequantize_row(dtype, out, cols, dst);
         }
     }
     m.weight = {dtype, rows, cols, m.bytes.data()};
@@ -154,14 +154,16 @@ int thread_count() {  // tasks of this process
 
 }  // namespace
 
-TEST_CASE("onednn gemm and gemm_native match the exact product: f32, f16, q8_0, odd shapes") {
+TEST_CASE("onednn gemm and gemm_native match the exact product: f32, f16, q8_0, q4_0, nf4, q3_0, q2_0, odd shapes") {
     MESSAGE(onednn_info());
     OnednnGemm onednn;
     const int32_t shapes[][2] = {{1, 1}, {3, 5}, {17, 33}, {64, 31}, {100, 37}, {33, 130}, {256, 64}, {7, 200}};
     const int32_t batches[] = {1, 2, 3, 7, 8, 9, 16, 31, 64, 100, 128, 129, 130};
     uint32_t seed = 1;
-    for (DType dtype : {DType::f32, DType::f16, DType::q8_0}) {
-        const bool q8 = dtype == DType::q8_0;
+    for (DType dtype : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4, DType::q3_0, DType::q2_0}) {
+        // oneDNN: q8_0 as s8 rows, the others as FP32 copies of their values. Native: every block
+        // format meets its input quantized to q8 blocks.
+        const bool q8 = dtype == DType::q8_0, block = is_quantized(dtype);
         double worst_onednn = 0.0, worst_native = 0.0;
         int products = 0;
         for (const auto& shape : shapes) {
@@ -175,23 +177,27 @@ TEST_CASE("onednn gemm and gemm_native match the exact product: f32, f16, q8_0, 
                 worst_onednn = std::max(
                     worst_onednn,
                     check_product(m, x, batch, y_onednn, q8 ? Bound::q8_onednn : Bound::fp32, "onednn " + what));
-                worst_native = std::max(
-                    worst_native,
-                    check_product(m, x, batch, y_native, q8 ? Bound::q8_native : Bound::fp32, "native " + what));
+                // nf4's native dot uses int8 levels round(127 * level) (kNf4I8), an error this bound
+                // leaves out; tests/test_quant_kernels.cpp measures that path.
+                if (dtype != DType::nf4)
+                    worst_native = std::max(worst_native, check_product(m, x, batch, y_native,
+                                                                        block ? Bound::q8_native : Bound::fp32,
+                                                                        "native " + what));
                 products++;
             }
         }
-        MESSAGE(std::string(dtype_name(dtype)) << ": " << products << " products, largest |dy| / bound: onednn "
-                                               << worst_onednn << ", native " << worst_native);
+        MESSAGE(std::string(dtype_name(dtype))
+                << ": " << products << " products, largest |dy| / bound: onednn " << worst_onednn << ", native "
+                << (dtype == DType::nf4 ? std::string("(not bounded here)") : std::to_string(worst_native)));
     }
-    // f32 is read in place; f16 and q8_0 are copied once.
+    // f32 is read in place; the others are copied once.
     MESSAGE("weight copies held: " << onednn.cached_bytes() << " bytes");
     CHECK(onednn.cached_bytes() > 0);
 }
 
 TEST_CASE("onednn gemm: every batch 1..130 on one odd shape, primitives made once per shape") {
     OnednnGemm onednn;
-    for (DType dtype : {DType::f32, DType::f16, DType::q8_0}) {
+    for (DType dtype : {DType::f32, DType::f16, DType::q8_0, DType::q4_0}) {
         const Matrix m = make_matrix(dtype, 45, 70, 7);
         const size_t copies_before = onednn.cached_bytes();
         double worst = 0.0;
@@ -210,9 +216,9 @@ TEST_CASE("onednn gemm: every batch 1..130 on one odd shape, primitives made onc
         MESSAGE(std::string(dtype_name(dtype))
                 << " 45x70, batches 1..130: largest |dy| / bound " << worst << ", implementation "
                 << onednn.implementation(m.weight, 64) << ", weight copy " << copy << " bytes");
-        // One copy per weight, whatever the batch: f32 none, f16 4 bytes / weight, q8_0 1 byte + 8 / row.
+        // One copy per weight, whatever the batch: f32 none, f16 and q4_0 4 bytes / weight, q8_0 1 byte + 8 / row.
         if (dtype == DType::f32) CHECK(copy == 0);
-        if (dtype == DType::f16) CHECK(copy >= 45u * 70u * 4u);
+        if (dtype == DType::f16 || dtype == DType::q4_0) CHECK(copy >= 45u * 70u * 4u);
         if (dtype == DType::q8_0) CHECK(copy >= 45u * 70u + 45u * 8u);
         CHECK(copy < 2u * 45u * 70u * 4u + 4096u);
     }
@@ -234,10 +240,11 @@ TEST_CASE("onednn gemm: edge cases") {
     for (float v : y1) CHECK(v == 0.0f);
     // batch 0 touches nothing.
     onednn.run(m.weight, x.data(), 0, y1.data());
-    // Dtypes without a path are refused, not guessed.
-    const Matrix q4 = make_matrix(DType::q4_0, 8, 64, 5);
-    CHECK_FALSE(OnednnGemm::handles(q4.weight));
-    CHECK_THROWS_AS(onednn.run(q4.weight, x.data(), 1, y1.data()), Error);
+    // Shapes without a path are refused, not guessed: q8_0 past 65536 columns would overflow the
+    // u8 * s8 sums.
+    const Weight wide{DType::q8_0, 1, 65568, m.bytes.data()};
+    CHECK_FALSE(OnednnGemm::handles(wide));
+    CHECK_THROWS_AS(onednn.run(wide, x.data(), 1, y1.data()), Error);
     CHECK(OnednnGemm::handles(m.weight));
 }
 
@@ -273,26 +280,30 @@ TEST_CASE("gemm provider names") {
     }
 }
 
-TEST_CASE("gemm dispatch: onednn falls back to native for other dtypes; auto picks one and stays within bounds") {
+TEST_CASE("gemm dispatch: onednn falls back to native where it has no path; auto picks one and stays within bounds") {
     const Matrix f32 = make_matrix(DType::f32, 256, 64, 21);
     const Matrix q8 = make_matrix(DType::q8_0, 184, 64, 22);
     const Matrix q4 = make_matrix(DType::q4_0, 64, 96, 23);
-    const std::vector<float> x = gaussian(100 * 96, 24);
+    const Matrix wide = make_matrix(DType::q8_0, 2, 65568, 25);  // past the u8 * s8 sums' range
+    const std::vector<float> x = gaussian(65 * 65568, 24);
 
     GemmDispatch onednn(GemmProvider::onednn);
     std::vector<float> y(100 * 256), ref(100 * 256);
-    onednn.run(q4.weight, x.data(), 100, y.data(), "w_q4");
-    gemm_native(q4.weight, x.data(), 100, ref.data());
-    CHECK(std::equal(ref.begin(), ref.begin() + 100 * 64, y.begin()));
+    onednn.run(wide.weight, x.data(), 65, y.data(), "w_wide");
+    gemm_native(wide.weight, x.data(), 65, ref.data());
+    CHECK(std::equal(ref.begin(), ref.begin() + 65 * 2, y.begin()));
     onednn.run(f32.weight, x.data(), 100, y.data(), "in_proj");
     check_product(f32, x, 100, y, Bound::fp32, "dispatch onednn f32");
+    onednn.run(q4.weight, x.data(), 100, y.data(), "w_q4");
+    check_product(q4, x, 100, y, Bound::fp32, "dispatch onednn q4 (FP32 copy)");
     const std::string text = onednn.describe();
     MESSAGE(text);
-    CHECK(text.find("w_q4 q4 64x96 batch 65..128: native (no oneDNN path for q4)") != std::string::npos);
+    CHECK(text.find("w_wide q8 2x65568 batch 65..128: native (no oneDNN path for q8)") != std::string::npos);
     CHECK(text.find("in_proj fp32 256x64 batch 65..128: onednn (") != std::string::npos);
+    CHECK(text.find("w_q4 q4 64x96 batch 65..128: onednn (") != std::string::npos);
 
     GemmDispatch automatic(GemmProvider::automatic);
-    for (const Matrix* m : {&f32, &q8}) {
+    for (const Matrix* m : {&f32, &q8, &q4}) {
         for (int32_t batch : {1, 8, 100}) {
             std::vector<float> first(static_cast<size_t>(batch) * m->weight.rows);
             automatic.run(m->weight, x.data(), batch, first.data(), "w");
@@ -307,8 +318,11 @@ TEST_CASE("gemm dispatch: onednn falls back to native for other dtypes; auto pic
             REQUIRE((c.used == GemmProvider::native || c.used == GemmProvider::onednn));
             CHECK(c.native_us > 0.0);
             CHECK(c.onednn_us > 0.0);
-            const bool q = m->weight.dtype == DType::q8_0;
-            const Bound bound = !q ? Bound::fp32 : c.used == GemmProvider::onednn ? Bound::q8_onednn : Bound::q8_native;
+            const DType t = m->weight.dtype;
+            const Bound bound = t == DType::f32                 ? Bound::fp32
+                                : c.used == GemmProvider::native ? Bound::q8_native
+                                : t == DType::q8_0               ? Bound::q8_onednn
+                                                                 : Bound::fp32;
             check_product(*m, x, batch, first, bound, "auto first call " + name_of(m->weight, batch));
             // Later calls go to the chosen provider: the same bits as calling it directly.
             std::vector<float> later(first.size()), direct(first.size());
@@ -326,7 +340,7 @@ TEST_CASE("gemm dispatch: onednn falls back to native for other dtypes; auto pic
         }
     }
     MESSAGE(automatic.describe());
-    CHECK(automatic.choices().size() == 6);
+    CHECK(automatic.choices().size() == 9);
 }
 
 TEST_CASE("gemm dispatch: one instance shared by threads gives each the single-thread result") {
