@@ -7,18 +7,18 @@
 //   batch_tok_s     --batch sequences decoded in lockstep with --threads threads (median step)
 //   peak_rss_kb     the process's peak resident memory (getrusage)
 // GFLOP/s count the multiply-adds of the matrix products a token needs (2 FLOP each; the MoE
-// counts its top_k experts); the FMA peak assumes two FMA pipes of the widest vector the CPU
-// dispatches to, at the clock /proc/cpuinfo reports (override with --peak-gflops).
+// counts its top_k experts), against one core's FP32 FMA peak on the widest vectors the kernels
+// use, measured at start (bench/fma_peak.h; override with --peak-gflops).
 #include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <string>
 #include <vector>
 
+#include "bench/fma_peak.h"
 #include "common/cli_parse.h"
 #include "common/error.h"
 #include "kernels_cuda/cuda_backend.h"
@@ -73,14 +73,6 @@ double macs_per_token(const itera::ModelConfig& c) {
 
 int32_t argmax(const float* v, int32_t n) { return static_cast<int32_t>(std::max_element(v, v + n) - v); }
 
-double cpu_mhz() {
-    std::ifstream in("/proc/cpuinfo");
-    std::string line;
-    while (std::getline(in, line))
-        if (line.rfind("cpu MHz", 0) == 0) return std::stod(line.substr(line.find(':') + 1));
-    return 0;
-}
-
 // Deterministic prompt ids the model knows (spread over its vocabulary rows).
 std::vector<int32_t> prompt_ids(const itera::Model& m, int32_t n) {
     std::vector<int32_t> ids;
@@ -129,7 +121,7 @@ int run(int argc, char** argv) {
     app.add_option("-n,--tokens", args.tokens, "tokens decoded per measurement")->check(CLI::Range(1, 1 << 24));
     app.add_option("--prompt", args.prompt, "prompt length of the prefill measurement")->check(CLI::Range(1, 1 << 16));
     app.add_option("-r,--repeat", args.repeat, "repetitions; medians are reported")->check(CLI::Range(1, 1000));
-    app.add_option("--peak-gflops", args.peak_gflops, "one core's FMA peak, GFLOP/s (default: estimated)");
+    app.add_option("--peak-gflops", args.peak_gflops, "one core's FMA peak, GFLOP/s (default: measured at start)");
     app.add_option("--kernels", args.kernels, "products over many rows: native, onednn or auto (the faster per shape)")
         ->check(CLI::IsMember({"native", "onednn", "auto"}));
     app.add_flag("--json", args.json, "print one JSON object");
@@ -198,7 +190,7 @@ int run(int argc, char** argv) {
     getrusage(RUSAGE_SELF, &usage);
     const double flop = 2 * macs_per_token(m.config);
     const bool wide = std::string(itera::kernel_path_name()) == "avx512";
-    const double peak = args.peak_gflops > 0 ? args.peak_gflops : cpu_mhz() * 1e-3 * 2 * (wide ? 16 : 8) * 2;
+    const double peak = args.peak_gflops > 0 ? args.peak_gflops : measured_fma_peak_gflops(wide);
     const double decode = median(decode_tok_s), prefill_ms = median(prefill_s) * 1e3, batch_rate = median(batch_tok_s);
     const double decode_gflops = decode * flop * 1e-9, batch_gflops = batch_rate * flop * 1e-9;
     const double prefill_tok_s = prompt / (prefill_ms * 1e-3);

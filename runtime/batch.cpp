@@ -1,6 +1,9 @@
 #include "runtime/batch.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
+#include <chrono>
 
 #include "common/error.h"
 
@@ -38,18 +41,46 @@ Batch::~Batch() {
     for (std::thread& t : pool_) t.join();
 }
 
+namespace {
+
+// Spins (with pause) until done() or about kSpinMicros have passed; true when done() held. The
+// lockstep steps of a batch come back to back, and waking a sleeping thread costs tens of
+// microseconds on a virtual machine (measured: 2 threads decoded 64 sequences of the micro model
+// only 1.15x faster than 1 while every step slept and woke); a short spin keeps the pool awake
+// between steps and still lets it sleep when the caller stops feeding it.
+constexpr int64_t kSpinMicros = 200;
+
+template <class Done>
+bool spin_until(Done done) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+    for (;;) {
+        for (int i = 0; i < 64; i++) {
+            if (done()) return true;
+            _mm_pause();
+        }
+        if (std::chrono::steady_clock::now() > until) return done();
+    }
+}
+
+}  // namespace
+
 void Batch::worker_loop(int32_t worker) {
     uint64_t seen = 0;
     for (;;) {
-        std::unique_lock<std::mutex> lock(mutex_);
-        start_.wait(lock, [&] { return stop_ || generation_ != seen; });
-        if (stop_) return;
-        seen = generation_;
-        const int32_t* tokens = current_tokens_;
-        lock.unlock();
-        run_range(worker, tokens);
-        lock.lock();
-        if (--pending_ == 0) done_.notify_one();
+        const auto ready = [&] {
+            return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen;
+        };
+        if (!spin_until(ready)) {
+            std::unique_lock<std::mutex> lock(mutex_);
+            start_.wait(lock, ready);
+        }
+        if (stop_.load(std::memory_order_acquire)) return;
+        seen = generation_.load(std::memory_order_acquire);
+        run_range(worker, current_tokens_);
+        if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            done_.notify_one();
+        }
     }
 }
 
@@ -58,18 +89,22 @@ void Batch::eval(const int32_t* tokens) {
         if (model_.row_of(tokens[i]) < 0)
             throw Error("sequence " + std::to_string(i) + ": token id " + std::to_string(tokens[i]) +
                         " is not in the model's vocabulary");
-    if (threads_ > 1) {
+    if (threads_ == 1) {
+        run_range(0, tokens);
+        return;
+    }
+    current_tokens_ = tokens;
+    pending_.store(threads_ - 1, std::memory_order_relaxed);
+    {
+        std::lock_guard<std::mutex> lock(mutex_);  // a worker about to sleep sees the new generation
+        generation_.fetch_add(1, std::memory_order_release);
+    }
+    start_.notify_all();
+    run_range(0, tokens);
+    const auto finished = [&] { return pending_.load(std::memory_order_acquire) == 0; };
+    if (!spin_until(finished)) {
         std::unique_lock<std::mutex> lock(mutex_);
-        current_tokens_ = tokens;
-        pending_ = threads_ - 1;
-        generation_++;
-        lock.unlock();
-        start_.notify_all();
-        run_range(0, tokens);
-        lock.lock();
-        done_.wait(lock, [&] { return pending_ == 0; });
-    } else {
-        run_range(0, tokens);
+        done_.wait(lock, finished);
     }
 }
 

@@ -4,6 +4,7 @@
 // threads never split a single matrix product.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -58,14 +59,15 @@ private:
     std::vector<std::unique_ptr<Worker>> workers_;
     std::vector<int32_t> range_begin_;  // worker w owns sequences [range_begin_[w], range_begin_[w + 1])
 
-    // The pool: workers 1.. wait for a new generation, run their range, count down.
+    // The pool: workers 1.. wait for a new generation (spinning briefly, then asleep), run their
+    // range, count down; eval waits for the count to reach zero the same way.
     std::vector<std::thread> pool_;
     std::mutex mutex_;
     std::condition_variable start_, done_;
-    uint64_t generation_ = 0;
-    int32_t pending_ = 0;
-    bool stop_ = false;
-    const int32_t* current_tokens_ = nullptr;
+    std::atomic<uint64_t> generation_{0};
+    std::atomic<int32_t> pending_{0};
+    std::atomic<bool> stop_{false};
+    const int32_t* current_tokens_ = nullptr;  // written before generation_ is raised
 };
 
 }  // namespace itera
