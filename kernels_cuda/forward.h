@@ -122,9 +122,10 @@ ITERA_HD inline Tile tile_at(const Scratch& s, unsigned char* base) {
 
 ITERA_HD inline bool has_row(uint32_t mask, int32_t r) { return (mask >> r) & 1u; }
 
-// y[r, o] = W[o, :] . in_r for the rows r in mask: a team per output row o. x / xq are the float
-// and quantized inputs (xq only read for block formats). The result goes to y + yrow(r) * ys + o,
-// where yrow(r) = r, or yrow[r] when yrow is given (the logits rows).
+// y[r, o] = W[o, :] . in_r for the rows r in mask. One row: a team (warp) per kOneRowOuts output
+// rows, lanes splitting each row; several: a thread per output row (dot_full). x / xq are the
+// float and quantized inputs (xq only read for block formats). The result goes to
+// y + yrow(r) * ys + o, where yrow(r) = r, or yrow[r] when yrow is given (the logits rows).
 template <class G>
 ITERA_HD void gemm(G& g, const Weight& w, const float* x, int32_t xs, const ActQ8* xq, int32_t xqs, uint32_t mask,
                    float* y, int64_t ys, const int32_t* yrow) {
@@ -153,18 +154,16 @@ ITERA_HD void gemm(G& g, const Weight& w, const float* x, int32_t xs, const ActQ
         }
         return;
     }
-    for (int32_t o = g.team; o < w.rows; o += g.teams) {
+    // Several rows (a batch tile): a thread per output row, each of its dot products whole.
+    const uint8_t* base = static_cast<const uint8_t*>(w.data);
+    for (int32_t o = g.tid; o < w.rows; o += g.nthreads) {
         float acc[kMaxRows];
         ITERA_UNROLL
         for (int r = 0; r < kMaxRows; r++) acc[r] = 0.0f;
-        dot_rows<kMaxRows>(w.dtype, static_cast<const uint8_t*>(w.data) + o * rb, w.cols, x, xs, xq, xqs, mask, g.lane,
-                           g.lanes, acc);
+        dot_full<kMaxRows>(w.dtype, base + o * rb, w.cols, x, xs, xq, xqs, mask, acc);
         ITERA_UNROLL
-        for (int r = 0; r < kMaxRows; r++) {
-            if (!has_row(mask, r)) continue;
-            const float sum = g.team_sum(acc[r]);
-            if (g.lane == 0) y[(yrow ? yrow[r] : r) * ys + o] = sum;
-        }
+        for (int r = 0; r < kMaxRows; r++)
+            if (has_row(mask, r)) y[(yrow ? yrow[r] : r) * ys + o] = acc[r];
     }
 }
 

@@ -90,6 +90,19 @@ ITERA_HD inline float silu(float v) { return v / (1.0f + expf(-v)); }
 ITERA_HD inline float gelu(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
 ITERA_HD inline float softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
 
+// Four floats at a 16-byte aligned address (one 128-bit load on the device).
+ITERA_HD inline void load4(const float* p, float* out) {
+#ifdef __CUDA_ARCH__
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    out[0] = v.x;
+    out[1] = v.y;
+    out[2] = v.z;
+    out[3] = v.w;
+#else
+    std::memcpy(out, p, 4 * sizeof(float));
+#endif
+}
+
 // __dp4a: c + the dot product of the four signed bytes of a and b.
 ITERA_HD inline int32_t dp4a(int32_t a, int32_t b, int32_t c) {
 #ifdef __CUDA_ARCH__

@@ -4,7 +4,9 @@
 // meets its activation block as an integer dot, so the device computes the CPU's integers; only the
 // FP32 summation order of the scaled partial sums differs.
 //
-// A row is split into units that the lanes of a warp take in turn (lane, lane + lanes, ...):
+// A product over one input row (dot_outs) splits each weight row into units that the lanes of a
+// warp take in turn (lane, lane + lanes, ...); a batch tile's product (dot_full) gives each thread
+// whole weight rows instead. The units:
 //   fp32 / fp16  1 element
 //   q8_0         4 bytes of a block (4 elements), 8 units per block
 //   q4_0         4 bytes of a block (elements j..j+3 and j+16..j+19), 4 units per block
@@ -92,100 +94,11 @@ ITERA_HD inline int32_t row_units(DType t, int32_t cols) {
     }
 }
 
-// acc[r] += the units lane, lane + lanes, ... of row . x_r for every r in `mask` (bit r: row r).
-// Float inputs x (row r at x + r * xs) serve fp32 / fp16 rows; block rows read the ActQ8 rows xq
-// (row r at xq + r * xqs, act_blocks(cols) blocks each).
-template <int kRows>
-ITERA_HD inline void dot_rows(DType t, const uint8_t* row, int32_t cols, const float* x, int32_t xs, const ActQ8* xq,
-                              int32_t xqs, uint32_t mask, int lane, int lanes, float* acc) {
-    switch (t) {
-        case DType::f32: {
-            const float* w = reinterpret_cast<const float*>(row);
-            for (int32_t c = lane; c < cols; c += lanes) {
-                const float wc = w[c];
-                ITERA_UNROLL
-                for (int r = 0; r < kRows; r++)
-                    if (mask >> r & 1u) acc[r] += wc * x[r * xs + c];
-            }
-            return;
-        }
-        case DType::f16: {
-            for (int32_t c = lane; c < cols; c += lanes) {
-                const float wc = load_half(row + 2 * c);
-                ITERA_UNROLL
-                for (int r = 0; r < kRows; r++)
-                    if (mask >> r & 1u) acc[r] += wc * x[r * xs + c];
-            }
-            return;
-        }
-        case DType::q8_0: {
-            const int32_t units = row_units(t, cols);
-            for (int32_t u = lane; u < units; u += lanes) {
-                const int32_t b = u >> 3, j = u & 7;
-                const uint8_t* blk = row + 34 * b;
-                const float d = load_half(blk);
-                const int32_t w = load_i32_a2(blk + 2 + 4 * j);
-                ITERA_UNROLL
-                for (int r = 0; r < kRows; r++) {
-                    if (!(mask >> r & 1u)) continue;
-                    const ActQ8& a = xq[r * xqs + b];
-                    acc[r] += d * a.d * static_cast<float>(dp4a(w, load_i32(a.q + 4 * j), 0));
-                }
-            }
-            return;
-        }
-        case DType::q4_0: {
-            const int32_t units = row_units(t, cols);
-            for (int32_t u = lane; u < units; u += lanes) {
-                const int32_t b = u >> 2, j = u & 3;
-                const uint8_t* blk = row + 18 * b;
-                const float d = load_half(blk);
-                const int32_t w = load_i32_a2(blk + 2 + 4 * j);
-                const int32_t lo = w & 0x0f0f0f0f, hi = (w >> 4) & 0x0f0f0f0f;
-                ITERA_UNROLL
-                for (int r = 0; r < kRows; r++) {
-                    if (!(mask >> r & 1u)) continue;
-                    const ActQ8& a = xq[r * xqs + b];
-                    const int32_t xl = load_i32(a.q + 4 * j), xh = load_i32(a.q + 16 + 4 * j);
-                    // sum (n - 8) q = sum n q - 8 sum q, as the CPU kernels count it
-                    const int32_t s = dp4a(lo, xl, dp4a(hi, xh, 0)) - 8 * dp4a(0x01010101, xl, dp4a(0x01010101, xh, 0));
-                    acc[r] += d * a.d * static_cast<float>(s);
-                }
-            }
-            return;
-        }
-        case DType::nf4: {
-            const int32_t units = row_units(t, cols);
-            const int32_t nx = (cols + 31) / 32;  // activation blocks; odd: the last nf4 block is half used
-            for (int32_t u = lane; u < units; u += lanes) {
-                const int32_t b = u >> 3, j = u & 7;
-                const uint8_t* blk = row + 34 * b;
-                const float d = load_half(blk);
-                const uint32_t w = static_cast<uint32_t>(load_i32_a2(blk + 2 + 4 * j));
-                const int32_t lo = nf4_levels(w & 0x0f0f0f0fu), hi = nf4_levels((w >> 4) & 0x0f0f0f0fu);
-                const bool has_hi = 2 * b + 1 < nx;
-                ITERA_UNROLL
-                for (int r = 0; r < kRows; r++) {
-                    if (!(mask >> r & 1u)) continue;
-                    const ActQ8& a = xq[r * xqs + 2 * b];
-                    acc[r] += d * (a.d * (1.0f / 127.0f)) * static_cast<float>(dp4a(lo, load_i32(a.q + 4 * j), 0));
-                    if (has_hi) {
-                        const ActQ8& h = xq[r * xqs + 2 * b + 1];
-                        acc[r] += d * (h.d * (1.0f / 127.0f)) * static_cast<float>(dp4a(hi, load_i32(h.q + 4 * j), 0));
-                    }
-                }
-            }
-            return;
-        }
-        default: return;
-    }
-}
-
 // The single-row case, kOut weight rows at once: acc[o] += the units lane, lane + lanes, ... of
 // (row0 + o * rb) . x for o < kOut. A decode step has one token per tile, so a team would wait on
 // one weight row's loads at a time; kOut rows give it kOut independent loads in flight, and each
-// activation unit is read once for all of them. Per row and lane the units are added in
-// dot_rows' order, so the sums are dot_rows<1>'s bits. Callers pass kOut valid rows.
+// activation unit is read once for all of them. Each lane adds its units lane, lane + lanes, ...
+// in order. Callers pass kOut valid rows.
 template <int kOut>
 ITERA_HD inline void dot_outs(DType t, const uint8_t* row0, int64_t rb, int32_t cols, const float* x, const ActQ8* xq,
                               int lane, int lanes, float* acc) {
@@ -258,6 +171,121 @@ ITERA_HD inline void dot_outs(DType t, const uint8_t* row0, int64_t rb, int32_t 
         }
         default:
             return;
+    }
+}
+
+// A batch tile's product: one thread takes weight row `row` whole against every tile row r in
+// `mask` (x_r at x + r * xs, xq_r at xq + r * xqs), acc[r] += row . x_r. With a thread per output
+// row no warp reduction is needed; a warp per output row, lanes splitting the row, needed one per
+// output and tile row, and those shuffles bounded large batches. Each weight word is loaded once
+// for all tile rows; fp32 / fp16 read 4 inputs at a time when rows and strides allow.
+template <int kRows>
+ITERA_HD inline void dot_full(DType t, const uint8_t* row, int32_t cols, const float* x, int32_t xs, const ActQ8* xq,
+                              int32_t xqs, uint32_t mask, float* acc) {
+    switch (t) {
+        case DType::f32:
+        case DType::f16: {
+            const bool f16 = t == DType::f16;
+            const uintptr_t align = f16 ? 8 : 16;
+            const bool vec = cols % 4 == 0 && xs % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                             reinterpret_cast<uintptr_t>(row) % align == 0;
+            int32_t c = 0;
+            if (vec)
+                for (; c < cols; c += 4) {
+                    float w4[4];
+                    if (f16)
+                        for (int k = 0; k < 4; k++) w4[k] = load_half(row + 2 * (c + k));
+                    else
+                        load4(reinterpret_cast<const float*>(row) + c, w4);
+                    ITERA_UNROLL
+                    for (int r = 0; r < kRows; r++) {
+                        if (!(mask >> r & 1u)) continue;
+                        float x4[4];
+                        load4(x + r * xs + c, x4);
+                        acc[r] += w4[0] * x4[0];
+                        acc[r] += w4[1] * x4[1];
+                        acc[r] += w4[2] * x4[2];
+                        acc[r] += w4[3] * x4[3];
+                    }
+                }
+            for (; c < cols; c++) {
+                const float wc = f16 ? load_half(row + 2 * c) : reinterpret_cast<const float*>(row)[c];
+                ITERA_UNROLL
+                for (int r = 0; r < kRows; r++)
+                    if (mask >> r & 1u) acc[r] += wc * x[r * xs + c];
+            }
+            return;
+        }
+        case DType::q8_0: {
+            for (int32_t b = 0; b < (cols + 31) / 32; b++) {
+                const uint8_t* blk = row + 34 * b;
+                const float d = load_half(blk);
+                int32_t w[8];
+                for (int j = 0; j < 8; j++) w[j] = load_i32_a2(blk + 2 + 4 * j);
+                ITERA_UNROLL
+                for (int r = 0; r < kRows; r++) {
+                    if (!(mask >> r & 1u)) continue;
+                    const ActQ8& a = xq[r * xqs + b];
+                    int32_t s = 0;
+                    for (int j = 0; j < 8; j++) s = dp4a(w[j], load_i32(a.q + 4 * j), s);
+                    acc[r] += d * a.d * static_cast<float>(s);
+                }
+            }
+            return;
+        }
+        case DType::q4_0: {
+            for (int32_t b = 0; b < (cols + 31) / 32; b++) {
+                const uint8_t* blk = row + 18 * b;
+                const float d = load_half(blk);
+                int32_t lo[4], hi[4];  // nibbles of elements 4j..4j+3 and 16+4j..16+4j+3
+                for (int j = 0; j < 4; j++) {
+                    const int32_t w = load_i32_a2(blk + 2 + 4 * j);
+                    lo[j] = w & 0x0f0f0f0f;
+                    hi[j] = (w >> 4) & 0x0f0f0f0f;
+                }
+                ITERA_UNROLL
+                for (int r = 0; r < kRows; r++) {
+                    if (!(mask >> r & 1u)) continue;
+                    const ActQ8& a = xq[r * xqs + b];
+                    int32_t s = 0;
+                    for (int j = 0; j < 4; j++)
+                        s = dp4a(lo[j], load_i32(a.q + 4 * j), dp4a(hi[j], load_i32(a.q + 16 + 4 * j), s));
+                    // sum (n - 8) q = sum n q - 8 sum q
+                    acc[r] += d * a.d * static_cast<float>(s - 8 * a.sum);
+                }
+            }
+            return;
+        }
+        case DType::nf4: {
+            const int32_t nx = (cols + 31) / 32;  // activation blocks; odd: the last nf4 block is half used
+            for (int32_t b = 0; b < (cols + 63) / 64; b++) {
+                const uint8_t* blk = row + 34 * b;
+                const float d = load_half(blk);
+                const bool has_hi = 2 * b + 1 < nx;
+                int32_t lo[8], hi[8];  // int8 levels of activation blocks 2b and 2b + 1
+                for (int j = 0; j < 8; j++) {
+                    const uint32_t w = static_cast<uint32_t>(load_i32_a2(blk + 2 + 4 * j));
+                    lo[j] = nf4_levels(w & 0x0f0f0f0fu);
+                    hi[j] = nf4_levels((w >> 4) & 0x0f0f0f0fu);
+                }
+                ITERA_UNROLL
+                for (int r = 0; r < kRows; r++) {
+                    if (!(mask >> r & 1u)) continue;
+                    const ActQ8& a = xq[r * xqs + 2 * b];
+                    int32_t s = 0;
+                    for (int j = 0; j < 8; j++) s = dp4a(lo[j], load_i32(a.q + 4 * j), s);
+                    acc[r] += d * (a.d * (1.0f / 127.0f)) * static_cast<float>(s);
+                    if (has_hi) {
+                        const ActQ8& h = xq[r * xqs + 2 * b + 1];
+                        int32_t sh = 0;
+                        for (int j = 0; j < 8; j++) sh = dp4a(hi[j], load_i32(h.q + 4 * j), sh);
+                        acc[r] += d * (h.d * (1.0f / 127.0f)) * static_cast<float>(sh);
+                    }
+                }
+            }
+            return;
+        }
+        default: return;
     }
 }
 

@@ -149,7 +149,7 @@ TEST_CASE("cuda: activation quantization and block dots give the CPU's integers"
     std::mt19937 rng(11);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     const int32_t R = 3;
-    for (int32_t cols : {32, 40, 96, 100, 160}) {
+    for (int32_t cols : {32, 37, 40, 96, 100, 160}) {  // 37: fp32 / fp16 one element at a time
         // Input rows, one with a tiny block, and the CPU's quantization of each.
         std::vector<float> x(static_cast<size_t>(R * cols));
         for (float& v : x) v = normal(rng);
@@ -186,29 +186,52 @@ TEST_CASE("cuda: activation quantization and block dots give the CPU's integers"
             const Weight w{t, rows, cols, bytes.data()};
             std::vector<float> want(static_cast<size_t>(rows));
             std::vector<float> deq(static_cast<size_t>(cols));
+            // The CPU's rows: want[r * rows + o].
+            std::vector<float> want_all(static_cast<size_t>(R * rows));
+            for (int32_t r = 0; r < R; r++) {
+                if (is_quantized(t))
+                    matvec_quant(KernelPath::scalar, w, cpu.data() + r * nb, want.data());
+                else
+                    ref::matvec(w, x.data() + r * cols, want.data());
+                std::copy(want.begin(), want.end(), want_all.begin() + r * rows);
+            }
+            const auto rel = [&](float got, int32_t r, int32_t o) {
+                const float v = want_all[static_cast<size_t>(r * rows + o)];
+                return std::fabs(got - v) / (1.0f + std::fabs(v));
+            };
+            const int64_t rb = static_cast<int64_t>(dtype_row_bytes(t, cols));
+            // One input row (dot_outs), a weight row split over 1, 3 and 32 lanes, 1 and 4 rows at once.
             for (int32_t lanes : {1, 3, 32}) {
                 float worst = 0.0f;
-                for (int32_t r = 0; r < R; r++) {
-                    if (is_quantized(t))
-                        matvec_quant(KernelPath::scalar, w, cpu.data() + r * nb, want.data());
-                    else
-                        ref::matvec(w, x.data() + r * cols, want.data());
+                for (int32_t r = 0; r < R; r++)
                     for (int32_t o = 0; o < rows; o++) {
-                        float acc[kMaxRows] = {};
-                        const uint8_t* wrow = bytes.data() + static_cast<size_t>(o) * dtype_row_bytes(t, cols);
-                        float sum = 0.0f;
+                        float one = 0.0f, four[4] = {};
                         for (int lane = 0; lane < lanes; lane++) {
-                            std::fill(acc, acc + kMaxRows, 0.0f);
-                            dot_rows<kMaxRows>(t, wrow, cols, x.data(), cols, gpu.data(), nb, 1u << r, lane, lanes,
-                                               acc);
-                            sum += acc[r];
+                            float acc[1] = {};
+                            dot_outs<1>(t, bytes.data() + o * rb, rb, cols, x.data() + r * cols, gpu.data() + r * nb,
+                                        lane, lanes, acc);
+                            one += acc[0];
+                            if (o + 4 <= rows) {
+                                float acc4[4] = {};
+                                dot_outs<4>(t, bytes.data() + o * rb, rb, cols, x.data() + r * cols,
+                                            gpu.data() + r * nb, lane, lanes, acc4);
+                                for (int k = 0; k < 4; k++) four[k] += acc4[k];
+                            }
                         }
-                        worst = worse(worst, std::fabs(sum - want[static_cast<size_t>(o)]) /
-                                                 (1.0f + std::fabs(want[static_cast<size_t>(o)])));
+                        worst = worse(worst, rel(one, r, o));
+                        if (o + 4 <= rows)
+                            for (int k = 0; k < 4; k++) worst = worse(worst, rel(four[k], r, o + k));
                     }
-                }
                 CHECK_MESSAGE(worst < 1e-5f, dtype_name(t) << " cols " << cols << " lanes " << lanes << ": " << worst);
             }
+            // A batch tile (dot_full): every input row at once, each weight row whole.
+            float worst_full = 0.0f;
+            for (int32_t o = 0; o < rows; o++) {
+                float acc[kMaxRows] = {};
+                dot_full<kMaxRows>(t, bytes.data() + o * rb, cols, x.data(), cols, gpu.data(), nb, (1u << R) - 1, acc);
+                for (int32_t r = 0; r < R; r++) worst_full = worse(worst_full, rel(acc[r], r, o));
+            }
+            CHECK_MESSAGE(worst_full < 1e-5f, dtype_name(t) << " cols " << cols << " dot_full: " << worst_full);
             // load_element dequantizes as ref::load_row does.
             bool rows_same = true;
             for (int32_t r = 0; r < rows; r++) {
@@ -229,8 +252,9 @@ TEST_CASE("cuda: activation quantization and block dots give the CPU's integers"
     CHECK(out[0].sum == 0);
     CHECK(out[1].d == doctest::Approx(1.0f / 127.0f));
     MESSAGE(
-        "ActQ8 blocks bit-equal to quantize_activation; fp32/fp16/q8/q4/nf4 row dots split over 1, 3 and 32 "
-        "lanes within 1e-5 (relative) of the CPU kernels; load_element equals ref::load_row");
+        "ActQ8 blocks bit-equal to quantize_activation; fp32/fp16/q8/q4/nf4 row dots (split over 1, 3 and 32 "
+        "lanes, 1 and 4 rows at once; and whole rows against 3 inputs at once) within 1e-5 (relative) of the CPU "
+        "kernels; load_element equals ref::load_row");
 }
 
 TEST_CASE("cuda: scratch layout and tile shapes") {
