@@ -142,13 +142,13 @@ constexpr DenseKernels dense_kernels() {
             const F v = F::load_unaligned(x + i);
             linear += xsimd::max(v, F(0.0f));
             product *= F(1.0f) + xsimd::exp(-xsimd::abs(v));
-            if (++factors == 8) {
-                logs += xsimd::log(product);
+            if (++factors == 8) {  // log1p(p - 1), p - 1 exact: xsimd 8.1's AVX-512 log fails to compile at -O0
+                logs += xsimd::log1p(product - F(1.0f));
                 product = F(1.0f);
                 factors = 0;
             }
         }
-        if (factors > 0) logs += xsimd::log(product);
+        if (factors > 0) logs += xsimd::log1p(product - F(1.0f));
         float sum = xsimd::hadd(linear + logs);
         for (; i < n; i++) sum += x[i] > 20.0f ? x[i] : __builtin_log1pf(__builtin_expf(x[i]));
         return sum / static_cast<float>(n);
