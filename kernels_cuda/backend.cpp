@@ -35,6 +35,8 @@ struct Backend::Impl {
     int32_t* tokens = nullptr;
     float* logits = nullptr;
     unsigned char* tile_scratch = nullptr;  // global scratch, when shared memory is too small
+    float* head_in = nullptr;               // the head launch's inputs (ForwardArgs)
+    ActQ8* head_q = nullptr;
     Job* jobs_host = nullptr;
     int32_t* tokens_host = nullptr;
     float* logits_host = nullptr;
@@ -87,6 +89,9 @@ struct Backend::Impl {
         if (global_scratch)  // at most one tile per job
             tile_scratch = static_cast<unsigned char*>(
                 exec->alloc(static_cast<size_t>(scratch.bytes) * static_cast<size_t>(caps.jobs)));
+        head_in = static_cast<float*>(exec->alloc(sizeof(float) * kMaxRows * static_cast<size_t>(fwd.hidden)));
+        head_q = static_cast<ActQ8*>(
+            exec->alloc(sizeof(ActQ8) * kMaxRows * static_cast<size_t>((fwd.hidden + kActBlock - 1) / kActBlock)));
         seqs.resize(static_cast<size_t>(options.max_seqs));
     }
 
@@ -124,6 +129,11 @@ struct Backend::Impl {
         args.state = state;
         args.logits = logits;
         args.global_scratch = tile_scratch;
+        if (rows > 0 && rows <= kMaxRows && fwd.vocab > kHeadRowsPerBlock) {
+            args.head_rows = rows;
+            args.head_in = head_in;
+            args.head_q = head_q;
+        }
         const TileShape shape = tile_shape(scratch.rows, limits.sm_count, args.n_jobs, max_tokens);
         args.seqs_per_tile = shape.seqs;
         args.chunk = shape.chunk;

@@ -1,5 +1,6 @@
-// The device side: forward.h's body as a CUDA kernel (one thread block per tile, a warp per team)
-// and the Executor that allocates, copies and launches on device 0, each launch shape captured
+// The device side: forward.h's body as a CUDA kernel (one thread block per tile, a warp per team),
+// then, for launches with few logits rows, the LM head as a second kernel over many blocks; and the
+// Executor that allocates, copies and launches on device 0, each launch shape captured
 // once as a CUDA graph (copies in, kernel, copy out) and replayed.
 #include <cuda_runtime.h>
 
@@ -51,6 +52,11 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const ForwardArgs arg
                               ? args.global_scratch + static_cast<int64_t>(blockIdx.x) * args.scratch.bytes
                               : shared_scratch;
     forward_tile(g, args, static_cast<int32_t>(blockIdx.x), base);
+}
+
+__global__ void __launch_bounds__(kThreads) head_kernel(const ForwardArgs args) {
+    DeviceGroup g;
+    head_block(g, args, static_cast<int32_t>(blockIdx.x));
 }
 
 void check(cudaError_t e, const char* what) {
@@ -156,6 +162,10 @@ private:
                     return e;
         forward_kernel<<<shape.tiles, kThreads, smem, stream_>>>(args);
         if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+        if (args.head_rows > 0) {
+            head_kernel<<<head_blocks(args.model), kThreads, 0, stream_>>>(args);
+            if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+        }
         if (out.bytes) return cudaMemcpyAsync(out.dst, out.src, out.bytes, cudaMemcpyDeviceToHost, stream_);
         return cudaSuccess;
     }
@@ -172,6 +182,7 @@ private:
                                           static_cast<int64_t>(in[0].bytes),
                                           static_cast<int64_t>(in[1].bytes),
                                           static_cast<int64_t>(out.bytes),
+                                          args.head_rows,
                                           reinterpret_cast<int64_t>(args.jobs),
                                           reinterpret_cast<int64_t>(args.logits)};
         auto it = cache_.find(key);

@@ -101,6 +101,10 @@ public:
                     args.global_scratch ? args.global_scratch + tile * args.scratch.bytes : shared.data();
                 forward_tile(g, args, tile, base);
             }
+            if (args.head_rows > 0) {  // the head launch, after every tile
+                g.sync();
+                for (int32_t b = 0; b < head_blocks(args.model); b++) head_block(g, args, b);
+            }
         };
         std::vector<std::thread> pool;
         for (int t = 1; t < threads; t++) pool.emplace_back(body, t);

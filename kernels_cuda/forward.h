@@ -94,7 +94,18 @@ struct ForwardArgs {
     float* state = nullptr;           // [slots][model.state_floats]
     float* logits = nullptr;          // [rows][model.vocab]
     unsigned char* global_scratch = nullptr;  // null: shared memory; else scratch.bytes per tile
+    // The LM head in a second launch over many blocks (head_block), for launches with at most
+    // kMaxRows logits rows: the tiles leave each logits row's final LayerNorm output (and its q8
+    // blocks) in head_in / head_q at the row's index. head_rows = 0: the tiles compute the head.
+    int32_t head_rows = 0;
+    float* head_in = nullptr;  // [kMaxRows][model.hidden]
+    ActQ8* head_q = nullptr;   // [kMaxRows][act_blocks(model.hidden)]
 };
+
+constexpr int32_t kHeadRowsPerBlock = 64;  // vocabulary rows per block of the head launch
+
+// Blocks of the head launch.
+ITERA_HD inline int32_t head_blocks(const FwdModel& m) { return (m.vocab + kHeadRowsPerBlock - 1) / kHeadRowsPerBlock; }
 
 // The tile's scratch, typed.
 struct Tile {
@@ -479,10 +490,37 @@ ITERA_HD void forward_tile(G& g, const ForwardArgs& a, int32_t tile, unsigned ch
                 quantize_rows(g, t.a, sc.sa, H, lmask, t.act0, sc.sact0);
                 g.sync();
             }
-            gemm(g, m.lm_head, t.a, sc.sa, t.act0, sc.sact0, lmask, a.logits, m.vocab, t.lrow);
+            if (a.head_rows > 0) {
+                const int32_t nb = (H + kActBlock - 1) / kActBlock;
+                const bool q8 = is_block(m.lm_head.dtype);
+                for (int32_t i = g.tid; i < kMaxRows * H; i += g.nthreads) {
+                    const int32_t r = i / H, h = i % H;
+                    if (!has_row(lmask, r)) continue;
+                    a.head_in[t.lrow[r] * H + h] = t.a[r * sc.sa + h];
+                    if (q8 && h < nb) a.head_q[t.lrow[r] * nb + h] = t.act0[r * sc.sact0 + h];
+                }
+            } else {
+                gemm(g, m.lm_head, t.a, sc.sa, t.act0, sc.sact0, lmask, a.logits, m.vocab, t.lrow);
+            }
         }
         g.sync();  // the next chunk rewrites the scratch
     }
+}
+
+// Block `block` of the head launch: vocabulary rows [block * kHeadRowsPerBlock, ...) of every
+// logits row, from head_in / head_q (ForwardArgs).
+template <class G>
+ITERA_HD void head_block(G& g, const ForwardArgs& a, int32_t block) {
+    const FwdModel& m = a.model;
+    const int32_t o0 = block * kHeadRowsPerBlock;
+    const int32_t rows = m.vocab - o0 < kHeadRowsPerBlock ? m.vocab - o0 : kHeadRowsPerBlock;
+    if (rows <= 0) return;
+    Weight part = m.lm_head;
+    part.rows = rows;
+    part.data = static_cast<const uint8_t*>(m.lm_head.data) + o0 * row_bytes(m.lm_head.dtype, m.lm_head.cols);
+    const int32_t nb = (m.hidden + kActBlock - 1) / kActBlock;
+    const uint32_t mask = a.head_rows >= 32 ? 0xffffffffu : (1u << a.head_rows) - 1u;
+    gemm(g, part, a.head_in, m.hidden, a.head_q, nb, mask, a.logits + o0, m.vocab, nullptr);
 }
 
 }  // namespace itera::cuda

@@ -40,10 +40,12 @@ using test::model_from;
 using test::random_spec;
 
 // Hidden 12, max_seq_length 6: an SSM + FFN layer, an SSM + MoE layer (3 experts of different
-// widths, top-2) and an SSM layer whose channel block is the identity; inner widths differ.
+// widths, top-2) and an SSM layer whose channel block is the identity; inner widths differ. 150
+// vocabulary rows: launches with up to 16 logits rows run the head as its own launch of 3 blocks
+// (64, 64 and 22 rows), longer prefills in the tiles.
 ModelConfig small_config() {
     ModelConfig c;
-    c.vocab_size = 23;
+    c.vocab_size = 150;
     c.hidden = 12;
     c.max_seq_length = 6;
     c.tied_head = false;
@@ -99,9 +101,10 @@ BackendOptions emulated(int32_t seqs, int32_t threads = 3, int64_t smem = 96 * 1
 }
 
 // Logits bound for the emulated kernels against the CPU, relative to the logits' size: FP32
-// summation order only (the block formats compute the CPU's integers, but an activation that
-// lands on a rounding boundary may round the other way).
-float bound(DType t) { return t == DType::f32 || t == DType::f16 ? 2e-5f : 2e-3f; }
+// summation order only. The block formats compute the CPU's integers, but an activation within
+// rounding distance of a q8 boundary may round the other way, and the state carries that step
+// on: the bound is tests/test_cuda_device.cpp's (docs/cuda.md; 3.1e-3 seen here on one q4 batch).
+float bound(DType t) { return t == DType::f32 || t == DType::f16 ? 2e-5f : 5e-2f; }
 
 }  // namespace
 
@@ -479,7 +482,7 @@ TEST_CASE("cuda: emulated kernels at the shipped widths; thread counts and scrat
 TEST_CASE("cuda: bad input and the no-device error") {
     const auto model = model_from(random_spec(small_config(), DType::f32, 3));
     Backend b(*model, emulated(2));
-    const int32_t bad = 23, good = 1;
+    const int32_t bad = 150, good = 1;
     CHECK_THROWS_WITH_AS(b.run({{0, &bad, 1, Logits::last}}), doctest::Contains("not in the model's vocabulary"),
                          Error);
     CHECK_THROWS_WITH_AS(b.run({{2, &good, 1, Logits::last}}), doctest::Contains("out of range"), Error);
