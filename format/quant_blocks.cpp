@@ -21,6 +21,11 @@ void block_values(const float* x, int64_t cols, int64_t b, int block, float* out
 
 int64_t blocks(int64_t cols, int block) { return (cols + block - 1) / block; }
 
+// Elements of block b of a row of `cols` (the last block may be short).
+int block_len(int64_t cols, int64_t b, int block) {
+    return static_cast<int>(std::min<int64_t>(block, cols - b * block));
+}
+
 float q3_0_value(float d, int n) { return d * static_cast<float>(n - 4); }
 float q2_0_value(float d, int n) { return d * (static_cast<float>(n) - 1.5f); }
 
@@ -160,45 +165,56 @@ void quantize_row_q2_0(const float* x, int64_t cols, BlockQ2* out) {
     }
 }
 
+// The dequantizers convert each block's fp16 scale once, then walk its codes.
 void dequantize_row_q8_0(const BlockQ8* in, int64_t cols, float* out) {
-    for (int64_t c = 0; c < cols; c++)
-        out[c] = fp16_to_fp32(in[c / kQ8Block].d) * static_cast<float>(in[c / kQ8Block].q[c % kQ8Block]);
+    for (int64_t b = 0; b < blocks(cols, kQ8Block); b++) {
+        const float d = fp16_to_fp32(in[b].d);
+        for (int i = 0; i < block_len(cols, b, kQ8Block); i++)
+            out[b * kQ8Block + i] = d * static_cast<float>(in[b].q[i]);
+    }
 }
 
 void dequantize_row_q4_0(const BlockQ4* in, int64_t cols, float* out) {
     constexpr int half = kQ4Block / 2;
-    for (int64_t c = 0; c < cols; c++) {
-        const BlockQ4& blk = in[c / kQ4Block];
-        const int i = static_cast<int>(c % kQ4Block);
-        const int n = i < half ? blk.qs[i] & 0x0f : blk.qs[i - half] >> 4;
-        out[c] = fp16_to_fp32(blk.d) * static_cast<float>(n - 8);
+    for (int64_t b = 0; b < blocks(cols, kQ4Block); b++) {
+        const BlockQ4& blk = in[b];
+        const float d = fp16_to_fp32(blk.d);
+        for (int i = 0; i < block_len(cols, b, kQ4Block); i++) {
+            const int n = i < half ? blk.qs[i] & 0x0f : blk.qs[i - half] >> 4;
+            out[b * kQ4Block + i] = d * static_cast<float>(n - 8);
+        }
     }
 }
 
 void dequantize_row_nf4(const BlockNf4* in, int64_t cols, float* out) {
     constexpr int half = kNf4Block / 2;
-    for (int64_t c = 0; c < cols; c++) {
-        const BlockNf4& blk = in[c / kNf4Block];
-        const int i = static_cast<int>(c % kNf4Block);
-        const int n = i < half ? blk.qs[i] & 0x0f : blk.qs[i - half] >> 4;
-        out[c] = fp16_to_fp32(blk.d) * kNf4[n];
+    for (int64_t b = 0; b < blocks(cols, kNf4Block); b++) {
+        const BlockNf4& blk = in[b];
+        const float d = fp16_to_fp32(blk.d);
+        for (int i = 0; i < block_len(cols, b, kNf4Block); i++) {
+            const int n = i < half ? blk.qs[i] & 0x0f : blk.qs[i - half] >> 4;
+            out[b * kNf4Block + i] = d * kNf4[n];
+        }
     }
 }
 
 void dequantize_row_q3_0(const BlockQ3* in, int64_t cols, float* out) {
-    for (int64_t c = 0; c < cols; c++) {
-        const BlockQ3& blk = in[c / kQ3Block];
-        const int i = static_cast<int>(c % kQ3Block);
-        const int n = ((blk.qs[i % 8] >> (2 * (i / 8))) & 3) | (((blk.qh[i / 8] >> (i % 8)) & 1) << 2);
-        out[c] = q3_0_value(fp16_to_fp32(blk.d), n);
+    for (int64_t b = 0; b < blocks(cols, kQ3Block); b++) {
+        const BlockQ3& blk = in[b];
+        const float d = fp16_to_fp32(blk.d);
+        for (int i = 0; i < block_len(cols, b, kQ3Block); i++) {
+            const int n = ((blk.qs[i % 8] >> (2 * (i / 8))) & 3) | (((blk.qh[i / 8] >> (i % 8)) & 1) << 2);
+            out[b * kQ3Block + i] = q3_0_value(d, n);
+        }
     }
 }
 
 void dequantize_row_q2_0(const BlockQ2* in, int64_t cols, float* out) {
-    for (int64_t c = 0; c < cols; c++) {
-        const BlockQ2& blk = in[c / kQ2Block];
-        const int i = static_cast<int>(c % kQ2Block);
-        out[c] = q2_0_value(fp16_to_fp32(blk.d), (blk.qs[i % 16] >> (2 * (i / 16))) & 3);
+    for (int64_t b = 0; b < blocks(cols, kQ2Block); b++) {
+        const BlockQ2& blk = in[b];
+        const float d = fp16_to_fp32(blk.d);
+        for (int i = 0; i < block_len(cols, b, kQ2Block); i++)
+            out[b * kQ2Block + i] = q2_0_value(d, (blk.qs[i % 16] >> (2 * (i / 16))) & 3);
     }
 }
 
