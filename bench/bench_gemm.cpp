@@ -15,7 +15,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <iterator>
 #include <map>
 #include <memory>
@@ -27,7 +26,6 @@
 #include "common/error.h"
 #include "common/file_io.h"
 #include "format/dtype.h"
-#include "format/half.h"
 #include "format/quant_blocks.h"
 #include "kernels_cpu/gemm.h"
 #include "kernels_cpu/gemm_provider.h"
@@ -47,14 +45,8 @@ using bench::median_ns;
 std::vector<uint8_t> make_weight(DType dtype, const std::vector<float>& w, int32_t rows, int32_t cols) {
     const size_t row_bytes = dtype_row_bytes(dtype, cols);
     std::vector<uint8_t> bytes(row_bytes * static_cast<size_t>(rows));
-    for (int32_t r = 0; r < rows; r++) {
-        const float* src = w.data() + static_cast<size_t>(r) * cols;
-        uint8_t* out = bytes.data() + r * row_bytes;
-        if (dtype == DType::f32) std::memcpy(out, src, row_bytes);
-        if (dtype == DType::f16)
-            for (int32_t c = 0; c < cols; c++) reinterpret_cast<uint16_t*>(out)[c] = fp32_to_fp16(src[c]);
-        if (is_quantized(dtype)) quantize_row(dtype, src, cols, out);
-    }
+    for (int32_t r = 0; r < rows; r++)
+        quantize_row(dtype, w.data() + static_cast<size_t>(r) * cols, cols, bytes.data() + r * row_bytes);
     return bytes;
 }
 

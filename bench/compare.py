@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from test_golden import reference_model, torch_load  # noqa: E402  (the golden tests' loader)
+from test_golden import reference_from_checkpoint  # noqa: E402  (the golden tests' loader)
 
 TOL = 1e-4
 PROMPT = [4, 5, 6, 7]  # ids after the special tokens; the speed of a step does not depend on them
@@ -279,18 +279,6 @@ def check(ok, line, checks):
     return ok
 
 
-def load(path):
-    """The reference model with the checkpoint's weights and top-k."""
-    obj = torch_load(path)
-    model = reference_model(obj.get("model_state_dict", obj))
-    config = obj.get("config")
-    top_k = config.get("top_k_experts", 2) if isinstance(config, dict) else 2  # as itera-convert takes it
-    for layer in model.layers:
-        if hasattr(layer.moe, "layer"):
-            layer.moe.layer.top_k = top_k
-    return model
-
-
 def recurrent_paths(model, workdir, threads):
     """[(label, step)]: eager modules, flat eager, flat under TorchScript (traced, frozen), ONNX
     Runtime when installed."""
@@ -370,7 +358,7 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    model = load(args.checkpoint)
+    model = reference_from_checkpoint(args.checkpoint)
     cfg, P = model.cfg, model.cfg["max_seq_length"]
     if len(PROMPT) + args.tokens > P:
         sys.exit(f"error: --tokens must be at most {P - len(PROMPT)}: the recurrent paths equal upstream's "

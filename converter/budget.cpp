@@ -56,16 +56,6 @@ std::vector<int> solve_knapsack(const std::vector<std::vector<KnapsackOption>>& 
 
 namespace {
 
-void log_softmax(const float* logits, size_t n, std::vector<double>* out) {
-    double top = logits[0];
-    for (size_t i = 1; i < n; i++) top = std::max(top, static_cast<double>(logits[i]));
-    double sum = 0.0;
-    for (size_t i = 0; i < n; i++) sum += std::exp(logits[i] - top);
-    const double norm = top + std::log(sum);
-    out->resize(n);
-    for (size_t i = 0; i < n; i++) (*out)[i] = logits[i] - norm;
-}
-
 std::unique_ptr<Model> load_spec(const ModelSpec& spec, std::vector<uint8_t>* bytes) {
     *bytes = serialize_itl(spec);
     return load_model(ItlFile::from_memory(bytes->data(), bytes->size()));
@@ -115,7 +105,7 @@ Agreement Scorer::score(const ModelSpec& spec) const {
     }
     Context ctx(*model);
     std::vector<float> picked(rows);
-    std::vector<double> logp, ref_logp;
+    std::vector<double> logp(rows), ref_logp(rows);
     double kld = 0;
     size_t agree = 0;
     for (size_t i = 0; i < ids_.size(); i++) {
@@ -123,8 +113,8 @@ Agreement Scorer::score(const ModelSpec& spec) const {
         const float* row = ctx.eval(ids_[i]);
         const float* ref = ref_logits_.data() + i * static_cast<size_t>(ref_rows_);
         for (size_t r = 0; r < rows; r++) picked[r] = ref[ref_row[r]];
-        log_softmax(row, rows, &logp);
-        log_softmax(picked.data(), rows, &ref_logp);
+        log_softmax(row, static_cast<int32_t>(rows), logp.data());
+        log_softmax(picked.data(), static_cast<int32_t>(rows), ref_logp.data());
         for (size_t r = 0; r < rows; r++) kld += std::exp(ref_logp[r]) * (ref_logp[r] - logp[r]);
         agree += argmax(row, static_cast<int32_t>(rows)) == argmax(picked.data(), static_cast<int32_t>(rows));
     }

@@ -14,6 +14,7 @@
 #include "kernels_cpu/ref_ops.h"
 #include "runtime/context.h"
 #include "runtime/model.h"
+#include "runtime/sampler.h"
 
 namespace itera {
 
@@ -372,15 +373,6 @@ std::unique_ptr<Model> load_fp32(const ModelSpec& spec, std::vector<uint8_t>* by
     return load_model(ItlFile::from_memory(bytes->data(), bytes->size()));
 }
 
-void log_softmax(const float* logits, int32_t n, float* out) {
-    double top = logits[0];
-    for (int32_t i = 1; i < n; i++) top = std::max(top, double{logits[i]});
-    double sum = 0;
-    for (int32_t i = 0; i < n; i++) sum += std::exp(logits[i] - top);
-    const double norm = top + std::log(sum);
-    for (int32_t i = 0; i < n; i++) out[i] = static_cast<float>(logits[i] - norm);
-}
-
 // Log-probabilities at every position of `ids` but the last, in windows of max_seq_length from
 // zero state (as `itera-run ppl` scores text).
 std::vector<float> window_log_probs(const ModelSpec& spec, const std::vector<int32_t>& ids) {
@@ -389,10 +381,12 @@ std::vector<float> window_log_probs(const ModelSpec& spec, const std::vector<int
     Context ctx(*model);
     const int32_t V = model->config.vocab_size;
     const size_t P = static_cast<size_t>(model->config.max_seq_length);
-    std::vector<float> out((ids.size() - 1) * static_cast<size_t>(V));
+    std::vector<float> out((ids.size() - 1) * static_cast<size_t>(V));  // floats: (ids - 1) x V of them
+    std::vector<double> logp(static_cast<size_t>(V));
     for (size_t t = 0; t + 1 < ids.size(); t++) {
         if (t % P == 0) ctx.reset();
-        log_softmax(ctx.eval(ids[t]), V, out.data() + t * static_cast<size_t>(V));
+        log_softmax(ctx.eval(ids[t]), V, logp.data());
+        std::copy(logp.begin(), logp.end(), out.begin() + static_cast<ptrdiff_t>(t * static_cast<size_t>(V)));
     }
     return out;
 }

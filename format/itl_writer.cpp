@@ -12,7 +12,6 @@
 #include <string_view>
 
 #include "common/error.h"
-#include "format/half.h"
 #include "format/quant_blocks.h"
 #include "format/itl_file.h"
 #include "format/itl_layout.h"
@@ -63,20 +62,8 @@ void encode_tensor(const SpecTensor& t, uint8_t* dst) {
     const int64_t cols = t.shape.empty() ? 1 : t.shape.back();
     const int64_t rows = cols ? static_cast<int64_t>(t.values.size()) / cols : 0;
     const size_t row_bytes = dtype_row_bytes(t.dtype, cols);
-    for (int64_t r = 0; r < rows; r++) {
-        const float* x = t.values.data() + r * cols;
-        uint8_t* out = dst + static_cast<size_t>(r) * row_bytes;
-        switch (t.dtype) {
-            case DType::f32: std::memcpy(out, x, row_bytes); break;
-            case DType::f16:
-                for (int64_t c = 0; c < cols; c++) {
-                    const uint16_t half = fp32_to_fp16(x[c]);
-                    std::memcpy(out + 2 * c, &half, 2);
-                }
-                break;
-            default: quantize_row(t.dtype, x, cols, out); break;
-        }
-    }
+    for (int64_t r = 0; r < rows; r++)
+        quantize_row(t.dtype, t.values.data() + r * cols, cols, dst + static_cast<size_t>(r) * row_bytes);
 }
 
 }  // namespace

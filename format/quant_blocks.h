@@ -101,8 +101,9 @@ void dequantize_row_q4_0(const BlockQ4* in, int64_t cols, float* out);
 void dequantize_row_nf4(const BlockNf4* in, int64_t cols, float* out);
 void dequantize_row_q3_0(const BlockQ3* in, int64_t cols, float* out);
 void dequantize_row_q2_0(const BlockQ2* in, int64_t cols, float* out);
-// The same for any block format named by its DType (q8_0, q4_0, nf4, q3_0, q2_0): `out` / `in` is
-// one row of dtype_row_bytes(dtype, cols) bytes. Throws itera::Error for another dtype.
+// One row of any stored dtype, `out` / `in` being dtype_row_bytes(dtype, cols) bytes: the block
+// formats as above, fp16 rounded to nearest (fp32_to_fp16), fp32 copied. Throws itera::Error for
+// an unknown dtype.
 void quantize_row(DType dtype, const float* x, int64_t cols, void* out);
 void dequantize_row(DType dtype, const void* in, int64_t cols, float* out);
 

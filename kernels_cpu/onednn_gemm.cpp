@@ -14,7 +14,6 @@
 
 #include "common/error.h"
 #include "format/dtype.h"
-#include "format/half.h"
 #include "format/quant_blocks.h"
 
 #if DNNL_CPU_RUNTIME == DNNL_RUNTIME_OMP
@@ -170,12 +169,7 @@ std::unique_ptr<Packed> pack(const Weight& w, const Desc& layout, dnnl::stream& 
     std::vector<float> f32;
     std::vector<int8_t> s8;
     dnnl::memory plain;
-    if (w.dtype == DType::f16) {
-        const uint16_t* h = static_cast<const uint16_t*>(w.data);
-        f32.resize(n);
-        for (size_t i = 0; i < n; i++) f32[i] = fp16_to_fp32(h[i]);
-        plain = dnnl::memory(Desc({K, N}, dt::f32, dnnl::memory::dims{1, K}), cpu_engine(), f32.data());
-    } else if (w.dtype != DType::q8_0) {
+    if (w.dtype != DType::q8_0) {
         const size_t row_bytes = dtype_row_bytes(w.dtype, w.cols);
         f32.resize(n);
         for (int32_t r = 0; r < w.rows; r++)

@@ -15,9 +15,7 @@ float element(const Weight& w, int64_t i) {
 
 void load_row(const Weight& w, int32_t row, float* out) {
     const auto* bytes = static_cast<const uint8_t*>(w.data) + static_cast<size_t>(row) * dtype_row_bytes(w.dtype, w.cols);
-    if (is_quantized(w.dtype)) return dequantize_row(w.dtype, bytes, w.cols, out);
-    const int64_t base = static_cast<int64_t>(row) * w.cols;
-    for (int32_t c = 0; c < w.cols; c++) out[c] = element(w, base + c);
+    dequantize_row(w.dtype, bytes, w.cols, out);
 }
 
 void matvec(const Weight& w, const float* x, float* y) {
@@ -27,10 +25,6 @@ void matvec(const Weight& w, const float* x, float* y) {
         for (int32_t c = 0; c < w.cols; c++) sum += element(w, base + c) * x[c];
         y[r] = sum;
     }
-}
-
-void add_bias(const Weight& bias, float* y) {
-    for (int32_t r = 0; r < bias.cols; r++) y[r] += element(bias, r);
 }
 
 void layer_norm(const float* x, const Weight& gamma, const Weight& beta, float eps, int32_t n, float* out) {

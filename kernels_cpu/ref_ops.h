@@ -10,8 +10,6 @@ namespace itera::ref {
 
 // y[r] = sum_c W[r, c] * x[c]   (PyTorch Linear: weight [out, in])
 void matvec(const Weight& w, const float* x, float* y);
-// y[r] += bias[r]
-void add_bias(const Weight& bias, float* y);
 // out[c] = W[row, c], for any dtype (block formats dequantize the row)
 void load_row(const Weight& w, int32_t row, float* out);
 // Element i of a weight stored in fp32 or fp16 (for the small per-channel tensors).

@@ -190,17 +190,6 @@ int logits(const Args& args) {
     return 0;
 }
 
-// log softmax of n logits (double precision) into out.
-void log_softmax(const float* logits, int32_t n, std::vector<double>* out) {
-    double top = logits[0];
-    for (int32_t i = 1; i < n; i++) top = std::max(top, static_cast<double>(logits[i]));
-    double sum = 0.0;
-    for (int32_t i = 0; i < n; i++) sum += std::exp(logits[i] - top);
-    const double norm = top + std::log(sum);
-    out->resize(static_cast<size_t>(n));
-    for (int32_t i = 0; i < n; i++) (*out)[static_cast<size_t>(i)] = logits[i] - norm;
-}
-
 int perplexity(const Args& args) {
     const auto model = load(args);
     const itera::Tokenizer& tok = tokenizer_of(*model);
@@ -228,7 +217,7 @@ int perplexity(const Args& args) {
     // it (for a window's last position that is the next window's first token), as upstream does.
     Evaluator ctx(*model, args.device);
     std::unique_ptr<Evaluator> ref_ctx = ref ? std::make_unique<Evaluator>(*ref, args.device) : nullptr;
-    std::vector<double> logp, ref_sub, ref_logp;
+    std::vector<double> logp(static_cast<size_t>(model->vocab_rows())), ref_logp(logp.size());
     std::vector<float> picked(ref_rows.size());
     double nll = 0.0, kld = 0.0;
     size_t scored = 0, agree = 0;
@@ -240,13 +229,13 @@ int perplexity(const Args& args) {
         const float* ref_all = ref_ctx ? ref_ctx->eval_all(ids.data() + start, end - start) : nullptr;
         for (size_t t = start; t < end; t++) {
             const float* row = rows + (t - start) * static_cast<size_t>(model->vocab_rows());
-            log_softmax(row, model->vocab_rows(), &logp);
+            itera::log_softmax(row, model->vocab_rows(), logp.data());
             nll -= logp[static_cast<size_t>(model->row_of(ids[t + 1]))];
             scored++;
             if (!ref_ctx) continue;
             const float* ref_row = ref_all + (t - start) * static_cast<size_t>(ref->vocab_rows());
             for (size_t r = 0; r < ref_rows.size(); r++) picked[r] = ref_row[ref_rows[r]];
-            log_softmax(picked.data(), model->vocab_rows(), &ref_logp);
+            itera::log_softmax(picked.data(), model->vocab_rows(), ref_logp.data());
             for (size_t r = 0; r < logp.size(); r++) kld += std::exp(ref_logp[r]) * (ref_logp[r] - logp[r]);
             agree += itera::argmax(row, model->vocab_rows()) == itera::argmax(picked.data(), model->vocab_rows());
         }

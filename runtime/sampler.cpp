@@ -14,6 +14,15 @@ int32_t argmax(const float* logits, int32_t n) {
     return best;
 }
 
+void log_softmax(const float* logits, int32_t n, double* out) {
+    double top = logits[0];
+    for (int32_t i = 1; i < n; i++) top = std::max(top, static_cast<double>(logits[i]));
+    double sum = 0.0;
+    for (int32_t i = 0; i < n; i++) sum += std::exp(logits[i] - top);
+    const double norm = top + std::log(sum);
+    for (int32_t i = 0; i < n; i++) out[i] = logits[i] - norm;
+}
+
 Sampler::Sampler(const SamplerParams& params) : params_(params), state_(params.seed ^ 0x9e3779b97f4a7c15ull) {}
 
 double Sampler::uniform() {

@@ -31,5 +31,7 @@ private:
 };
 
 int32_t argmax(const float* logits, int32_t n);  // first index of the largest value
+// out[i] = log softmax(logits)[i], in double precision (perplexity and KL divergence sums).
+void log_softmax(const float* logits, int32_t n, double* out);
 
 }  // namespace itera

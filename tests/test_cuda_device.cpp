@@ -27,15 +27,7 @@ using test::model_from;
 using test::random_spec;
 
 // The shipped model's widths, a 3000-word vocabulary, max_seq_length 24 (so windows slide soon).
-ModelConfig shipped_like() {
-    ModelConfig c;
-    c.vocab_size = 3000;
-    c.hidden = 96;
-    c.max_seq_length = 24;
-    c.tied_head = true;
-    c.layers = {{192, 16, 4, ChannelKind::ffn, 0, {128}}, {192, 16, 4, ChannelKind::moe, 2, {128, 128, 128, 128}}};
-    return c;
-}
+ModelConfig shipped_like() { return test::shipped_widths(3000, 24); }
 
 // Relative to the logits' size. The device differs from the CPU by summation order, FMA
 // contraction and expf/erff (2 ulp). Block formats quantize each product's input to int8: where a
@@ -46,8 +38,7 @@ ModelConfig shipped_like() {
 // nibble order or race moves logits by far more than 5e-2.
 float bound(DType t) { return t == DType::f32 || t == DType::f16 ? 1e-4f : 5e-2f; }
 
-// The larger of a and b, NaN when either is (std::max drops a NaN in its second argument).
-float worse(float a, float b) { return std::isnan(a) || b <= a ? a : b; }
+using test::worse;
 
 // NaN when any difference is NaN (std::max would skip it), so a NaN fails every bound.
 float rel_diff(const float* a, const float* b, int32_t n) {

@@ -39,48 +39,25 @@ struct OneThread {
 using test::model_from;
 using test::random_spec;
 
-// Hidden 12, max_seq_length 6: an SSM + FFN layer, an SSM + MoE layer (3 experts of different
-// widths, top-2) and an SSM layer whose channel block is the identity; inner widths differ. 150
+// test::small_config (hidden 12, max_seq_length 6, an SSM + FFN and an SSM + MoE layer of 3
+// experts of different widths) and a third SSM layer whose channel block is the identity. 150
 // vocabulary rows: launches with up to 16 logits rows run the head as its own launch of 3 blocks
 // (64, 64 and 22 rows), longer prefills in the tiles.
 ModelConfig small_config() {
-    ModelConfig c;
+    ModelConfig c = test::small_config();
     c.vocab_size = 150;
-    c.hidden = 12;
-    c.max_seq_length = 6;
-    c.tied_head = false;
-    c.layers = {{10, 3, 3, ChannelKind::ffn, 0, {7}},
-                {8, 4, 4, ChannelKind::moe, 2, {5, 6, 4}},
-                {14, 2, 1, ChannelKind::none, 0, {}}};
+    c.layers.push_back({14, 2, 1, ChannelKind::none, 0, {}});
     return c;
 }
 
 // The shipped model's widths (hidden 96, inner 192, state 16, K 4, 4 experts of 128, top-2) with
 // a smaller vocabulary: rows span several activation blocks and odd nf4 half blocks.
-ModelConfig wide_config() {
-    ModelConfig c;
-    c.vocab_size = 200;
-    c.hidden = 96;
-    c.max_seq_length = 20;
-    c.tied_head = true;
-    c.layers = {{192, 16, 4, ChannelKind::ffn, 0, {128}}, {192, 16, 4, ChannelKind::moe, 2, {128, 128, 128, 128}}};
-    return c;
-}
+ModelConfig wide_config() { return test::shipped_widths(200, 20); }
 
 std::vector<float> row(const float* p, int32_t n) { return {p, p + n}; }
 
-// The larger of a and b, NaN when either is (std::max drops a NaN in its second argument).
-float worse(float a, float b) { return std::isnan(a) || b <= a ? a : b; }
-
-// NaN when any difference is NaN (std::max would skip it), so a NaN fails every bound.
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-    float m = 0.0f;
-    for (size_t i = 0; i < a.size(); i++) {
-        const float d = std::fabs(a[i] - b[i]);
-        if (!(d <= m)) m = d;
-    }
-    return m;
-}
+using test::max_abs_diff;
+using test::worse;
 
 float max_abs(const std::vector<float>& a) {
     float m = 0.0f;
@@ -173,19 +150,9 @@ TEST_CASE("cuda: activation quantization and block dots give the CPU's integers"
             for (float& v : values) v = normal(rng);
             // The rows as the writer encodes them.
             std::vector<uint8_t> bytes(static_cast<size_t>(rows) * dtype_row_bytes(t, cols));
-            for (int32_t r = 0; r < rows; r++) {
-                uint8_t* out = bytes.data() + static_cast<size_t>(r) * dtype_row_bytes(t, cols);
-                const float* in = values.data() + static_cast<size_t>(r * cols);
-                if (t == DType::f32) std::memcpy(out, in, 4 * static_cast<size_t>(cols));
-                if (t == DType::f16)
-                    for (int32_t c = 0; c < cols; c++) {
-                        const uint16_t h = fp32_to_fp16(in[c]);
-                        std::memcpy(out + 2 * c, &h, 2);
-                    }
-                if (t == DType::q8_0) quantize_row_q8_0(in, cols, reinterpret_cast<BlockQ8*>(out));
-                if (t == DType::q4_0) quantize_row_q4_0(in, cols, reinterpret_cast<BlockQ4*>(out));
-                if (t == DType::nf4) quantize_row_nf4(in, cols, reinterpret_cast<BlockNf4*>(out));
-            }
+            for (int32_t r = 0; r < rows; r++)
+                quantize_row(t, values.data() + static_cast<size_t>(r * cols), cols,
+                             bytes.data() + static_cast<size_t>(r) * dtype_row_bytes(t, cols));
             const Weight w{t, rows, cols, bytes.data()};
             std::vector<float> want(static_cast<size_t>(rows));
             std::vector<float> deq(static_cast<size_t>(cols));

@@ -25,11 +25,11 @@
 
 #include "common/error.h"
 #include "format/dtype.h"
-#include "format/half.h"
 #include "format/quant_blocks.h"
 #include "kernels_cpu/gemm.h"
 #include "kernels_cpu/gemm_provider.h"
 #include "kernels_cpu/onednn_gemm.h"
+#include "tests/model_fixtures.h"
 
 extern "C" int omp_get_max_threads(void);  // libgomp, linked for onednn_gemm.cpp
 extern "C" void omp_set_num_threads(int);
@@ -38,13 +38,7 @@ using namespace itera;
 
 namespace {
 
-std::vector<float> gaussian(size_t n, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> dist(0.0f, 1.0f);
-    std::vector<float> v(n);
-    for (float& f : v) f = dist(rng);
-    return v;
-}
+using test::gaussian;
 
 // A weight in `dtype` made from Gaussian values, and its exact FP32 values (what it decodes to).
 struct Matrix {
@@ -63,22 +57,8 @@ Matrix make_matrix(DType dtype, int32_t rows, int32_t cols, uint32_t seed) {
         const float* src = w.data() + static_cast<size_t>(r) * cols;
         float* dst = m.values.data() + static_cast<size_t>(r) * cols;
         uint8_t* out = m.bytes.data() + r * row_bytes;
-        if (dtype == DType::f32) {
-            std::copy(src, src + cols, reinterpret_cast<float*>(out));
-            std::copy(src, src + cols, dst);
-        } else if (dtype == DType::f16) {
-            for (int32_t c = 0; c < cols; c++) {
-                const uint16_t h = fp32_to_fp16(src[c]);
-                reinterpret_cast<uint16_t*>(out)[c] = h;
-                dst[c] = fp16_to_fp32(h);
-            }
-        } else if (dtype == DType::q8_0) {
-            quantize_row_q8_0(src, cols, reinterpret_cast<BlockQ8*>(out));
-            dequantize_row_q8_0(reinterpret_cast<const BlockQ8*>(out), cols, dst);
-        } else {
-            quantize_row(dtype, src, cols, out);
-            dequantize_row(dtype, out, cols, dst);
-        }
+        quantize_row(dtype, src, cols, out);
+        dequantize_row(dtype, out, cols, dst);
     }
     m.weight = {dtype, rows, cols, m.bytes.data()};
     return m;

@@ -15,10 +15,13 @@
 #include "format/half.h"
 #include "format/quant_blocks.h"
 #include "kernels_cpu/quant_ops.h"
+#include "tests/model_fixtures.h"
 
 using namespace itera;
 
 namespace {
+
+using test::gaussian;
 
 constexpr DType kFormats[] = {DType::q8_0, DType::q4_0, DType::nf4, DType::q3_0, DType::q2_0};
 
@@ -31,14 +34,6 @@ std::vector<KernelPath> supported_paths() {
             MESSAGE("kernel path " << std::string(kernel_path_name(p)) << " not supported by this CPU: skipped");
     }
     return paths;
-}
-
-std::vector<float> gaussian(size_t n, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> dist(0.0f, 1.0f);
-    std::vector<float> v(n);
-    for (float& f : v) f = dist(rng);
-    return v;
 }
 
 // ggml test-quantize-fns.cpp's synthetic data.

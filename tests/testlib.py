@@ -2,6 +2,7 @@
 `N passed, N failed` line, running a tool, and the drivers' common arguments."""
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,8 +15,11 @@ def check(ok, line):
     return ok
 
 
-def finish():
-    """Prints the closing line; exits 1 on any failure."""
+def finish(workdir=None):
+    """Removes workdir when every check passed (kept on failure, to look at), prints the closing
+    line; exits 1 on any failure."""
+    if workdir and not counts["failed"]:
+        shutil.rmtree(workdir)
     print(f"{counts['passed']} passed, {counts['failed']} failed")
     sys.exit(1 if counts["failed"] else 0)
 

@@ -31,18 +31,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from test_golden import reference_model, torch_load  # noqa: E402
-
-
-def load(path):
-    obj = torch_load(path)
-    model = reference_model(obj.get("model_state_dict", obj))
-    config = obj.get("config")
-    top_k = config.get("top_k_experts", 2) if isinstance(config, dict) else 2  # as itera-convert takes it
-    for layer in model.layers:
-        if hasattr(layer.moe, "layer"):
-            layer.moe.layer.top_k = top_k
-    return model
+from test_golden import reference_from_checkpoint  # noqa: E402
 
 
 class Decoder:
@@ -120,7 +109,7 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    model = load(args.checkpoint)
+    model = reference_from_checkpoint(args.checkpoint)
     P, V = model.cfg["max_seq_length"], model.embedding.weight.shape[0]
     dec = Decoder(model, dev)
 

@@ -27,7 +27,6 @@ import math
 import os
 import pickle
 import random
-import shutil
 import struct
 import subprocess
 import sys
@@ -42,7 +41,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 import torch  # noqa: E402
 
 from itera_lite import IteraLite  # noqa: E402
-from testlib import check, counts, finish, tool_args  # noqa: E402
+from testlib import check, finish, tool_args  # noqa: E402
 
 SPECIALS = ["<PAD>", "<UNK>", "<BOS>", "<EOS>"]
 WORDS = ("the a cat dog sat on mat ran to park and saw big small red blue ball tree happy day. "
@@ -612,9 +611,7 @@ def main():
         bad_convert(args, w, p)
         bad_run(args, w, p)
         device_cuda(args, p)
-    if not counts["failed"]:
-        shutil.rmtree(w)  # kept on failure, to look at
-    finish()
+    finish(w)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ Prints one line per check and `N passed, N failed`; exits 1 on any failure.
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 
@@ -36,7 +35,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 import torch  # noqa: E402
 
 from markov_language import pseudo_word_language, train as train_reference  # noqa: E402
-from testlib import check, counts, finish, run, tool_args, why  # noqa: E402
+from testlib import check, finish, run, tool_args, why  # noqa: E402
 
 N_TOKENS = 120
 CTX = 32
@@ -274,9 +273,7 @@ def main():
         budget(t)
     except (RuntimeError, ValueError, KeyError, TypeError, StopIteration) as e:
         check(False, f"stopped: {type(e).__name__}: {e}")
-    if not counts["failed"]:
-        shutil.rmtree(w)  # kept on failure, to look at
-    finish()
+    finish(w)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Prints one line per check and `N passed, N failed`; exits 1 on any failure.
 import json
 import os
 import random
-import shutil
 import sys
 import tempfile
 
@@ -36,7 +35,7 @@ import torch  # noqa: E402
 import torch.nn.utils.prune as prune  # noqa: E402
 
 from markov_language import SPECIALS, MarkovLanguage, train as train_reference  # noqa: E402
-from testlib import check, counts, finish, run, tool_args, why  # noqa: E402
+from testlib import check, finish, run, tool_args, why  # noqa: E402
 
 N_WORDS = 56
 CTX = 32
@@ -210,9 +209,7 @@ def main():
         torch_prune_layout(args, w, model, p)
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         check(False, f"stopped: {type(e).__name__}: {e}")
-    if not counts["failed"]:
-        shutil.rmtree(w)
-    finish()
+    finish(w)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ against ids[t+1] (a window's last position against the next window's first token
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 
@@ -37,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from markov_language import pseudo_word_language, train as train_reference  # noqa: E402
-from testlib import check, counts, finish, run, tool_args, why  # noqa: E402
+from testlib import check, finish, run, tool_args, why  # noqa: E402
 
 VOCAB = 300           # the checkpoint's rows; the tokenizer produces ids 0..N_TOKENS-1 only
 N_TOKENS = 120
@@ -564,9 +563,7 @@ def main():
             keep(t, files)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             check(False, f"stopped: {type(e).__name__}: {e}")
-    if not counts["failed"]:
-        shutil.rmtree(w)  # kept on failure, to look at
-    finish()
+    finish(w)
 
 
 if __name__ == "__main__":

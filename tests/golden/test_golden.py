@@ -185,6 +185,19 @@ def reference_model(state, identity_moe=False):
     return model.eval()
 
 
+def reference_from_checkpoint(path):
+    """The reference model with a checkpoint's weights and its config's top_k_experts (default 2,
+    as itera-convert takes it)."""
+    obj = torch_load(path)
+    model = reference_model(obj.get("model_state_dict", obj))
+    config = obj.get("config")
+    top_k = config.get("top_k_experts", 2) if isinstance(config, dict) else 2
+    for layer in model.layers:
+        if hasattr(layer.moe, "layer"):
+            layer.moe.layer.top_k = top_k
+    return model
+
+
 def encode(tokenizer_path, text):
     with open(tokenizer_path) as f:
         t = json.load(f)
