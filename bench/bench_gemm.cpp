@@ -1,15 +1,15 @@
 // The batched products (kernels_cpu/gemm.h) on the Itera-Lite shapes: gemm_native against the
-// oneDNN provider (kernels_cpu/onednn_gemm.h), single thread, for fp32, fp16 and q8_0 weights at
+// oneDNN provider (kernels_cpu/onednn_gemm.h), single thread, for fp32, fp16, q8_0 and q4_0 weights at
 // batch 1, 8, 64 and 128. Each time is the median over repeats of a timed loop of calls (about
 // 50 us); the table is markdown, for docs/bench.md.
 //
-// With --model Q8.itl it also measures the error of both q8_0 paths on the model's real weights and
-// real activations: the model reads a text (--text FILE, else seeded random tokens) token by token,
-// the input rows of every q8_0 product are kept, and each path's product is compared with the
+// With --model FILE.itl it also measures the error of both paths on the model's real block-format
+// weights (q8_0, q4_0, nf4, q3_0, q2_0) and real activations: the model reads a text (--text FILE,
+// else seeded random tokens) token by token, the input rows of every such product are kept, and each path's product is compared with the
 // exact one (dequantized weight, FP32 input, double sums); for the LM head also the KL divergence of
 // the softmax and the top-1 agreement.
 //
-// Usage: bench_gemm [--repeats N] [--model Q8.itl [--text FILE] [--tokens N]]
+// Usage: bench_gemm [--repeats N] [--model FILE.itl [--text FILE] [--tokens N]]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -82,7 +82,7 @@ void timing(int repeats) {
         for (float& f : w) f = dist(rng);
         for (float& f : x) f = dist(rng);
         std::vector<float> y(static_cast<size_t>(128) * s.rows);
-        for (DType dtype : {DType::f32, DType::f16, DType::q8_0}) {
+        for (DType dtype : {DType::f32, DType::f16, DType::q8_0, DType::q4_0}) {
             const std::vector<uint8_t> bytes = make_weight(dtype, w, s.rows, s.cols);
             const Weight wt = {dtype, s.rows, s.cols, bytes.data()};
             OnednnGemm onednn;  // fresh: its first call makes the primitive and the weight copy
@@ -116,14 +116,14 @@ void timing(int repeats) {
     }
 }
 
-// ---- accuracy of the two q8_0 paths on a real model ----
+// ---- accuracy of the two paths for block formats on a real model ----
 
-// Keeps up to `limit` input rows of every q8_0 product.
+// Keeps up to `limit` input rows of every block-format product.
 struct Capture : ActivationObserver {
     size_t limit = 128;
     std::map<const void*, std::pair<Weight, std::vector<float>>> inputs;
     void observe(const Weight& w, const float* x) override {
-        if (w.dtype != DType::q8_0) return;
+        if (!is_quantized(w.dtype)) return;
         auto& [weight, rows] = inputs[w.data];
         weight = w;
         if (rows.size() < limit * static_cast<size_t>(w.cols)) rows.insert(rows.end(), x, x + w.cols);
@@ -210,12 +210,12 @@ void accuracy(const std::string& model_path, const std::string& text_path, int32
     const std::map<const void*, std::string> names = weight_names(*model);
 
     std::printf(
-        "\n%s, %zu tokens (%s): error of each q8_0 path against the exact product of the stored\n"
+        "\n%s, %zu tokens (%s): error of each path (block formats) against the exact product of the stored\n"
         "weights (dequantized, FP32 input, double sums). rel RMS = ||dy|| / ||y||, rel max = max |dy| / max |y|;\n"
         "lm_head: KL(softmax(exact) || softmax(path)) in nats, mean over tokens, and top-1 agreement.\n\n",
         model_path.c_str(), tokens.size(), text_path.empty() ? "seeded random tokens" : text_path.c_str());
     std::printf(
-        "| weight | rows x cols | native rel RMS | onednn rel RMS | native rel max | onednn rel max | native KLD | "
+        "| weight | dtype rows x cols | native rel RMS | onednn rel RMS | native rel max | onednn rel max | native KLD | "
         "onednn KLD | top-1 native / onednn |\n|---|---|---|---|---|---|---|---|---|\n");
     OnednnGemm onednn;
     for (const auto& [ptr, captured] : capture.inputs) {
@@ -225,8 +225,8 @@ void accuracy(const std::string& model_path, const std::string& text_path, int32
         std::vector<float> wf(static_cast<size_t>(w.rows) * w.cols);
         const size_t row_bytes = dtype_row_bytes(w.dtype, w.cols);
         for (int32_t r = 0; r < w.rows; r++)
-            dequantize_row_q8_0(reinterpret_cast<const BlockQ8*>(static_cast<const uint8_t*>(w.data) + r * row_bytes),
-                                w.cols, wf.data() + static_cast<size_t>(r) * w.cols);
+            dequantize_row(w.dtype, static_cast<const uint8_t*>(w.data) + r * row_bytes, w.cols,
+                           wf.data() + static_cast<size_t>(r) * w.cols);
         std::vector<double> exact(static_cast<size_t>(T) * w.rows);
         for (int32_t t = 0; t < T; t++)
             for (int32_t r = 0; r < w.rows; r++) {
@@ -242,14 +242,14 @@ void accuracy(const std::string& model_path, const std::string& text_path, int32
         const Errors n = compare(exact, y_native, T, w.rows), o = compare(exact, y_onednn, T, w.rows);
         const auto it = names.find(ptr);
         const std::string name = it == names.end() ? "?" : it->second;
-        std::printf("| %s | %dx%d | %.2e | %.2e | %.2e | %.2e |", name.c_str(), w.rows, w.cols, n.rel_rms, o.rel_rms,
+        std::printf("| %s | %s %dx%d | %.2e | %.2e | %.2e | %.2e |", name.c_str(), std::string(dtype_name(w.dtype)).c_str(), w.rows, w.cols, n.rel_rms, o.rel_rms,
                     n.rel_max, o.rel_max);
         if (name == "lm_head")
             std::printf(" %.2e | %.2e | %.1f%% / %.1f%% |\n", n.kld, o.kld, 100.0 * n.top1, 100.0 * o.top1);
         else
             std::printf(" | | |\n");
     }
-    std::printf("\noneDNN q8_0 weight copies: %zu bytes\n", onednn.cached_bytes());
+    std::printf("\noneDNN weight copies: %zu bytes\n", onednn.cached_bytes());
 }
 
 int run(int argc, char** argv) {
@@ -258,7 +258,7 @@ int run(int argc, char** argv) {
     std::string model_path, text_path;
     for (int i = 1; i < argc; i++) {
         const std::string a = argv[i];
-        if (i + 1 >= argc) throw Error("usage: bench_gemm [--repeats N] [--model Q8.itl [--text FILE] [--tokens N]]");
+        if (i + 1 >= argc) throw Error("usage: bench_gemm [--repeats N] [--model FILE.itl [--text FILE] [--tokens N]]");
         if (a == "--repeats")
             repeats = std::max(1, std::atoi(argv[++i]));
         else if (a == "--model")

@@ -51,13 +51,16 @@ const dnnl::engine& cpu_engine() {
     return engine;
 }
 
-// How a weight dtype enters the matmul: fp32 as it lies in the file; q8_0 as s8 rows; fp16 and the
-// 4-, 3- and 2-bit block formats as an FP32 copy of exactly the values they decode to (oneDNN 2.6
-// has no 4-bit weights; a product of many rows then runs at the FP32 speed, for 4 bytes a weight).
+// How a weight dtype enters the matmul: fp32 as it lies in the file; fp16 as an FP32 copy of its
+// values; the block formats (q8_0, q4_0, nf4, q3_0, q2_0) as s8 rows, since oneDNN 2.6 has neither
+// per-block scales nor 4-bit weights. The s8 grid of a 4-, 3- or 2-bit row is finer than the
+// row's own (127 steps up to its largest value against 8, 4 or 1.5 up to a block's), so the second
+// rounding adds little to what the format already lost, and the int8 kernels run about twice the
+// FP32 speed.
 enum class Kind { f32_in_place, f32_packed, u8s8 };
 
 Kind kind_of(DType dtype) {
-    return dtype == DType::f32 ? Kind::f32_in_place : dtype == DType::q8_0 ? Kind::u8s8 : Kind::f32_packed;
+    return dtype == DType::f32 ? Kind::f32_in_place : dtype == DType::f16 ? Kind::f32_packed : Kind::u8s8;
 }
 
 // One primitive, shared by every weight of its shape. `id` is unique in the process, so per-thread
@@ -139,11 +142,11 @@ std::unique_ptr<Entry> make_entry(Kind kind, int32_t rows, int32_t cols, int32_t
     return e;
 }
 
-// q8_0 row -> s8 with one scale for the row (round to nearest); non-finite values make the scale
-// NaN so that they still show in the output, as they would on the native path.
-void requantize_row_q8_0(const BlockQ8* blocks, int32_t cols, std::vector<float>& tmp, int8_t* q, float* scale,
-                         float* rowsum) {
-    dequantize_row_q8_0(blocks, cols, tmp.data());
+// A block-format row -> s8 with one scale for the row (round to nearest); non-finite values make the
+// scale NaN so that they still show in the output, as they would on the native path.
+void requantize_row(DType dtype, const uint8_t* row, int32_t cols, std::vector<float>& tmp, int8_t* q, float* scale,
+                    float* rowsum) {
+    dequantize_row(dtype, row, cols, tmp.data());
     float amax = 0.0f, probe = 0.0f;
     for (int32_t c = 0; c < cols; c++) {
         amax = std::max(amax, std::fabs(tmp[c]));
@@ -169,24 +172,21 @@ std::unique_ptr<Packed> pack(const Weight& w, const Desc& layout, dnnl::stream& 
     std::vector<float> f32;
     std::vector<int8_t> s8;
     dnnl::memory plain;
-    if (w.dtype != DType::q8_0) {
-        const size_t row_bytes = dtype_row_bytes(w.dtype, w.cols);
+    const size_t row_bytes = dtype_row_bytes(w.dtype, w.cols);
+    if (kind_of(w.dtype) == Kind::f32_packed) {
         f32.resize(n);
         for (int32_t r = 0; r < w.rows; r++)
             dequantize_row(w.dtype, static_cast<const uint8_t*>(w.data) + r * row_bytes, w.cols,
                            f32.data() + static_cast<size_t>(r) * w.cols);
         plain = dnnl::memory(Desc({K, N}, dt::f32, dnnl::memory::dims{1, K}), cpu_engine(), f32.data());
     } else {
-        const size_t row_bytes = dtype_row_bytes(DType::q8_0, w.cols);
         std::vector<float> tmp(static_cast<size_t>(w.cols));
         s8.resize(n);
         p->scale.resize(static_cast<size_t>(w.rows));
         p->rowsum.resize(static_cast<size_t>(w.rows));
-        for (int32_t r = 0; r < w.rows; r++) {
-            const auto* row = reinterpret_cast<const BlockQ8*>(static_cast<const uint8_t*>(w.data) + r * row_bytes);
-            requantize_row_q8_0(row, w.cols, tmp, s8.data() + static_cast<size_t>(r) * w.cols, &p->scale[r],
-                                &p->rowsum[r]);
-        }
+        for (int32_t r = 0; r < w.rows; r++)
+            requantize_row(w.dtype, static_cast<const uint8_t*>(w.data) + r * row_bytes, w.cols, tmp,
+                           s8.data() + static_cast<size_t>(r) * w.cols, &p->scale[r], &p->rowsum[r]);
         plain = dnnl::memory(Desc({K, N}, dt::s8, dnnl::memory::dims{1, K}), cpu_engine(), s8.data());
     }
     dnnl::reorder(plain, p->mem).execute(stream, plain, p->mem);
@@ -323,12 +323,12 @@ OnednnGemm::~OnednnGemm() = default;
 bool OnednnGemm::handles(const Weight& w) {
     switch (w.dtype) {
         case DType::f32:
-        case DType::f16:
+        case DType::f16: return true;
+        case DType::q8_0:
         case DType::q4_0:
         case DType::nf4:
         case DType::q3_0:
-        case DType::q2_0: return true;
-        case DType::q8_0: return w.cols <= 65536;  // u8 * s8 sums: 255 * 127 * cols must stay below 2^31
+        case DType::q2_0: return w.cols <= 65536;  // u8 * s8 sums: 255 * 127 * cols must stay below 2^31
         default: return false;
     }
 }

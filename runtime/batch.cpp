@@ -156,7 +156,7 @@ void Batch::run_range(int32_t worker, const int32_t* tokens) {
         float* ssm = ssm_.data() + static_cast<size_t>(i) * layout_.ssm;
         std::fill(conv, conv + layout_.conv, 0.0f);
         std::fill(ssm, ssm + layout_.ssm, 0.0f);
-        w.forward.run_sequence(window.data(), 0, static_cast<int32_t>(P), {conv, ssm}, true);
+        w.forward.run_sequence(window.data(), 0, static_cast<int32_t>(P), {conv, ssm}, 1);
         float* out = w.slid_logits.data() + k * V;
         std::copy(w.forward.logits(0), w.forward.logits(0) + V, out);
         w.logits[static_cast<size_t>(i - begin)] = out;

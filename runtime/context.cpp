@@ -29,27 +29,43 @@ void Context::zero_state() {
     std::fill(ssm_.begin(), ssm_.end(), 0.0f);
 }
 
-void Context::run_window(size_t from, bool want_logits) {
-    forward_.run_sequence(window_.data(), static_cast<int32_t>(from), static_cast<int32_t>(window_.size() - from),
-                          {conv_.data(), ssm_.data()}, want_logits);
-    logits_ = want_logits ? forward_.logits(0) : nullptr;
-    has_logits_ = want_logits;
+void Context::run_window(size_t from, int32_t logit_rows) {
+    const int32_t n = static_cast<int32_t>(window_.size() - from);
+    forward_.run_sequence(window_.data(), static_cast<int32_t>(from), n, {conv_.data(), ssm_.data()}, logit_rows);
+    logits_ = logit_rows > 0 ? forward_.logits(logit_rows - 1) : nullptr;
+    has_logits_ = logit_rows > 0;
+}
+
+void Context::check_ids(const int32_t* tokens, int32_t n) const {
+    for (int32_t i = 0; i < n; i++)
+        if (model_.row_of(tokens[i]) < 0)
+            throw Error("token id " + std::to_string(tokens[i]) + " is not in the model's vocabulary");
+}
+
+const float* Context::eval_all(const int32_t* tokens, int32_t n) {
+    check_ids(tokens, n);
+    if (n <= 0) throw Error("eval_all needs at least one token");
+    if (window_.size() + static_cast<size_t>(n) > static_cast<size_t>(model_.config.max_seq_length))
+        throw Error(std::to_string(n) + " tokens after " + std::to_string(window_.size()) + " exceed max_seq_length " +
+                    std::to_string(model_.config.max_seq_length));
+    const size_t from = window_.size();
+    window_.insert(window_.end(), tokens, tokens + n);
+    run_window(from, n);
+    return forward_.logits(0);
 }
 
 const float* Context::eval(int32_t token, bool want_logits) { return eval_tokens(&token, 1, want_logits); }
 
 const float* Context::eval_tokens(const int32_t* tokens, int32_t n, bool want_logits) {
     const size_t P = static_cast<size_t>(model_.config.max_seq_length);
-    for (int32_t i = 0; i < n; i++)
-        if (model_.row_of(tokens[i]) < 0)
-            throw Error("token id " + std::to_string(tokens[i]) + " is not in the model's vocabulary");
+    check_ids(tokens, n);
     int32_t i = 0;
     // Tokens that fit the window go through together.
     if (window_.size() < P) {
         const size_t from = window_.size();
         const int32_t fit = static_cast<int32_t>(std::min(P - from, static_cast<size_t>(n)));
         window_.insert(window_.end(), tokens, tokens + fit);
-        run_window(from, want_logits && fit == n);
+        run_window(from, want_logits && fit == n ? 1 : 0);
         i = fit;
     }
     // Upstream semantics past max_seq_length: slide the window and recompute it from zero state.
@@ -57,7 +73,7 @@ const float* Context::eval_tokens(const int32_t* tokens, int32_t n, bool want_lo
         std::rotate(window_.begin(), window_.begin() + 1, window_.end());
         window_.back() = tokens[i];
         zero_state();
-        run_window(0, want_logits && i + 1 == n);
+        run_window(0, want_logits && i + 1 == n ? 1 : 0);
     }
     return logits();
 }

@@ -23,6 +23,10 @@ public:
     // Feeds n tokens in order, as n calls of eval() would, but runs them through the matrix
     // products together (a prompt's prefill); returns the last token's logits (or nullptr).
     const float* eval_tokens(const int32_t* tokens, int32_t n, bool want_logits = true);
+    // Feeds n tokens that fit in the window (position() + n <= max_seq_length, else itera::Error)
+    // through the products together, and returns the logits after each of them: [n][vocab rows],
+    // valid until the next eval. Scoring a text this way costs one prefill per window.
+    const float* eval_all(const int32_t* tokens, int32_t n);
 
     int32_t position() const { return static_cast<int32_t>(window_.size()); }
     size_t state_bytes() const { return (conv_.size() + ssm_.size()) * sizeof(float); }
@@ -46,8 +50,9 @@ public:
 
 private:
     void zero_state();  // conv history and SSM state, not the window
-    // Runs window_[from, window_.size()) at their positions; logits for the last one if wanted.
-    void run_window(size_t from, bool want_logits);
+    // Runs window_[from, window_.size()) at their positions; logits for the last logit_rows of them.
+    void run_window(size_t from, int32_t logit_rows);
+    void check_ids(const int32_t* tokens, int32_t n) const;  // throws for an id not in the vocabulary
     size_t conv_index(size_t layer, size_t channel, size_t tap) const;  // saved order -> conv_
 
     const Model& model_;

@@ -34,9 +34,9 @@ Forward::Forward(const Model& model) : model_(model), layout_(model.config) {
     reserve(1);
 }
 
-void Forward::run_sequence(const int32_t* window, int32_t from, int32_t n, SequenceState state, bool want_logits) {
+void Forward::run_sequence(const int32_t* window, int32_t from, int32_t n, SequenceState state, int32_t logit_rows) {
     shared_.assign(static_cast<size_t>(n), state);
-    run(window + from, positions_.data() + from, shared_.data(), n, want_logits ? n - 1 : n);
+    run(window + from, positions_.data() + from, shared_.data(), n, n - logit_rows);
 }
 
 void Forward::reserve(int32_t n) {

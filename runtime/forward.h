@@ -45,8 +45,8 @@ public:
     void run(const int32_t* tokens, const int32_t* positions, const SequenceState* states, int32_t n,
              int32_t logits_from);
     // Tokens [from, from + n) of one sequence's window, at positions from.., all on `state`; logits
-    // for the last one when want_logits (then logits(0)).
-    void run_sequence(const int32_t* window, int32_t from, int32_t n, SequenceState state, bool want_logits);
+    // for the last `logit_rows` of them (0, 1 or n; then logits(0) is the first of those).
+    void run_sequence(const int32_t* window, int32_t from, int32_t n, SequenceState state, int32_t logit_rows);
     // The logits of row logits_from + i of the last run, one per vocabulary row.
     const float* logits(int32_t i) const { return logits_.data() + static_cast<size_t>(i) * vocab_; }
 

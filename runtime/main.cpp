@@ -64,7 +64,7 @@ std::vector<int32_t> parse_ids(const std::string& text) {
 // (kernels_cuda/cuda_backend.h), which takes a prompt or a window in one launch.
 class Evaluator {
 public:
-    Evaluator(const itera::Model& model, const std::string& device) : model_(model) {
+    Evaluator(const itera::Model& model, const std::string& device) {
         if (device == "cuda") {
             gpu_ = std::make_unique<itera::cuda::Backend>(model);  // "no CUDA device: ..." without one
         } else {
@@ -86,25 +86,18 @@ public:
         }
         return cpu_->eval_tokens(ids.data(), static_cast<int32_t>(ids.size()));
     }
-    // Feeds ids[0, n) in order; returns the logits after each, [n][vocab rows].
+    // Feeds ids[0, n) in order (n <= max_seq_length); returns the logits after each, [n][vocab rows].
     const float* eval_all(const int32_t* ids, size_t n) {
         if (gpu_) {
             gpu_->run({{0, ids, static_cast<int32_t>(n), itera::cuda::Logits::all}});
             return gpu_->logits(0);
         }
-        all_.clear();
-        for (size_t i = 0; i < n; i++) {
-            const float* row = cpu_->eval(ids[i]);
-            all_.insert(all_.end(), row, row + model_.vocab_rows());
-        }
-        return all_.data();
+        return cpu_->eval_all(ids, static_cast<int32_t>(n));
     }
 
 private:
-    const itera::Model& model_;
     std::unique_ptr<itera::Context> cpu_;
     std::unique_ptr<itera::cuda::Backend> gpu_;
-    std::vector<float> all_;
 };
 
 const itera::Tokenizer& tokenizer_of(const itera::Model& model) {
@@ -452,8 +445,8 @@ int run(int argc, char** argv) {
     app.add_option("--device", a.device, "run the model on the cpu (default) or on the GPU (cuda; docs/cuda.md)")
         ->check(CLI::IsMember({"cpu", "cuda"}));
     app.add_option("--kernels", a.kernels,
-                   "products over many rows (a prompt's prefill): native (default), onednn, or auto (the faster per "
-                   "shape, timed at first use)")
+                   "products over many rows (a prompt's prefill, each window of logits and ppl): native (default), "
+                   "onednn, or auto (the faster per shape, timed at first use)")
         ->check(CLI::IsMember({"native", "onednn", "auto"}));
     app.set_version_flag("--version", ITERA_VERSION);
     app.add_subcommand("generate", "generate text (the default)")->fallthrough();

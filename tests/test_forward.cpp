@@ -145,6 +145,33 @@ TEST_CASE("prefill (a prompt as one block of rows) equals token-by-token decode"
     MESSAGE("f32, f16, q8_0, q4_0: a 9-token prompt (window 6) in one call gives bit-identical logits and state");
 }
 
+TEST_CASE("eval_all (every position's logits from one prefill) equals token-by-token decode") {
+    for (DType dtype : {DType::f32, DType::f16, DType::q8_0, DType::q4_0}) {
+        const auto model = model_from(random_spec(small_config(), dtype, 12));
+        const size_t V = static_cast<size_t>(model->vocab_rows());
+        const std::vector<int32_t> ids = {3, 1, 4, 1, 5};  // window 6: one token left after them
+        Context one(*model), all(*model);
+        one.eval(2);
+        all.eval(2);  // eval_all continues a window that is not empty
+        const float* rows = all.eval_all(ids.data(), static_cast<int32_t>(ids.size()));
+        for (size_t i = 0; i < ids.size(); i++) {
+            const std::vector<float> want = logits_of(one.eval(ids[i]), *model);
+            CHECK(max_abs_diff(std::vector<float>(rows + i * V, rows + (i + 1) * V), want) == 0.0f);
+        }
+        CHECK(all.position() == one.position());
+        CHECK(max_abs_diff(logits_of(all.logits(), *model), logits_of(one.logits(), *model)) == 0.0f);
+        // Past the window it refuses instead of sliding (each row would need its own window).
+        const int32_t two[] = {7, 8};
+        CHECK_THROWS_WITH_AS(all.eval_all(two, 2), doctest::Contains("exceed max_seq_length"), Error);
+        CHECK_THROWS_AS(all.eval_all(two, 0), Error);
+        const int32_t bad[] = {model->config.vocab_size};
+        CHECK_THROWS_WITH_AS(all.eval_all(bad, 1), doctest::Contains("not in the model's vocabulary"), Error);
+        CHECK(all.position() == one.position());  // refused calls change nothing
+    }
+    MESSAGE("f32, f16, q8_0, q4_0: eval_all of 5 tokens after 1 gives each position's decode logits bit for bit; "
+            "refuses past the window, empty input and unknown ids");
+}
+
 TEST_CASE("batch decode equals one context per sequence, with threads and past max_seq_length") {
     for (DType dtype : {DType::f32, DType::q4_0}) {
         const auto model = model_from(random_spec(small_config(), dtype, 5));

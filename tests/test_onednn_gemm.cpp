@@ -1,13 +1,13 @@
 // The oneDNN gemm provider (kernels_cpu/onednn_gemm.h) and the provider switch
 // (kernels_cpu/gemm_provider.h): oneDNN and gemm_native against a plain double-precision loop for
-// f32, f16 and q8_0 weights on odd shapes and batches 1..130; auto's choice; fallbacks; threads.
+// f32, f16 and the block formats on odd shapes and batches 1..130; auto's choice; fallbacks; threads.
 //
 // Tolerances are worst-case bounds, not fitted constants:
 //   FP32 sums (f32 / f16 weights, both providers): |dy| <= cols * FLT_EPSILON * sum_c |w x|, twice
 //     the classic bound gamma_n = n * 2^-24 for a length-n FP32 dot product against an exact sum.
-//   q8_0 native: each activation is rounded to its 32-block's grid d = amax / 127, so
+//   block formats, native: each activation is rounded to its 32-block's grid d = amax / 127, so
 //     |dy| <= sum_c |w_c| * d(c) / 2, plus the FP32 bound.
-//   q8_0 oneDNN: the weight row is rounded to the grid sw = amax_row / 127 and the activation row
+//   block formats, oneDNN (s8 rows): the stored weight row is rounded to the grid sw = amax_row / 127 and the activation row
 //     to the grid sx = (max(x, 0) - min(x, 0)) / L (L = 255, or 127 without VNNI: activation_levels),
 //     each error at most half a step, so
 //     |dy| <= sw / 2 * sum_c |x_c| + sx / 2 * sum_c (|w_c| + sw / 2), plus the FP32 bound.
@@ -141,9 +141,9 @@ TEST_CASE("onednn gemm and gemm_native match the exact product: f32, f16, q8_0, 
     const int32_t batches[] = {1, 2, 3, 7, 8, 9, 16, 31, 64, 100, 128, 129, 130};
     uint32_t seed = 1;
     for (DType dtype : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4, DType::q3_0, DType::q2_0}) {
-        // oneDNN: q8_0 as s8 rows, the others as FP32 copies of their values. Native: every block
-        // format meets its input quantized to q8 blocks.
-        const bool q8 = dtype == DType::q8_0, block = is_quantized(dtype);
+        // oneDNN: every block format as s8 rows, f16 as an FP32 copy of its values. Native: every
+        // block format meets its input quantized to q8 blocks.
+        const bool block = is_quantized(dtype);
         double worst_onednn = 0.0, worst_native = 0.0;
         int products = 0;
         for (const auto& shape : shapes) {
@@ -156,7 +156,7 @@ TEST_CASE("onednn gemm and gemm_native match the exact product: f32, f16, q8_0, 
                 const std::string what = name_of(m.weight, batch);
                 worst_onednn = std::max(
                     worst_onednn,
-                    check_product(m, x, batch, y_onednn, q8 ? Bound::q8_onednn : Bound::fp32, "onednn " + what));
+                    check_product(m, x, batch, y_onednn, block ? Bound::q8_onednn : Bound::fp32, "onednn " + what));
                 // nf4's native dot uses int8 levels round(127 * level) (kNf4I8), an error this bound
                 // leaves out; tests/test_quant_kernels.cpp measures that path.
                 if (dtype != DType::nf4)
@@ -185,7 +185,7 @@ TEST_CASE("onednn gemm: every batch 1..130 on one odd shape, primitives made onc
             const std::vector<float> x = gaussian(static_cast<size_t>(batch) * 70, 1000 + batch);
             std::vector<float> y(static_cast<size_t>(batch) * 45, -1.0f);
             onednn.run(m.weight, x.data(), batch, y.data());
-            worst = std::max(worst, check_product(m, x, batch, y, dtype == DType::q8_0 ? Bound::q8_onednn : Bound::fp32,
+            worst = std::max(worst, check_product(m, x, batch, y, is_quantized(dtype) ? Bound::q8_onednn : Bound::fp32,
                                                   "onednn " + name_of(m.weight, batch)));
             // The same call again reuses the primitive and gives the same bits.
             std::vector<float> again(y.size(), -1.0f);
@@ -196,10 +196,11 @@ TEST_CASE("onednn gemm: every batch 1..130 on one odd shape, primitives made onc
         MESSAGE(std::string(dtype_name(dtype))
                 << " 45x70, batches 1..130: largest |dy| / bound " << worst << ", implementation "
                 << onednn.implementation(m.weight, 64) << ", weight copy " << copy << " bytes");
-        // One copy per weight, whatever the batch: f32 none, f16 and q4_0 4 bytes / weight, q8_0 1 byte + 8 / row.
+        // One copy per weight, whatever the batch: f32 none, f16 4 bytes / weight, q8_0 and q4_0 1 byte
+        // + 8 / row.
         if (dtype == DType::f32) CHECK(copy == 0);
-        if (dtype == DType::f16 || dtype == DType::q4_0) CHECK(copy >= 45u * 70u * 4u);
-        if (dtype == DType::q8_0) CHECK(copy >= 45u * 70u + 45u * 8u);
+        if (dtype == DType::f16) CHECK(copy >= 45u * 70u * 4u);
+        if (is_quantized(dtype)) CHECK((copy >= 45u * 70u + 45u * 8u && copy < 45u * 70u * 2u + 4096u));
         CHECK(copy < 2u * 45u * 70u * 4u + 4096u);
     }
 }
@@ -222,8 +223,9 @@ TEST_CASE("onednn gemm: edge cases") {
     onednn.run(m.weight, x.data(), 0, y1.data());
     // Shapes without a path are refused, not guessed: q8_0 past 65536 columns would overflow the
     // u8 * s8 sums.
-    const Weight wide{DType::q8_0, 1, 65568, m.bytes.data()};
+    const Weight wide{DType::q8_0, 1, 65568, m.bytes.data()}, wide_q4{DType::q4_0, 1, 65568, m.bytes.data()};
     CHECK_FALSE(OnednnGemm::handles(wide));
+    CHECK_FALSE(OnednnGemm::handles(wide_q4));
     CHECK_THROWS_AS(onednn.run(wide, x.data(), 1, y1.data()), Error);
     CHECK(OnednnGemm::handles(m.weight));
 }
@@ -275,7 +277,7 @@ TEST_CASE("gemm dispatch: onednn falls back to native where it has no path; auto
     onednn.run(f32.weight, x.data(), 100, y.data(), "in_proj");
     check_product(f32, x, 100, y, Bound::fp32, "dispatch onednn f32");
     onednn.run(q4.weight, x.data(), 100, y.data(), "w_q4");
-    check_product(q4, x, 100, y, Bound::fp32, "dispatch onednn q4 (FP32 copy)");
+    check_product(q4, x, 100, y, Bound::q8_onednn, "dispatch onednn q4 (s8 rows)");
     const std::string text = onednn.describe();
     MESSAGE(text);
     CHECK(text.find("w_wide q8 2x65568 batch 65..128: native (no oneDNN path for q8)") != std::string::npos);
@@ -301,8 +303,7 @@ TEST_CASE("gemm dispatch: onednn falls back to native where it has no path; auto
             const DType t = m->weight.dtype;
             const Bound bound = t == DType::f32                 ? Bound::fp32
                                 : c.used == GemmProvider::native ? Bound::q8_native
-                                : t == DType::q8_0               ? Bound::q8_onednn
-                                                                 : Bound::fp32;
+                                                                 : Bound::q8_onednn;
             check_product(*m, x, batch, first, bound, "auto first call " + name_of(m->weight, batch));
             // Later calls go to the chosen provider: the same bits as calling it directly.
             std::vector<float> later(first.size()), direct(first.size());
