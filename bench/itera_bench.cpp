@@ -3,6 +3,9 @@
 //   load_ms         open + verify (checksum) + view the weights, median of --repeat loads
 //   decode_tok_s    batch 1, one thread: greedy decode (eval + argmax) from a 1-token prompt;
 //                   1 / the median time of one token (every token is timed)
+//   sample_us       one draw of itera-run's default sampler (temperature 0.8, top-k 40, top-p
+//                   0.95) from the model's logits, median of 1000: what sampled generation adds
+//                   to a decode step
 //   prefill_ms_128  a 128-token prompt to the last position's logits ("a sample"), one thread
 //   batch_tok_s     --batch sequences decoded in lockstep with --threads threads (median step)
 //   peak_rss_kb     the process's peak resident memory (getrusage)
@@ -21,11 +24,13 @@
 #include "bench/fma_peak.h"
 #include "common/cli_parse.h"
 #include "common/error.h"
+#include "kernels_cpu/dense_ops.h"
 #include "kernels_cuda/cuda_backend.h"
 #include "runtime/batch.h"
 #include "runtime/builtin_model.h"
 #include "runtime/context.h"
 #include "runtime/model.h"
+#include "runtime/sampler.h"
 #include "version.h"
 
 namespace {
@@ -71,7 +76,6 @@ double macs_per_token(const itera::ModelConfig& c) {
     return macs;
 }
 
-int32_t argmax(const float* v, int32_t n) { return static_cast<int32_t>(std::max_element(v, v + n) - v); }
 
 // Deterministic prompt ids the model knows (spread over its vocabulary rows).
 std::vector<int32_t> prompt_ids(const itera::Model& m, int32_t n) {
@@ -153,10 +157,21 @@ int run(int argc, char** argv) {
         for (int32_t i = 0; i < args.tokens; i++) {
             if (ctx.position() == P) ctx.reset();  // stay inside the window: the recurrent cost
             const auto t0 = Clock::now();
-            token = m.id_of(argmax(ctx.eval(token), V));
+            token = m.id_of(itera::argmax(ctx.eval(token), V));
             decode_tok_s.push_back(1.0 / seconds_since(t0));
         }
     }
+
+    // Sampling: the last decoded logits, drawn from many times.
+    std::vector<double> sample_s;
+    itera::Sampler sampler(itera::SamplerParams{});
+    int64_t drawn = 0;
+    for (int32_t i = 0; i < 1000; i++) {
+        const auto t0 = Clock::now();
+        drawn += sampler.sample(ctx.logits(), V);
+        sample_s.push_back(seconds_since(t0));
+    }
+    if (drawn < 0) return 1;  // keeps the draws
 
     // Prefill: a prompt of --prompt tokens (at most max_seq_length) to its last logits.
     const int32_t prompt = std::min(args.prompt, P);
@@ -181,7 +196,7 @@ int run(int argc, char** argv) {
         for (int32_t s = 0; s < steps; s++) {
             const auto t0 = Clock::now();
             batch.eval(tokens.data());
-            for (int32_t i = 0; i < args.batch; i++) tokens[static_cast<size_t>(i)] = m.id_of(argmax(batch.logits(i), V));
+            for (int32_t i = 0; i < args.batch; i++) tokens[static_cast<size_t>(i)] = m.id_of(itera::argmax(batch.logits(i), V));
             batch_tok_s.push_back(args.batch / seconds_since(t0));
         }
     }
@@ -197,12 +212,12 @@ int run(int argc, char** argv) {
     if (args.json) {
         std::printf(
             "{\"model\": \"%s\", \"kernels\": \"%s\", \"gemm\": \"%s\", \"threads\": %d, \"batch\": %d, \"load_ms\": %.4f, "
-            "\"decode_tok_s\": %.1f, \"prefill_tokens\": %d, \"prefill_ms_128\": %.5f, \"prefill_tok_s\": %.1f, "
+            "\"decode_tok_s\": %.1f, \"sample_us\": %.3f, \"prefill_tokens\": %d, \"prefill_ms_128\": %.5f, \"prefill_tok_s\": %.1f, "
             "\"batch_tok_s\": %.1f, \"peak_rss_kb\": %ld, \"mflop_per_token\": %.4f, \"decode_gflops\": %.3f, "
             "\"batch_gflops\": %.3f, \"peak_gflops_per_core\": %.1f, \"state_bytes\": %zu}\n",
             args.model_path.empty() ? "builtin" : args.model_path.c_str(), itera::kernel_path_name(), args.kernels.c_str(),
             args.threads,
-            args.batch, median(load_s) * 1e3, decode, prompt, prefill_ms, prefill_tok_s, batch_rate, usage.ru_maxrss,
+            args.batch, median(load_s) * 1e3, decode, median(sample_s) * 1e6, prompt, prefill_ms, prefill_tok_s, batch_rate, usage.ru_maxrss,
             flop * 1e-6, decode_gflops, batch_gflops, peak, ctx.state_bytes());
         return 0;
     }
@@ -212,6 +227,8 @@ int run(int argc, char** argv) {
     std::printf("load           %.3f ms\n", median(load_s) * 1e3);
     std::printf("decode         %.0f tok/s (batch 1, 1 thread, %d tokens)  %.2f GFLOP/s = %.1f%% of %.0f peak\n", decode,
                 args.tokens, decode_gflops, 100 * decode_gflops / peak, peak);
+    std::printf("sampling       %.3f us per draw (temperature 0.8, top-k 40, top-p 0.95, %d logits)\n",
+                median(sample_s) * 1e6, V);
     std::printf("prefill        %.4f ms for %d tokens (%.0f tok/s)\n", prefill_ms, prompt, prefill_tok_s);
     std::printf("batch          %.0f tok/s (%d sequences, %d threads)  %.2f GFLOP/s = %.1f%% of %.0f x %d peak\n",
                 batch_rate, args.batch, args.threads, batch_gflops, 100 * batch_gflops / (peak * args.threads), peak,

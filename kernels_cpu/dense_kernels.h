@@ -18,6 +18,7 @@ struct DenseKernels {
                       float* history, float* out);
     void (*ssm_output)(const float* c_t, const float* s, int32_t state, const float* d, const float* v, const float* z,
                        int32_t inner, float* y);
+    int32_t (*argmax)(const float* x, int32_t n);
 };
 
 extern const DenseKernels kDenseAvx2;

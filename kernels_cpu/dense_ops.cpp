@@ -55,6 +55,7 @@ const DenseKernels kDenseScalar = {
             y[i] = acc * ref::silu(z[i]);
         }
     },
+    ref::argmax,
 };
 
 const DenseKernels& dense(KernelPath path) {
@@ -114,6 +115,7 @@ float softplus_mean(const float* x, int32_t n) { return active().softplus_mean(x
 void layer_norm(const float* x, const Weight& gamma, const Weight& beta, float eps, int32_t n, float* out) {
     run_layer_norm(active(), x, gamma, beta, eps, n, out);
 }
+int32_t argmax(const float* x, int32_t n) { return active().argmax(x, n); }
 
 namespace dense_path {
 void conv_step(KernelPath path, const float* weight_t, const float* bias, int32_t channels, int32_t kernel, const float* u,
@@ -132,6 +134,7 @@ float softplus_mean(KernelPath path, const float* x, int32_t n) { return dense(p
 void layer_norm(KernelPath path, const float* x, const Weight& gamma, const Weight& beta, float eps, int32_t n, float* out) {
     run_layer_norm(dense(path), x, gamma, beta, eps, n, out);
 }
+int32_t argmax(KernelPath path, const float* x, int32_t n) { return dense(path).argmax(x, n); }
 }  // namespace dense_path
 
 }  // namespace itera

@@ -37,6 +37,10 @@ void ssm_output(const float* c_t, const float* s, int32_t state, const float* d,
                 int32_t inner, float* y);
 // LayerNorm (ref::layer_norm's math); gamma and beta in any dtype ref::element reads.
 void layer_norm(const float* x, const Weight& gamma, const Weight& beta, float eps, int32_t n, float* out);
+// The first index of the largest value (ref::argmax: NaNs are passed over; 0 when x[0] is NaN or
+// n <= 0). Greedy decoding's pick: a scalar loop over a 2000-word vocabulary took longer than the
+// micro model's layers.
+int32_t argmax(const float* x, int32_t n);
 
 // The same functions on an explicit path, for tests and benchmarks.
 namespace dense_path {
@@ -50,6 +54,7 @@ void silu_gate(KernelPath path, float* y, const float* z, int32_t n);
 void gelu_inplace(KernelPath path, float* x, int32_t n);
 float softplus_mean(KernelPath path, const float* x, int32_t n);
 void layer_norm(KernelPath path, const float* x, const Weight& gamma, const Weight& beta, float eps, int32_t n, float* out);
+int32_t argmax(KernelPath path, const float* x, int32_t n);
 }  // namespace dense_path
 
 }  // namespace itera

@@ -78,6 +78,13 @@ void scan_step(const Weight& a_log, const Weight& c, const Weight& d, int32_t in
     }
 }
 
+int32_t argmax(const float* x, int32_t n) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
 void top_k_softmax(const float* logits, int32_t n, int32_t k, int32_t* index, float* weight) {
     for (int32_t j = 0; j < k; j++) {
         int32_t best = -1;

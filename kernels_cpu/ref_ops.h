@@ -34,6 +34,9 @@ void conv_step(const Weight& weight, const Weight& bias, int32_t channels, int32
 void scan_step(const Weight& a_log, const Weight& c, const Weight& d, int32_t inner, int32_t state, const float* v,
                const float* delta, const float* bv, float* s, float* y);
 
+// The first index of the largest value; NaNs lose every comparison, so they are passed over (and
+// x[0] NaN gives 0). 0 when n <= 0.
+int32_t argmax(const float* x, int32_t n);
 // Indices of the k largest router logits, largest first (ties: lower index first, as torch.topk
 // on CPU), and the softmax over those k logits.
 void top_k_softmax(const float* logits, int32_t n, int32_t k, int32_t* index, float* weight);

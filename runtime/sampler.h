@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels_cpu/dense_ops.h"  // argmax: greedy's pick
+
 namespace itera {
 
 struct SamplerParams {
@@ -30,7 +32,6 @@ private:
     std::vector<double> prob_;
 };
 
-int32_t argmax(const float* logits, int32_t n);  // first index of the largest value
 // out[i] = log softmax(logits)[i], in double precision (perplexity and KL divergence sums).
 void log_softmax(const float* logits, int32_t n, double* out);
 

@@ -109,6 +109,24 @@ TEST_CASE("dense SIMD kernels match the scalar reference") {
                 CHECK(max_abs_diff(got, want) < 1e-5f);
             }
         }
+        // argmax: ties (first index wins), NaNs (passed over; x[0] NaN gives 0), infinities, every
+        // tail length, and the vocabulary sizes.
+        int32_t argmax_cases = 0;
+        for (int32_t n : {0, 1, 2, 15, 16, 17, 63, 64, 65, 100, 184, 2000, 3000}) {
+            for (int variant = 0; variant < 6; variant++) {
+                std::vector<float> x(static_cast<size_t>(n) + 1);
+                for (float& e : x) e = variant == 1 ? std::round(normal(rng)) : normal(rng);  // 1: many ties
+                if (n > 0 && variant == 2) x[static_cast<size_t>(rng() % n)] = std::nanf("");
+                if (n > 0 && variant == 3) x[0] = std::nanf("");
+                if (n > 0 && variant == 4) x[static_cast<size_t>(rng() % n)] = INFINITY;
+                if (variant == 5) std::fill(x.begin(), x.end(), -INFINITY);
+                x[static_cast<size_t>(n)] = 1e30f;  // past the end: must not be read
+                CHECK_MESSAGE(dense_path::argmax(path, x.data(), n) == ref::argmax(x.data(), n),
+                              "argmax n " << n << " variant " << variant);
+                argmax_cases++;
+            }
+        }
+        MESSAGE(argmax_cases << " argmax cases against ref::argmax");
         for (int32_t n : {1, 7, 64, 96, 101}) {
             std::vector<float> gamma(v.rbegin(), v.rend()), want(static_cast<size_t>(n)), got(static_cast<size_t>(n));
             const Weight gw{DType::f32, 1, n, gamma.data()}, bw{DType::f32, 1, n, v.data()};
@@ -119,7 +137,7 @@ TEST_CASE("dense SIMD kernels match the scalar reference") {
     }
     MESSAGE(checked << " matvecs (f32, f16; rows 1..40 x cols 1..130) on " << simd_paths().size()
                     << " SIMD paths: max |simd - scalar| / sum|wx| = " << worst
-                    << " (limit 1e-5); silu, gelu, gate, softplus mean, layer norm, conv step (and ref::conv_step's math), SSM output within a few ulp");
+                    << " (limit 1e-5); silu, gelu, gate, softplus mean, layer norm, conv step (and ref::conv_step's math), SSM output within a few ulp; argmax exact");
 }
 
 TEST_CASE("prefill (a prompt as one block of rows) equals token-by-token decode") {

@@ -2,6 +2,7 @@
 // the context's recurrent state (window semantics past max_seq_length, reset, fp16 storage).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -147,6 +148,89 @@ TEST_CASE("sampler: greedy, seeds and filters") {
     CHECK_THROWS_WITH_AS(Sampler(greedy).sample(with_nan.data(), 3), doctest::Contains("NaN logits"), Error);
     MESSAGE("greedy picks argmax; same seed gives the same 200 draws; top-k 2 and top-p 0.1 restrict the choice; "
             "NaN logits are an error");
+}
+
+namespace {
+
+// The sampler as first written: every id sorted (partial_sort for top-k) by logit, then id. The
+// fast top-k must draw exactly what this draws from the same seed.
+struct PlainSampler {
+    SamplerParams p;
+    uint64_t state;
+    explicit PlainSampler(const SamplerParams& params) : p(params), state(params.seed ^ 0x9e3779b97f4a7c15ull) {}
+    double uniform() {
+        uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        return static_cast<double>(z >> 11) * 0x1.0p-53;
+    }
+    int32_t sample(const float* logits, int32_t n) {
+        std::vector<int32_t> order(static_cast<size_t>(n));
+        for (int32_t i = 0; i < n; i++) order[static_cast<size_t>(i)] = i;
+        auto by_logit = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+        const int32_t keep = p.top_k > 0 && p.top_k < n ? p.top_k : n;
+        std::partial_sort(order.begin(), order.begin() + keep, order.end(), by_logit);
+        std::vector<double> prob(static_cast<size_t>(keep));
+        double total = 0.0;
+        for (int32_t i = 0; i < keep; i++) {
+            prob[static_cast<size_t>(i)] = std::exp((logits[order[static_cast<size_t>(i)]] - logits[order[0]]) / p.temperature);
+            total += prob[static_cast<size_t>(i)];
+        }
+        int32_t kept = keep;
+        if (p.top_p < 1.0f) {
+            double cumulative = 0.0;
+            for (int32_t i = 0; i < keep; i++) {
+                cumulative += prob[static_cast<size_t>(i)] / total;
+                if (cumulative >= p.top_p) {
+                    kept = i + 1;
+                    break;
+                }
+            }
+            total = 0.0;
+            for (int32_t i = 0; i < kept; i++) total += prob[static_cast<size_t>(i)];
+        }
+        double r = uniform() * total;
+        for (int32_t i = 0; i < kept; i++) {
+            r -= prob[static_cast<size_t>(i)];
+            if (r < 0.0) return order[static_cast<size_t>(i)];
+        }
+        return order[static_cast<size_t>(kept - 1)];
+    }
+};
+
+}  // namespace
+
+TEST_CASE("sampler: top-k draws equal sorting every id") {
+    std::mt19937 rng(3);
+    std::normal_distribution<float> normal(0.0f, 3.0f);
+    int draws = 0;
+    for (int32_t n : {1, 5, 40, 41, 184, 2000, 3000}) {
+        for (int variant = 0; variant < 5; variant++) {
+            std::vector<float> x(static_cast<size_t>(n));
+            for (float& e : x) e = variant == 1 ? std::round(normal(rng)) : normal(rng);  // 1: ties everywhere
+            if (variant == 2) std::fill(x.begin(), x.end(), 0.5f);                    // 2: all equal
+            if (variant == 3)                                                          // 3: masked ids
+                for (size_t i = 0; i < x.size(); i += 3) x[i] = -INFINITY;
+            if (variant == 4 && n > 2) x[static_cast<size_t>(n / 2)] = 1e30f;  // 4: one far above the rest
+            for (int32_t k : {1, 2, 40, 100, n - 1, n, 0}) {
+                for (float top_p : {1.0f, 0.95f}) {
+                    SamplerParams p;
+                    p.temperature = 0.8f;
+                    p.top_k = k;
+                    p.top_p = top_p;
+                    p.seed = static_cast<uint64_t>(n * 131 + k * 7 + variant);
+                    Sampler fast(p);
+                    PlainSampler plain(p);
+                    for (int i = 0; i < 20; i++, draws++)
+                        REQUIRE_MESSAGE(fast.sample(x.data(), n) == plain.sample(x.data(), n),
+                                        "n " << n << " variant " << variant << " top-k " << k << " top-p " << top_p);
+                }
+            }
+        }
+    }
+    MESSAGE(draws << " draws (n 1..3000; ties, all equal, -inf ids, one huge logit; top-k 0..n; top-p 1 and 0.95) equal "
+                     "the sort-every-id sampler's");
 }
 
 TEST_CASE("context: recurrent decoding, window past max_seq_length, reset, fp16 storage") {
