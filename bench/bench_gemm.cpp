@@ -31,6 +31,7 @@
 #include "kernels_cpu/gemm_provider.h"
 #include "kernels_cpu/onednn_gemm.h"
 #include "kernels_cpu/quant_ops.h"
+#include "kernels_cpu/ref_ops.h"
 #include "runtime/context.h"
 #include "runtime/model.h"
 
@@ -223,10 +224,7 @@ void accuracy(const std::string& model_path, const std::string& text_path, int32
         const std::vector<float>& x = captured.second;
         const int32_t T = static_cast<int32_t>(x.size() / static_cast<size_t>(w.cols));
         std::vector<float> wf(static_cast<size_t>(w.rows) * w.cols);
-        const size_t row_bytes = dtype_row_bytes(w.dtype, w.cols);
-        for (int32_t r = 0; r < w.rows; r++)
-            dequantize_row(w.dtype, static_cast<const uint8_t*>(w.data) + r * row_bytes, w.cols,
-                           wf.data() + static_cast<size_t>(r) * w.cols);
+        for (int32_t r = 0; r < w.rows; r++) ref::load_row(w, r, wf.data() + static_cast<size_t>(r) * w.cols);
         std::vector<double> exact(static_cast<size_t>(T) * w.rows);
         for (int32_t t = 0; t < T; t++)
             for (int32_t r = 0; r < w.rows; r++) {

@@ -26,7 +26,7 @@ int run(int argc, char** argv) {
     CLI::App app{"itera-convert: convert an Itera-Lite PyTorch checkpoint (.pt) into a .itl model file.\n"
                  "The checkpoint is read natively: pickle globals are resolved against an allowlist and\n"
                  "no code from the file is ever executed."};
-    std::string checkpoint_path, output, tokenizer_path, config_path, dtype_name = "fp32", moe_empty = "error";
+    std::string checkpoint_path, output, tokenizer_path, config_path, dtype_name = "fp32", moe_empty = "error", layout_name = "rows16";
     std::string calib_path, report_path;
     std::vector<std::string> keep_rules, precision_maps;
     int64_t calib_tokens = 16384, score_tokens = 2048;
@@ -92,6 +92,10 @@ int run(int argc, char** argv) {
     app.add_flag("--no-trim-vocab", no_trim,
                  "keep embedding / LM head rows that no tokenizer string can produce (trimmed by default when a "
                  "tokenizer is given; token ids stay the checkpoint's either way)");
+    app.add_option("--layout", layout_name,
+                   "order of the q4 matrices' blocks: rows16 (default; 16 rows interleaved for the CPU's 512-bit "
+                   "kernels, docs/format.md) or row_major (ggml's Q4_0 rows)")
+        ->check(CLI::IsMember({"rows16", "row_major"}));
     app.add_option("--moe-empty", moe_empty, "a MoE layer with 0 experts: 'error' (default) or 'identity'")
         ->check(CLI::IsMember({"error", "identity"}));
     app.set_version_flag("--version", ITERA_VERSION);
@@ -119,6 +123,7 @@ int run(int argc, char** argv) {
         quant.keep.emplace_back(rule.substr(0, eq), dtype);
     }
     quant.trim_vocab = !no_trim;
+    itera::parse_layout(layout_name, &quant.q4_layout);
 
     itera::ModelSpec spec = itera::checkpoint_to_spec(checkpoint, options);
     if (!tokenizer_path.empty()) {

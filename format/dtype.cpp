@@ -68,6 +68,36 @@ size_t dtype_block_bytes(DType dtype) {
     throw Error("unknown dtype " + std::to_string(static_cast<int32_t>(dtype)));
 }
 
+std::string_view layout_name(Layout layout) {
+    switch (layout) {
+        case Layout::row_major: return "row_major";
+        case Layout::rows16: return "rows16";
+    }
+    return "unknown";
+}
+
+bool parse_layout(std::string_view name, Layout* out) {
+    for (Layout layout : {Layout::row_major, Layout::rows16}) {
+        if (name == layout_name(layout)) {
+            *out = layout;
+            return true;
+        }
+    }
+    return false;
+}
+
+std::string layout_refusal(Layout layout, DType dtype, const std::vector<int64_t>& shape) {
+    switch (layout) {
+        case Layout::row_major: return "";
+        case Layout::rows16:
+            if (dtype != DType::q4_0) return "layout rows16 needs dtype q4, not " + std::string(dtype_name(dtype));
+            if (shape.size() != 2 || shape[0] % kRows16 != 0)
+                return "layout rows16 needs a matrix of a multiple of 16 rows";
+            return "";
+    }
+    return "unknown layout " + std::to_string(static_cast<int32_t>(layout));
+}
+
 size_t dtype_row_bytes(DType dtype, int64_t cols) {
     const int64_t block = dtype_block(dtype);
     return static_cast<size_t>((cols + block - 1) / block) * dtype_block_bytes(dtype);

@@ -11,6 +11,12 @@ namespace itera {
 
 enum class DType : int32_t { f32 = 0, f16 = 1, q8_0 = 2, q4_0 = 3, nf4 = 4, q3_0 = 5, q2_0 = 6 };
 
+// Order of a tensor's blocks in its bytes (format/itera.fbs `Layout`). rows16 interleaves the
+// q4_0 blocks of 16 rows (format/quant_blocks.h) for the matrix-vector kernels; it holds the same
+// bytes, reordered, and needs a q4_0 matrix whose row count is a multiple of 16.
+enum class Layout : int8_t { row_major = 0, rows16 = 1 };
+constexpr int kRows16 = 16;
+
 std::string_view dtype_name(DType dtype);             // "fp32", "fp16", "q8", "q4", "nf4", "q3", "q2"
 bool parse_dtype(std::string_view name, DType* out);  // accepts the names above
 bool dtype_known(int32_t value);
@@ -19,6 +25,10 @@ int dtype_block(DType dtype);                         // elements per block (1 f
 size_t dtype_block_bytes(DType dtype);                // bytes per block (per element for fp32 / fp16)
 // Bytes of one row of `cols` elements: whole blocks, the last one padded.
 size_t dtype_row_bytes(DType dtype, int64_t cols);
+std::string_view layout_name(Layout layout);  // "row_major", "rows16"
+bool parse_layout(std::string_view name, Layout* out);
+// Empty when a tensor of this dtype and shape may take the layout, else why not.
+std::string layout_refusal(Layout layout, DType dtype, const std::vector<int64_t>& shape);
 // Bytes of a tensor: rows of its last dimension (a scalar is one row of one element). Throws
 // itera::Error on overflow.
 size_t tensor_bytes(DType dtype, const std::vector<int64_t>& shape);

@@ -31,6 +31,7 @@ struct TensorView {
     std::string name;
     std::vector<int64_t> shape;
     DType dtype = DType::f32;
+    Layout layout = Layout::row_major;
     const void* data = nullptr;  // 64-byte aligned, inside the mapped file
     size_t bytes = 0;
     int64_t elements() const;

@@ -272,8 +272,11 @@ void ItlFile::parse(LoadOptions options) {
                 throw Error(what + ": unsupported dtype " + std::to_string(dtype) +
                             " (this reader knows 0 fp32, 1 fp16, 2 q8, 3 q4, 4 nf4, 5 q3, 6 q2)");
             view.dtype = static_cast<DType>(dtype);
-            if (t->layout() != fb::Layout::row_major)
-                throw Error(what + ": unsupported layout " + std::to_string(static_cast<int32_t>(t->layout())));
+            const int32_t layout = static_cast<int32_t>(t->layout());
+            if (layout != static_cast<int32_t>(Layout::row_major) && layout != static_cast<int32_t>(Layout::rows16))
+                throw Error(what + ": unsupported layout " + std::to_string(layout) +
+                            " (this reader knows 0 row_major, 1 rows16)");
+            view.layout = static_cast<Layout>(layout);
             const size_t rank = t->shape() ? t->shape()->size() : 0;
             if (rank > kItlMaxRank) throw Error(what + ": rank " + std::to_string(rank) + " (at most 4)");
             // The FlatBuffers 2.0.8 verifier checks a vector's length field but not that 8-byte
@@ -283,6 +286,8 @@ void ItlFile::parse(LoadOptions options) {
             for (size_t i = 0; i < rank; i++)
                 view.shape.push_back(t->shape()->Get(static_cast<flatbuffers::uoffset_t>(i)));
             const int64_t n = checked_elements(what, view.shape.data(), rank);
+            if (const std::string why = layout_refusal(view.layout, view.dtype, view.shape); !why.empty())
+                throw Error(what + ": " + why);
             check_range(what, t->offset(), t->length(), h.data_length);
             (void)n;  // bounds the dimensions before tensor_bytes multiplies them
             const size_t expected = tensor_bytes(view.dtype, view.shape);

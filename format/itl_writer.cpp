@@ -55,15 +55,18 @@ Placed place(uint64_t* cursor, uint64_t length) {
 
 // Writes a tensor's bytes in its stored dtype: verbatim when pre-encoded, else from its values.
 void encode_tensor(const SpecTensor& t, uint8_t* dst) {
-    if (!t.packed.empty()) {
-        std::memcpy(dst, t.packed.data(), t.packed.size());
-        return;
-    }
     const int64_t cols = t.shape.empty() ? 1 : t.shape.back();
-    const int64_t rows = cols ? static_cast<int64_t>(t.values.size()) / cols : 0;
-    const size_t row_bytes = dtype_row_bytes(t.dtype, cols);
-    for (int64_t r = 0; r < rows; r++)
-        quantize_row(t.dtype, t.values.data() + r * cols, cols, dst + static_cast<size_t>(r) * row_bytes);
+    const size_t bytes = tensor_bytes(t.dtype, t.shape), row_bytes = dtype_row_bytes(t.dtype, cols);
+    const int64_t rows = static_cast<int64_t>(bytes / row_bytes);
+    std::vector<uint8_t> row_major;
+    uint8_t* out = t.layout == Layout::row_major ? dst : (row_major.resize(bytes), row_major.data());
+    if (!t.packed.empty()) {
+        std::memcpy(out, t.packed.data(), t.packed.size());
+    } else {
+        for (int64_t r = 0; r < rows; r++)
+            quantize_row(t.dtype, t.values.data() + r * cols, cols, out + static_cast<size_t>(r) * row_bytes);
+    }
+    if (t.layout == Layout::rows16) q4_0_to_rows16(row_major.data(), rows, cols, dst);
 }
 
 }  // namespace
@@ -82,6 +85,8 @@ std::vector<uint8_t> serialize_itl(const ModelSpec& spec, const WriteOptions& op
         if (!dtype_known(static_cast<int32_t>(t.dtype)))
             throw Error(what + ": unknown dtype " + std::to_string(static_cast<int32_t>(t.dtype)));
         const int64_t n = checked_elements(what, t.shape.data(), t.shape.size());
+        if (const std::string why = layout_refusal(t.layout, t.dtype, t.shape); !why.empty())
+            throw Error(what + ": " + why);
         const size_t bytes = tensor_bytes(t.dtype, t.shape);
         if (!t.packed.empty() && t.packed.size() != bytes)
             throw Error(what + ": " + std::to_string(t.packed.size()) + " packed bytes, its shape and dtype need " +
@@ -141,7 +146,7 @@ std::vector<uint8_t> serialize_itl(const ModelSpec& spec, const WriteOptions& op
     for (size_t i = 0; i < spec.tensors.size(); i++) {
         const SpecTensor& t = spec.tensors[i];
         tensors.push_back(fb::CreateTensor(fbb, fbb.CreateString(t.name), fbb.CreateVector(t.shape),
-                                           static_cast<fb::DType>(t.dtype), fb::Layout::row_major, placed[i].offset,
+                                           static_cast<fb::DType>(t.dtype), static_cast<fb::Layout>(t.layout), placed[i].offset,
                                            placed[i].length));
     }
     fb::FinishModelBuffer(

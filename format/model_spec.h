@@ -30,9 +30,11 @@ struct SpecTensor {
     std::vector<int64_t> shape;
     DType dtype = DType::f32;     // stored type
     std::vector<float> values;    // row-major, product(shape) values
-    // Already-encoded bytes in `dtype` (e.g. from a calibrated quantizer), written verbatim;
-    // when empty the writer encodes `values` (round-to-nearest for block formats).
+    // Already-encoded bytes in `dtype` (e.g. from a calibrated quantizer), row-major, written
+    // verbatim (reordered for rows16); when empty the writer encodes `values` (round-to-nearest
+    // for block formats).
     std::vector<uint8_t> packed;
+    Layout layout = Layout::row_major;  // rows16: q4_0 matrices of 16k rows (format/quant_blocks.h)
 };
 
 struct ModelSpec {

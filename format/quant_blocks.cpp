@@ -237,6 +237,45 @@ void quantize_row(DType dtype, const float* x, int64_t cols, void* out) {
     }
 }
 
+namespace {
+
+// Element e (0..31) of a q4_0 block, and the byte of a rows16 group block that holds element e of
+// lane r (0..15): after the 16 scales, column group e / 4, byte 4 * (r % 8) + e % 4.
+uint8_t q4_nibble(const BlockQ4& b, int e) { return e < 16 ? b.qs[e] & 0x0f : b.qs[e - 16] >> 4; }
+size_t rows16_byte(int r, int e) { return 2 * kRows16 + 32 * static_cast<size_t>(e / 4) + 4 * (r % 8) + e % 4; }
+
+}  // namespace
+
+void q4_0_to_rows16(const uint8_t* row_major, int64_t rows, int64_t cols, uint8_t* out) {
+    const int64_t nb = (cols + kQ4Block - 1) / kQ4Block;
+    const auto* in = reinterpret_cast<const BlockQ4*>(row_major);
+    std::memset(out, 0, static_cast<size_t>(rows / kRows16 * nb) * kRows16GroupBlockBytes);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            const BlockQ4& blk = in[r * nb + b];
+            uint8_t* group = out + static_cast<size_t>((r / kRows16) * nb + b) * kRows16GroupBlockBytes;
+            const int lane = static_cast<int>(r % kRows16);
+            std::memcpy(group + 2 * lane, &blk.d, 2);
+            for (int e = 0; e < kQ4Block; e++)
+                group[rows16_byte(lane, e)] |= static_cast<uint8_t>(q4_nibble(blk, e) << (lane < 8 ? 0 : 4));
+        }
+}
+
+void q4_0_row_from_rows16(const uint8_t* rows16, int64_t cols, int64_t row, BlockQ4* out) {
+    const int64_t nb = (cols + kQ4Block - 1) / kQ4Block;
+    const int lane = static_cast<int>(row % kRows16);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* group = rows16 + static_cast<size_t>((row / kRows16) * nb + b) * kRows16GroupBlockBytes;
+        BlockQ4& blk = out[b];
+        std::memcpy(&blk.d, group + 2 * lane, 2);
+        for (int j = 0; j < kQ4Block / 2; j++) {
+            const uint8_t lo = group[rows16_byte(lane, j)], hi = group[rows16_byte(lane, j + 16)];
+            const int shift = lane < 8 ? 0 : 4;
+            blk.qs[j] = static_cast<uint8_t>(((lo >> shift) & 0x0f) | (((hi >> shift) & 0x0f) << 4));
+        }
+    }
+}
+
 void dequantize_row(DType dtype, const void* in, int64_t cols, float* out) {
     switch (dtype) {
         case DType::f32: std::memcpy(out, in, 4 * static_cast<size_t>(cols)); return;

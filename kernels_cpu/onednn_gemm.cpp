@@ -15,6 +15,7 @@
 #include "common/error.h"
 #include "format/dtype.h"
 #include "format/quant_blocks.h"
+#include "kernels_cpu/ref_ops.h"
 
 #if DNNL_CPU_RUNTIME == DNNL_RUNTIME_OMP
 // The OpenMP API of libgomp, which Debian's libdnnl2 runs on (declared here rather than through
@@ -144,9 +145,9 @@ std::unique_ptr<Entry> make_entry(Kind kind, int32_t rows, int32_t cols, int32_t
 
 // A block-format row -> s8 with one scale for the row (round to nearest); non-finite values make the
 // scale NaN so that they still show in the output, as they would on the native path.
-void requantize_row(DType dtype, const uint8_t* row, int32_t cols, std::vector<float>& tmp, int8_t* q, float* scale,
-                    float* rowsum) {
-    dequantize_row(dtype, row, cols, tmp.data());
+void requantize_row(const Weight& w, int32_t r, std::vector<float>& tmp, int8_t* q, float* scale, float* rowsum) {
+    const int32_t cols = w.cols;
+    ref::load_row(w, r, tmp.data());
     float amax = 0.0f, probe = 0.0f;
     for (int32_t c = 0; c < cols; c++) {
         amax = std::max(amax, std::fabs(tmp[c]));
@@ -172,12 +173,9 @@ std::unique_ptr<Packed> pack(const Weight& w, const Desc& layout, dnnl::stream& 
     std::vector<float> f32;
     std::vector<int8_t> s8;
     dnnl::memory plain;
-    const size_t row_bytes = dtype_row_bytes(w.dtype, w.cols);
     if (kind_of(w.dtype) == Kind::f32_packed) {
         f32.resize(n);
-        for (int32_t r = 0; r < w.rows; r++)
-            dequantize_row(w.dtype, static_cast<const uint8_t*>(w.data) + r * row_bytes, w.cols,
-                           f32.data() + static_cast<size_t>(r) * w.cols);
+        for (int32_t r = 0; r < w.rows; r++) ref::load_row(w, r, f32.data() + static_cast<size_t>(r) * w.cols);
         plain = dnnl::memory(Desc({K, N}, dt::f32, dnnl::memory::dims{1, K}), cpu_engine(), f32.data());
     } else {
         std::vector<float> tmp(static_cast<size_t>(w.cols));
@@ -185,8 +183,7 @@ std::unique_ptr<Packed> pack(const Weight& w, const Desc& layout, dnnl::stream& 
         p->scale.resize(static_cast<size_t>(w.rows));
         p->rowsum.resize(static_cast<size_t>(w.rows));
         for (int32_t r = 0; r < w.rows; r++)
-            requantize_row(w.dtype, static_cast<const uint8_t*>(w.data) + r * row_bytes, w.cols, tmp,
-                           s8.data() + static_cast<size_t>(r) * w.cols, &p->scale[r], &p->rowsum[r]);
+            requantize_row(w, r, tmp, s8.data() + static_cast<size_t>(r) * w.cols, &p->scale[r], &p->rowsum[r]);
         plain = dnnl::memory(Desc({K, N}, dt::s8, dnnl::memory::dims{1, K}), cpu_engine(), s8.data());
     }
     dnnl::reorder(plain, p->mem).execute(stream, plain, p->mem);

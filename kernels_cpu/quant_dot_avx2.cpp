@@ -252,6 +252,35 @@ void quantize_activation(const float* x, int32_t n, ActQ8* out) {
 
 void matvec_q8_0(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_q8_0<4>, rows_q8_0<1>); }
 void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_q4_0<4>, rows_q4_0<1>); }
+// rows16 in two 256-bit halves: lane r of `lo` is row r, of `hi` row 8 + r (low and high nibbles of
+// each column group's 32 bytes), four products per lane and group via dot_u8_s8 (15 * 127 * 2 fits
+// an int16 pair sum).
+void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const uint8_t* group = data;
+    for (int32_t r = 0; r < rows; r += kRows16) {
+        __m256 acc_lo = _mm256_setzero_ps(), acc_hi = _mm256_setzero_ps();
+        for (int32_t b = 0; b < nx; b++, group += kRows16GroupBlockBytes) {
+            __m256i lo = _mm256_set1_epi32(-8 * x[b].sum), hi = lo;
+            for (int g = 0; g < kQ4Block / 4; g++) {
+                int32_t xg;
+                __builtin_memcpy(&xg, x[b].q + 4 * g, sizeof(xg));
+                const __m256i xv = _mm256_set1_epi32(xg);
+                const __m256i raw = load32(group + 2 * kRows16 + 32 * g);
+                lo = _mm256_add_epi32(lo, dot_u8_s8(_mm256_and_si256(raw, m4), xv));
+                hi = _mm256_add_epi32(hi, dot_u8_s8(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), xv));
+            }
+            const __m256 dx = _mm256_set1_ps(x[b].d);
+            const __m256 dw_lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(group)));
+            const __m256 dw_hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(group + 16)));
+            acc_lo = _mm256_fmadd_ps(_mm256_mul_ps(dw_lo, dx), _mm256_cvtepi32_ps(lo), acc_lo);
+            acc_hi = _mm256_fmadd_ps(_mm256_mul_ps(dw_hi, dx), _mm256_cvtepi32_ps(hi), acc_hi);
+        }
+        _mm256_storeu_ps(y + r, acc_lo);
+        _mm256_storeu_ps(y + r + 8, acc_hi);
+    }
+}
+
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_nf4<4>, rows_nf4<1>); }
 void matvec_q3_0(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_q3_0<4>, rows_q3_0<1>); }
 void matvec_q2_0(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_q2_0<4>, rows_q2_0<1>); }

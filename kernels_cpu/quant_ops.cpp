@@ -21,15 +21,19 @@ struct Kernels {
     void (*nf4)(const QuantRows& w, const ActQ8* x, float* y);
     void (*q3_0)(const QuantRows& w, const ActQ8* x, float* y);
     void (*q2_0)(const QuantRows& w, const ActQ8* x, float* y);
+    void (*q4_0_rows16)(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
 };
 
 constexpr Kernels kScalar = {quant_scalar::quantize_activation, quant_scalar::matvec_q8_0, quant_scalar::matvec_q4_0,
-                             quant_scalar::matvec_nf4, quant_scalar::matvec_q3_0, quant_scalar::matvec_q2_0};
+                             quant_scalar::matvec_nf4,          quant_scalar::matvec_q3_0, quant_scalar::matvec_q2_0,
+                             quant_scalar::matvec_q4_0_rows16};
 constexpr Kernels kAvx2 = {quant_avx2::quantize_activation, quant_avx2::matvec_q8_0, quant_avx2::matvec_q4_0,
-                           quant_avx2::matvec_nf4, quant_avx2::matvec_q3_0, quant_avx2::matvec_q2_0};
+                           quant_avx2::matvec_nf4,          quant_avx2::matvec_q3_0, quant_avx2::matvec_q2_0,
+                           quant_avx2::matvec_q4_0_rows16};
 constexpr Kernels kAvx512 = {quant_avx512::quantize_activation, quant_avx512::matvec_q8_0,
-                             quant_avx512::matvec_q4_0, quant_avx512::matvec_nf4, quant_avx512::matvec_q3_0,
-                             quant_avx512::matvec_q2_0};
+                             quant_avx512::matvec_q4_0,         quant_avx512::matvec_nf4,
+                             quant_avx512::matvec_q3_0,         quant_avx512::matvec_q2_0,
+                             quant_avx512::matvec_q4_0_rows16};
 
 constexpr KernelPath kWidestFirst[] = {KernelPath::avx512, KernelPath::avx2, KernelPath::scalar};
 
@@ -55,6 +59,8 @@ void check_weight(const Weight& w) {
         throw Error("matvec_quant: weight dtype " + std::string(dtype_name(w.dtype)) + " is not a block format");
     if (w.rows < 0 || w.cols < 0 || (w.data == nullptr && w.rows > 0 && w.cols > 0))
         throw Error("matvec_quant: bad weight shape or data");
+    if (const std::string why = layout_refusal(w.layout, w.dtype, {w.rows, w.cols}); !why.empty())
+        throw Error("matvec_quant: " + why);
 }
 
 }  // namespace
@@ -110,6 +116,8 @@ namespace {
 
 void run_matvec(const Kernels& k, const Weight& w, const ActQ8* x, float* y) {
     check_weight(w);
+    if (w.layout == Layout::rows16)
+        return k.q4_0_rows16(static_cast<const uint8_t*>(w.data), w.rows, act_blocks(w.cols), x, y);
     const QuantRows rows = {static_cast<const uint8_t*>(w.data), dtype_row_bytes(w.dtype, w.cols), w.rows,
                             act_blocks(w.cols)};
     switch (w.dtype) {
@@ -131,9 +139,9 @@ void matvec_quant(const Weight& w, const ActQ8* x, float* y) { run_matvec(active
 void matvec_quant_ref(const Weight& w, const ActQ8* x, float* y) {
     check_weight(w);
     std::vector<float> row(static_cast<size_t>(w.cols));
-    const size_t row_bytes = dtype_row_bytes(w.dtype, w.cols);
+    std::vector<uint8_t> scratch(dtype_row_bytes(w.dtype, w.cols));
     for (int32_t r = 0; r < w.rows; r++) {
-        dequantize_row(w.dtype, static_cast<const uint8_t*>(w.data) + static_cast<size_t>(r) * row_bytes, w.cols, row.data());
+        dequantize_row(w.dtype, weight_row(w, r, scratch.data()), w.cols, row.data());
         float sum = 0.0f;
         for (int32_t c = 0; c < w.cols; c++) {
             const ActQ8& b = x[c / kActBlock];

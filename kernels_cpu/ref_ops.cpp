@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "format/half.h"
 #include "format/quant_blocks.h"
@@ -14,8 +15,9 @@ float element(const Weight& w, int64_t i) {
 }
 
 void load_row(const Weight& w, int32_t row, float* out) {
-    const auto* bytes = static_cast<const uint8_t*>(w.data) + static_cast<size_t>(row) * dtype_row_bytes(w.dtype, w.cols);
-    dequantize_row(w.dtype, bytes, w.cols, out);
+    thread_local std::vector<uint8_t> scratch;  // a rows16 row is gathered here (no allocation once grown)
+    if (w.layout != Layout::row_major) scratch.resize(dtype_row_bytes(w.dtype, w.cols));
+    dequantize_row(w.dtype, weight_row(w, row, scratch.data()), w.cols, out);
 }
 
 void matvec(const Weight& w, const float* x, float* y) {

@@ -56,9 +56,11 @@ struct Backend::Impl {
                                : make_device_executor(options.graphs, &why);
         if (!exec) throw Error("no CUDA device: " + why);
         build_host_model(model, &host);
-        // The weights as they lie in the file: one copy of the span that holds them all.
+        // The weights as they lie in the file: one copy of the span that holds them all (rows16
+        // tensors reordered to row_major on the way).
+        const std::vector<uint8_t> reordered = row_major_span(&host);
         auto* span = static_cast<uint8_t*>(exec->alloc(host.span_bytes));
-        exec->upload(span, host.span, host.span_bytes);
+        exec->upload(span, reordered.empty() ? host.span : reordered.data(), host.span_bytes);
         relocate_weights(&host, span);
         fwd = host.model;
         auto* layers = static_cast<FwdLayer*>(exec->alloc(sizeof(FwdLayer) * host.layers.size()));

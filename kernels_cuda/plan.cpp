@@ -4,6 +4,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "format/quant_blocks.h"
 
 namespace itera::cuda {
 
@@ -107,6 +108,20 @@ void build_host_model(const Model& model, HostModel* out) {
     });
     hm.span = lo;
     hm.span_bytes = static_cast<size_t>(hi - lo);
+}
+
+std::vector<uint8_t> row_major_span(HostModel* hm) {
+    std::vector<uint8_t> copy;
+    for_each_weight(hm, [&](Weight& w) {
+        if (w.data == nullptr || w.layout == Layout::row_major) return;
+        if (copy.empty()) copy.assign(hm->span, hm->span + hm->span_bytes);
+        const auto* from = static_cast<const uint8_t*>(w.data);
+        uint8_t* to = copy.data() + (from - hm->span);
+        const int64_t rb = row_bytes(w.dtype, w.cols);
+        for (int32_t r = 0; r < w.rows; r++) q4_0_row_from_rows16(from, w.cols, r, reinterpret_cast<BlockQ4*>(to + r * rb));
+        w.layout = Layout::row_major;  // what the copy holds
+    });
+    return copy;
 }
 
 void relocate_weights(HostModel* hm, const uint8_t* to) {

@@ -34,6 +34,11 @@ struct HostModel {
 // nf4 are read; q3 and q2 are not).
 void build_host_model(const Model& model, HostModel* out);
 
+// The span with every rows16 weight (the CPU kernels' interleaved q4_0) reordered to row_major, the
+// layout the device kernels read, and those weights marked row_major; empty (and nothing marked)
+// when no weight is rows16. Same length and offsets as the span.
+std::vector<uint8_t> row_major_span(HostModel* hm);
+
 // Moves every weight pointer of hm from the span at hm.span to the same offsets from `to` (the
 // span's copy in device memory). hm.model.layers / experts are left alone.
 void relocate_weights(HostModel* hm, const uint8_t* to);

@@ -53,6 +53,7 @@ public:
                         " but is read element-wise (fp32 or fp16 only)");
         Weight w;
         w.dtype = t.dtype;
+        w.layout = t.layout;
         w.data = t.data;
         if (t.shape.size() == 1) {
             w.rows = 1;

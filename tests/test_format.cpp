@@ -16,6 +16,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/error.h"
@@ -648,6 +649,66 @@ TEST_CASE("corrupt headers, checksum and metadata are rejected with their messag
     CHECK(load_error(edited([](auto& b) { b[64 + 4] = 'X'; }, true)) ==  // the file identifier "ITLM"
           "corrupt metadata: FlatBuffers verification failed");
     MESSAGE("header/checksum/verifier corruptions rejected");
+}
+
+TEST_CASE("layout rows16: the q4 blocks of 16 rows interleaved, the same bytes reordered; misuse is refused") {
+    std::mt19937 rng(41);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (int64_t rows : {16, 48})
+        for (int64_t cols : {32, 70, 128}) {
+            const size_t row_bytes = dtype_row_bytes(DType::q4_0, cols);
+            std::vector<float> w(static_cast<size_t>(rows * cols));
+            for (float& v : w) v = normal(rng);
+            std::vector<uint8_t> plain(static_cast<size_t>(rows) * row_bytes), inter(plain.size()), row(row_bytes);
+            for (int64_t r = 0; r < rows; r++) quantize_row(DType::q4_0, w.data() + r * cols, cols, plain.data() + r * row_bytes);
+            q4_0_to_rows16(plain.data(), rows, cols, inter.data());
+            CHECK(inter != plain);
+            for (int64_t r = 0; r < rows; r++) {
+                q4_0_row_from_rows16(inter.data(), cols, r, reinterpret_cast<BlockQ4*>(row.data()));
+                CHECK_MESSAGE(std::memcmp(row.data(), plain.data() + r * row_bytes, row_bytes) == 0, rows << "x" << cols << " row " << r);
+            }
+            // The scales of group 0, block 0 lead, in row order.
+            for (int lane = 0; lane < 16; lane++)
+                CHECK(std::memcmp(inter.data() + 2 * lane, plain.data() + lane * row_bytes, 2) == 0);
+        }
+
+    ModelSpec spec = small_spec();
+    SpecTensor t = tensor("inter", {32, 70}, DType::q4_0, &rng);
+    t.layout = Layout::rows16;
+    spec.tensors.push_back(t);
+    const std::vector<uint8_t> bytes = serialize_plain(spec);
+    const auto file = ItlFile::from_memory(bytes.data(), bytes.size());
+    const TensorView* got = file->find("inter");
+    REQUIRE(got != nullptr);
+    CHECK(got->layout == Layout::rows16);
+    CHECK(got->bytes == 32u * 3u * 18u);
+    std::vector<uint8_t> plain(got->bytes), inter(got->bytes);
+    for (int64_t r = 0; r < 32; r++) quantize_row(DType::q4_0, t.values.data() + r * 70, 70, plain.data() + r * 54);
+    q4_0_to_rows16(plain.data(), 32, 70, inter.data());
+    CHECK(std::memcmp(got->data, inter.data(), inter.size()) == 0);
+    CHECK(file->find("embedding.weight")->layout == Layout::row_major);
+
+    // The writer refuses rows16 where it does not apply...
+    for (auto [dtype, shape, why] : {std::tuple{DType::q8_0, std::vector<int64_t>{32, 64}, "needs dtype q4, not q8"},
+                                     std::tuple{DType::q4_0, std::vector<int64_t>{24, 64}, "a multiple of 16 rows"},
+                                     std::tuple{DType::q4_0, std::vector<int64_t>{64}, "a multiple of 16 rows"}}) {
+        ModelSpec bad = small_spec();
+        SpecTensor b = tensor("bad", shape, dtype, &rng);
+        b.layout = Layout::rows16;
+        bad.tensors.push_back(b);
+        CHECK_THROWS_WITH_AS(serialize_plain(bad), doctest::Contains(why), Error);
+    }
+    // ... and so does the reader, for an unknown layout or one that does not fit the tensor.
+    const size_t k = spec.tensors.size() - 1;
+    auto after = [&](auto field, auto value) {
+        std::vector<uint8_t> b = bytes;
+        REQUIRE(table(metadata(b)->tensors()->Get(static_cast<flatbuffers::uoffset_t>(k)))->SetField(field, value));
+        reseal(&b);
+        return load_error(b);
+    };
+    CHECK(contains(after(fb::Tensor::VT_LAYOUT, int8_t{2}), "tensor 'inter': unsupported layout 2"));
+    CHECK(contains(after(fb::Tensor::VT_DTYPE, int32_t{6}), "tensor 'inter': layout rows16 needs dtype q4, not q2"));
+    MESSAGE("rows16: 6 shapes round-trip row by row; written and read back; writer and reader refuse misuse");
 }
 
 TEST_CASE("bad tensor entries, config and tokenizer are rejected with their message") {

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "converter/quantize_spec.h"
 #include "format/half.h"
 #include "kernels_cpu/dense_ops.h"
 #include "kernels_cpu/ref_ops.h"
@@ -188,6 +189,35 @@ TEST_CASE("eval_all (every position's logits from one prefill) equals token-by-t
     }
     MESSAGE("f32, f16, q8_0, q4_0: eval_all of 5 tokens after 1 gives each position's decode logits bit for bit; "
             "refuses past the window, empty input and unknown ids");
+}
+
+TEST_CASE("a q4 model in layout rows16 runs as its row_major twin: decode, prefill, batch") {
+    const ModelSpec spec = random_spec(shipped_widths(48, 8), DType::q4_0, 21);  // tied head, 48 rows
+    ModelSpec spec16 = spec;
+    choose_layouts(spec16, Layout::rows16);
+    int interleaved = 0;
+    for (const SpecTensor& t : spec16.tensors) interleaved += t.layout == Layout::rows16;
+    CHECK(interleaved >= 10);  // the projections, experts and the tied embedding
+    const auto plain = model_from(spec), inter = model_from(spec16);
+    CHECK(inter->embedding.layout == Layout::rows16);
+    const size_t V = static_cast<size_t>(plain->vocab_rows());
+    auto close = [](const float* a, const float* b, size_t n) {
+        float scale = 0.0f;
+        for (size_t i = 0; i < n; i++) scale = std::max(scale, std::fabs(a[i]));
+        return max_abs_diff(std::vector<float>(a, a + n), std::vector<float>(b, b + n)) <= 1e-5f * (1.0f + scale);
+    };
+    const std::vector<int32_t> prompt = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5};  // past max_seq_length 8
+    Context a(*plain), b(*inter);
+    for (int32_t t : prompt) CHECK(close(a.eval(t), b.eval(t), V));
+    Context pa(*plain), pb(*inter);
+    CHECK(close(pa.eval_tokens(prompt.data(), 8), pb.eval_tokens(prompt.data(), 8), V));
+    Batch ba(*plain, 3, 1), bb(*inter, 3, 1);
+    const int32_t tokens[3] = {7, 8, 9};
+    ba.eval(tokens);
+    bb.eval(tokens);
+    for (int32_t i = 0; i < 3; i++) CHECK(close(ba.logits(i), bb.logits(i), V));
+    MESSAGE(interleaved << " rows16 tensors: token-by-token (past the window), prefill and a batch of 3 give the "
+                           "row_major logits within 1e-5 x (1 + max |logit|)");
 }
 
 TEST_CASE("batch decode equals one context per sequence, with threads and past max_seq_length") {

@@ -15,7 +15,8 @@ distributions are far from flat. Then checks:
      `itera-run logits` on the same windows;
   4. vocabulary trimming: kept columns unchanged, vocab_ids, --no-trim-vocab, --ids of a trimmed id;
   5. calibration (--calib, --report): calibrated errors, and a lower held-out KL for calibrated q4, q3, q2;
-  6. --keep overrides and the errors of bad --keep / --calib use.
+  6. --keep overrides and the errors of bad --keep / --calib use;
+  7. --layout: rows16 on the multiplied q4 matrices by default, row_major on request, same logits.
 Prints one line per check and `N passed, N failed`; exits 1 on any failure.
 
 Windows, as `ppl` scores text (upstream): the text's ids are cut into non-overlapping windows
@@ -541,6 +542,40 @@ def keep(t, files):
         t.expect_error(f"--keep '{rule}' ({why_})", base + ["--keep", rule])
 
 
+# ---- 7: layouts ---------------------------------------------------------------------------------------
+
+def layouts(t, files):
+    """q4 matrices of 16k rows that are multiplied are stored rows16 by default; --layout row_major
+    stores ggml's rows. Same sizes, logits within FP32 summation order."""
+    p = t.p
+    default = t.info(files["q4"])["tensors"]
+    plain_itl = t.convert("q4_row_major", ["--tokenizer", p["tok"], "--quant", "q4", "--layout", "row_major"],
+                          label="--layout row_major")
+    if plain_itl is None:
+        return
+    plain = t.info(plain_itl)["tensors"]
+    want = {e["name"]: "rows16" if e["dtype"] == "q4" and len(e["shape"]) == 2 and e["shape"][0] % 16 == 0
+            and e["name"] not in ("embedding.weight", "position_embedding.weight") else "row_major" for e in default}
+    got = {e["name"]: e["layout"] for e in default}
+    interleaved = sum(v == "rows16" for v in got.values())
+    check(got == want and interleaved >= 6,
+          f"default q4 file: {interleaved} of {len(got)} tensors rows16 (the multiplied q4 matrices of 16k rows), "
+          f"the rest row_major")
+    check(all(e["layout"] == "row_major" for e in plain) and
+          [(e["name"], e["bytes"]) for e in plain] == [(e["name"], e["bytes"]) for e in default] and
+          os.path.getsize(plain_itl) <= os.path.getsize(files["q4"]),
+          f"--layout row_major: every tensor row_major, the same bytes per tensor "
+          f"({os.path.getsize(plain_itl)} vs {os.path.getsize(files['q4'])} bytes on disk)")
+    ids = list(range(1, 25))
+    a, _ = t.logits(files["q4"], ids)
+    b, _ = t.logits(plain_itl, ids)
+    err = float(np.abs(a - b).max() / (1 + np.abs(b).max()))
+    check(err <= 1e-5, f"rows16 vs row_major q4 logits over 24 positions: max |d| / (1 + max |logit|) = {err:.2e} "
+                       f"(<= 1e-5: only FP32 summation order differs)")
+    t.expect_error("--layout diagonal (usage)", [t.args.convert, p["ck"], "-o", t.path("bad.itl"), "--layout", "diagonal"],
+                   codes=(2,))
+
+
 # ---- main -----------------------------------------------------------------------------------------
 
 def main():
@@ -561,6 +596,7 @@ def main():
             trimming(t, files, untrimmed)
             calibration(t, files, kld)
             keep(t, files)
+            layouts(t, files)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             check(False, f"stopped: {type(e).__name__}: {e}")
     finish(w)
