@@ -49,7 +49,7 @@ DType choose_dtype(const std::string& name, size_t rank, const QuantOptions& opt
 std::vector<TensorReport> quantize_spec(ModelSpec& spec, const QuantOptions& options,
                                         const std::map<std::string, ActivationStats>* stats);
 
-// Sets every tensor's layout: `q4_layout` for the q4 matrices of a multiple of 16 rows that the
+// Sets every tensor's layout: `q4_layout` for the q4 matrices of at least 16 rows that the
 // runtime multiplies (projections, experts, router, the untied head, the tied embedding, which is
 // the head too), row_major for the rest (position and untied embeddings: row lookups only).
 void choose_layouts(ModelSpec& spec, Layout q4_layout);

@@ -91,8 +91,7 @@ std::string layout_refusal(Layout layout, DType dtype, const std::vector<int64_t
         case Layout::row_major: return "";
         case Layout::rows16:
             if (dtype != DType::q4_0) return "layout rows16 needs dtype q4, not " + std::string(dtype_name(dtype));
-            if (shape.size() != 2 || shape[0] % kRows16 != 0)
-                return "layout rows16 needs a matrix of a multiple of 16 rows";
+            if (shape.size() != 2 || shape[0] < kRows16) return "layout rows16 needs a matrix of at least 16 rows";
             return "";
     }
     return "unknown layout " + std::to_string(static_cast<int32_t>(layout));

@@ -247,10 +247,12 @@ size_t rows16_byte(int r, int e) { return 2 * kRows16 + 32 * static_cast<size_t>
 }  // namespace
 
 void q4_0_to_rows16(const uint8_t* row_major, int64_t rows, int64_t cols, uint8_t* out) {
-    const int64_t nb = (cols + kQ4Block - 1) / kQ4Block;
+    const int64_t nb = (cols + kQ4Block - 1) / kQ4Block, grouped = rows / kRows16 * kRows16;
     const auto* in = reinterpret_cast<const BlockQ4*>(row_major);
-    std::memset(out, 0, static_cast<size_t>(rows / kRows16 * nb) * kRows16GroupBlockBytes);
-    for (int64_t r = 0; r < rows; r++)
+    const size_t group_bytes = static_cast<size_t>(grouped * nb) * sizeof(BlockQ4);
+    std::memset(out, 0, group_bytes);
+    std::memcpy(out + group_bytes, row_major + group_bytes, static_cast<size_t>((rows - grouped) * nb) * sizeof(BlockQ4));
+    for (int64_t r = 0; r < grouped; r++)
         for (int64_t b = 0; b < nb; b++) {
             const BlockQ4& blk = in[r * nb + b];
             uint8_t* group = out + static_cast<size_t>((r / kRows16) * nb + b) * kRows16GroupBlockBytes;
@@ -261,8 +263,12 @@ void q4_0_to_rows16(const uint8_t* row_major, int64_t rows, int64_t cols, uint8_
         }
 }
 
-void q4_0_row_from_rows16(const uint8_t* rows16, int64_t cols, int64_t row, BlockQ4* out) {
+void q4_0_row_from_rows16(const uint8_t* rows16, int64_t rows, int64_t cols, int64_t row, BlockQ4* out) {
     const int64_t nb = (cols + kQ4Block - 1) / kQ4Block;
+    if (row >= rows / kRows16 * kRows16) {  // the row_major tail
+        std::memcpy(out, rows16 + static_cast<size_t>(row * nb) * sizeof(BlockQ4), static_cast<size_t>(nb) * sizeof(BlockQ4));
+        return;
+    }
     const int lane = static_cast<int>(row % kRows16);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t* group = rows16 + static_cast<size_t>((row / kRows16) * nb + b) * kRows16GroupBlockBytes;

@@ -28,7 +28,7 @@ void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q3_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q2_0(const QuantRows& w, const ActQ8* x, float* y);
-// q4_0 in layout rows16: `rows` (a multiple of 16) from `data` (format/quant_blocks.h).
+// q4_0 in layout rows16: `rows` (>= 16) from `data` (format/quant_blocks.h).
 void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
 }  // namespace quant_scalar
 
@@ -39,7 +39,7 @@ void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q3_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q2_0(const QuantRows& w, const ActQ8* x, float* y);
-// q4_0 in layout rows16: `rows` (a multiple of 16) from `data` (format/quant_blocks.h).
+// q4_0 in layout rows16: `rows` (>= 16) from `data` (format/quant_blocks.h).
 void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
 }  // namespace quant_avx2
 
@@ -50,7 +50,7 @@ void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q3_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q2_0(const QuantRows& w, const ActQ8* x, float* y);
-// q4_0 in layout rows16: `rows` (a multiple of 16) from `data` (format/quant_blocks.h).
+// q4_0 in layout rows16: `rows` (>= 16) from `data` (format/quant_blocks.h).
 void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
 }  // namespace quant_avx512
 

@@ -258,7 +258,8 @@ void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x,
 void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const uint8_t* group = data;
-    for (int32_t r = 0; r < rows; r += kRows16) {
+    int32_t r = 0;
+    for (; r + kRows16 <= rows; r += kRows16) {
         __m256 acc_lo = _mm256_setzero_ps(), acc_hi = _mm256_setzero_ps();
         for (int32_t b = 0; b < nx; b++, group += kRows16GroupBlockBytes) {
             __m256i lo = _mm256_set1_epi32(-8 * x[b].sum), hi = lo;
@@ -279,6 +280,8 @@ void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const Act
         _mm256_storeu_ps(y + r, acc_lo);
         _mm256_storeu_ps(y + r + 8, acc_hi);
     }
+    const size_t row_bytes = static_cast<size_t>(nx) * sizeof(BlockQ4);  // the row_major tail
+    each_rows({group, row_bytes, rows - r, nx}, x, y + r, rows_q4_0<4>, rows_q4_0<1>);
 }
 
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_nf4<4>, rows_nf4<1>); }

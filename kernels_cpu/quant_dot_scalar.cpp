@@ -87,7 +87,7 @@ void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y) {
 void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y) {
     std::vector<BlockQ4> row(static_cast<size_t>(nx));
     for (int32_t r = 0; r < rows; r++) {
-        q4_0_row_from_rows16(data, int64_t{nx} * kQ4Block, r, row.data());
+        q4_0_row_from_rows16(data, rows, int64_t{nx} * kQ4Block, r, row.data());
         matvec_q4_0({reinterpret_cast<const uint8_t*>(row.data()), row.size() * sizeof(BlockQ4), 1, nx}, x, y + r);
     }
 }

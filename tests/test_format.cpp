@@ -654,7 +654,7 @@ TEST_CASE("corrupt headers, checksum and metadata are rejected with their messag
 TEST_CASE("layout rows16: the q4 blocks of 16 rows interleaved, the same bytes reordered; misuse is refused") {
     std::mt19937 rng(41);
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    for (int64_t rows : {16, 48})
+    for (int64_t rows : {16, 48, 20, 184})
         for (int64_t cols : {32, 70, 128}) {
             const size_t row_bytes = dtype_row_bytes(DType::q4_0, cols);
             std::vector<float> w(static_cast<size_t>(rows * cols));
@@ -664,12 +664,14 @@ TEST_CASE("layout rows16: the q4 blocks of 16 rows interleaved, the same bytes r
             q4_0_to_rows16(plain.data(), rows, cols, inter.data());
             CHECK(inter != plain);
             for (int64_t r = 0; r < rows; r++) {
-                q4_0_row_from_rows16(inter.data(), cols, r, reinterpret_cast<BlockQ4*>(row.data()));
+                q4_0_row_from_rows16(inter.data(), rows, cols, r, reinterpret_cast<BlockQ4*>(row.data()));
                 CHECK_MESSAGE(std::memcmp(row.data(), plain.data() + r * row_bytes, row_bytes) == 0, rows << "x" << cols << " row " << r);
             }
-            // The scales of group 0, block 0 lead, in row order.
+            // The scales of group 0, block 0 lead, in row order; the last rows % 16 rows are row_major.
             for (int lane = 0; lane < 16; lane++)
                 CHECK(std::memcmp(inter.data() + 2 * lane, plain.data() + lane * row_bytes, 2) == 0);
+            const size_t tail = static_cast<size_t>(rows % 16) * row_bytes;
+            CHECK(std::memcmp(inter.data() + inter.size() - tail, plain.data() + plain.size() - tail, tail) == 0);
         }
 
     ModelSpec spec = small_spec();
@@ -690,8 +692,8 @@ TEST_CASE("layout rows16: the q4 blocks of 16 rows interleaved, the same bytes r
 
     // The writer refuses rows16 where it does not apply...
     for (auto [dtype, shape, why] : {std::tuple{DType::q8_0, std::vector<int64_t>{32, 64}, "needs dtype q4, not q8"},
-                                     std::tuple{DType::q4_0, std::vector<int64_t>{24, 64}, "a multiple of 16 rows"},
-                                     std::tuple{DType::q4_0, std::vector<int64_t>{64}, "a multiple of 16 rows"}}) {
+                                     std::tuple{DType::q4_0, std::vector<int64_t>{15, 64}, "at least 16 rows"},
+                                     std::tuple{DType::q4_0, std::vector<int64_t>{64}, "at least 16 rows"}}) {
         ModelSpec bad = small_spec();
         SpecTensor b = tensor("bad", shape, dtype, &rng);
         b.layout = Layout::rows16;
@@ -708,7 +710,7 @@ TEST_CASE("layout rows16: the q4 blocks of 16 rows interleaved, the same bytes r
     };
     CHECK(contains(after(fb::Tensor::VT_LAYOUT, int8_t{2}), "tensor 'inter': unsupported layout 2"));
     CHECK(contains(after(fb::Tensor::VT_DTYPE, int32_t{6}), "tensor 'inter': layout rows16 needs dtype q4, not q2"));
-    MESSAGE("rows16: 6 shapes round-trip row by row; written and read back; writer and reader refuse misuse");
+    MESSAGE("rows16: 12 shapes (rows 16, 48, 20, 184) round-trip row by row; written and read back; writer and reader refuse misuse");
 }
 
 TEST_CASE("bad tensor entries, config and tokenizer are rejected with their message") {
