@@ -1,5 +1,5 @@
 // GEMV timings of the quantized kernels: every format on every kernel path this CPU has, for the
-// shapes of the Itera-Lite projections (q4 also in layout rows16, "q4x16"), plus the activation
+// shapes of the Itera-Lite projections (q8 and q4 also in layout rows16, "q8x16", "q4x16"), plus the activation
 // quantizer. Single thread; each figure
 // is the median over repeats of a timed batch of calls. Usage: bench_quant_kernels [repeats]
 #include <algorithm>
@@ -87,14 +87,14 @@ int run(int argc, char** argv) {
             }
             std::printf("\n");
         }
-        {  // q4 in layout rows16 (the converter's default for multiplied q4 matrices)
-            const std::vector<uint8_t> bytes = quantize_matrix(DType::q4_0, w, s.rows, s.cols);
+        for (DType dtype : {DType::q8_0, DType::q4_0}) {  // layout rows16 (the converter's default)
+            const std::vector<uint8_t> bytes = quantize_matrix(dtype, w, s.rows, s.cols);
             std::vector<uint8_t> inter(bytes.size() - 2);
-            q4_0_to_rows16(bytes.data() + 2, s.rows, s.cols, inter.data());
-            Weight wq = {DType::q4_0, s.rows, s.cols, inter.data()};
+            to_rows16(dtype, bytes.data() + 2, s.rows, s.cols, inter.data());
+            Weight wq = {dtype, s.rows, s.cols, inter.data()};
             wq.layout = Layout::rows16;
             const double size = static_cast<double>(inter.size());
-            std::printf("%-12s %-6s %9.0f", shape, "q4x16", size);
+            std::printf("%-12s %-6s %9.0f", shape, dtype == DType::q8_0 ? "q8x16" : "q4x16", size);
             for (KernelPath p : paths) {
                 const double ns = median_ns([&] { matvec_quant(p, wq, xq.data(), y.data()); g_sink = y[0]; }, repeats);
                 std::printf(" %10.1f %6.2f", ns, size / ns);

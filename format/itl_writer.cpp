@@ -66,7 +66,7 @@ void encode_tensor(const SpecTensor& t, uint8_t* dst) {
         for (int64_t r = 0; r < rows; r++)
             quantize_row(t.dtype, t.values.data() + r * cols, cols, out + static_cast<size_t>(r) * row_bytes);
     }
-    if (t.layout == Layout::rows16) q4_0_to_rows16(row_major.data(), rows, cols, dst);
+    if (t.layout == Layout::rows16) to_rows16(t.dtype, row_major.data(), rows, cols, dst);
 }
 
 }  // namespace

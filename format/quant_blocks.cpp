@@ -239,46 +239,59 @@ void quantize_row(DType dtype, const float* x, int64_t cols, void* out) {
 
 namespace {
 
-// Element e (0..31) of a q4_0 block, and the byte of a rows16 group block that holds element e of
-// lane r (0..15): after the 16 scales, column group e / 4, byte 4 * (r % 8) + e % 4.
+// Where a rows16 group block keeps element e (0..31) of lane r (0..15), after the 16 scales: q4_0,
+// the nibble of byte 32 * (e / 4) + 4 * (r % 8) + e % 4 (low for r < 8); q8_0, byte
+// 64 * (e / 4) + 4 * r + e % 4.
+size_t q4_byte(int r, int e) { return 2 * kRows16 + 32 * static_cast<size_t>(e / 4) + 4 * (r % 8) + e % 4; }
+size_t q8_byte(int r, int e) { return 2 * kRows16 + 64 * static_cast<size_t>(e / 4) + 4 * r + e % 4; }
 uint8_t q4_nibble(const BlockQ4& b, int e) { return e < 16 ? b.qs[e] & 0x0f : b.qs[e - 16] >> 4; }
-size_t rows16_byte(int r, int e) { return 2 * kRows16 + 32 * static_cast<size_t>(e / 4) + 4 * (r % 8) + e % 4; }
 
 }  // namespace
 
-void q4_0_to_rows16(const uint8_t* row_major, int64_t rows, int64_t cols, uint8_t* out) {
-    const int64_t nb = (cols + kQ4Block - 1) / kQ4Block, grouped = rows / kRows16 * kRows16;
-    const auto* in = reinterpret_cast<const BlockQ4*>(row_major);
-    const size_t group_bytes = static_cast<size_t>(grouped * nb) * sizeof(BlockQ4);
+size_t rows16_group_block_bytes(DType dtype) { return kRows16 * dtype_block_bytes(dtype); }
+
+void to_rows16(DType dtype, const uint8_t* row_major, int64_t rows, int64_t cols, uint8_t* out) {
+    const size_t block = dtype_block_bytes(dtype), group_block = rows16_group_block_bytes(dtype);
+    const int64_t nb = (cols + kRows16Block - 1) / kRows16Block, grouped = rows / kRows16 * kRows16;
+    const size_t group_bytes = static_cast<size_t>(grouped * nb) * block;
     std::memset(out, 0, group_bytes);
-    std::memcpy(out + group_bytes, row_major + group_bytes, static_cast<size_t>((rows - grouped) * nb) * sizeof(BlockQ4));
+    std::memcpy(out + group_bytes, row_major + group_bytes, static_cast<size_t>((rows - grouped) * nb) * block);
     for (int64_t r = 0; r < grouped; r++)
         for (int64_t b = 0; b < nb; b++) {
-            const BlockQ4& blk = in[r * nb + b];
-            uint8_t* group = out + static_cast<size_t>((r / kRows16) * nb + b) * kRows16GroupBlockBytes;
+            const uint8_t* blk = row_major + static_cast<size_t>(r * nb + b) * block;
+            uint8_t* group = out + static_cast<size_t>((r / kRows16) * nb + b) * group_block;
             const int lane = static_cast<int>(r % kRows16);
-            std::memcpy(group + 2 * lane, &blk.d, 2);
-            for (int e = 0; e < kQ4Block; e++)
-                group[rows16_byte(lane, e)] |= static_cast<uint8_t>(q4_nibble(blk, e) << (lane < 8 ? 0 : 4));
+            std::memcpy(group + 2 * lane, blk, 2);  // the fp16 scale
+            for (int e = 0; e < kRows16Block; e++) {
+                if (dtype == DType::q8_0)
+                    group[q8_byte(lane, e)] = blk[2 + e];
+                else
+                    group[q4_byte(lane, e)] |= static_cast<uint8_t>(
+                        q4_nibble(*reinterpret_cast<const BlockQ4*>(blk), e) << (lane < 8 ? 0 : 4));
+            }
         }
 }
 
-void q4_0_row_from_rows16(const uint8_t* rows16, int64_t rows, int64_t cols, int64_t row, BlockQ4* out) {
-    const int64_t nb = (cols + kQ4Block - 1) / kQ4Block;
+void row_from_rows16(DType dtype, const uint8_t* rows16, int64_t rows, int64_t cols, int64_t row, uint8_t* out) {
+    const size_t block = dtype_block_bytes(dtype), group_block = rows16_group_block_bytes(dtype);
+    const int64_t nb = (cols + kRows16Block - 1) / kRows16Block;
     if (row >= rows / kRows16 * kRows16) {  // the row_major tail
-        std::memcpy(out, rows16 + static_cast<size_t>(row * nb) * sizeof(BlockQ4), static_cast<size_t>(nb) * sizeof(BlockQ4));
+        std::memcpy(out, rows16 + static_cast<size_t>(row * nb) * block, static_cast<size_t>(nb) * block);
         return;
     }
     const int lane = static_cast<int>(row % kRows16);
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* group = rows16 + static_cast<size_t>((row / kRows16) * nb + b) * kRows16GroupBlockBytes;
-        BlockQ4& blk = out[b];
-        std::memcpy(&blk.d, group + 2 * lane, 2);
-        for (int j = 0; j < kQ4Block / 2; j++) {
-            const uint8_t lo = group[rows16_byte(lane, j)], hi = group[rows16_byte(lane, j + 16)];
-            const int shift = lane < 8 ? 0 : 4;
-            blk.qs[j] = static_cast<uint8_t>(((lo >> shift) & 0x0f) | (((hi >> shift) & 0x0f) << 4));
+        const uint8_t* group = rows16 + static_cast<size_t>((row / kRows16) * nb + b) * group_block;
+        uint8_t* blk = out + static_cast<size_t>(b) * block;
+        std::memcpy(blk, group + 2 * lane, 2);
+        if (dtype == DType::q8_0) {
+            for (int e = 0; e < kRows16Block; e++) blk[2 + e] = group[q8_byte(lane, e)];
+            continue;
         }
+        const int shift = lane < 8 ? 0 : 4;
+        for (int j = 0; j < kRows16Block / 2; j++)
+            blk[2 + j] = static_cast<uint8_t>(((group[q4_byte(lane, j)] >> shift) & 0x0f) |
+                                              (((group[q4_byte(lane, j + 16)] >> shift) & 0x0f) << 4));
     }
 }
 

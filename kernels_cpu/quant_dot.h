@@ -28,8 +28,9 @@ void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q3_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q2_0(const QuantRows& w, const ActQ8* x, float* y);
-// q4_0 in layout rows16: `rows` (>= 16) from `data` (format/quant_blocks.h).
+// q4_0 / q8_0 in layout rows16: `rows` (>= 16) from `data` (format/quant_blocks.h).
 void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
+void matvec_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
 }  // namespace quant_scalar
 
 namespace quant_avx2 {
@@ -39,8 +40,9 @@ void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q3_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q2_0(const QuantRows& w, const ActQ8* x, float* y);
-// q4_0 in layout rows16: `rows` (>= 16) from `data` (format/quant_blocks.h).
+// q4_0 / q8_0 in layout rows16: `rows` (>= 16) from `data` (format/quant_blocks.h).
 void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
+void matvec_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
 }  // namespace quant_avx2
 
 namespace quant_avx512 {
@@ -50,8 +52,9 @@ void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q3_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q2_0(const QuantRows& w, const ActQ8* x, float* y);
-// q4_0 in layout rows16: `rows` (>= 16) from `data` (format/quant_blocks.h).
+// q4_0 / q8_0 in layout rows16: `rows` (>= 16) from `data` (format/quant_blocks.h).
 void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
+void matvec_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
 }  // namespace quant_avx512
 
 }  // namespace itera

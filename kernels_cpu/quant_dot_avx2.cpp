@@ -261,7 +261,7 @@ void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const Act
     int32_t r = 0;
     for (; r + kRows16 <= rows; r += kRows16) {
         __m256 acc_lo = _mm256_setzero_ps(), acc_hi = _mm256_setzero_ps();
-        for (int32_t b = 0; b < nx; b++, group += kRows16GroupBlockBytes) {
+        for (int32_t b = 0; b < nx; b++, group += kRows16 * sizeof(BlockQ4)) {
             __m256i lo = _mm256_set1_epi32(-8 * x[b].sum), hi = lo;
             for (int g = 0; g < kQ4Block / 4; g++) {
                 int32_t xg;
@@ -282,6 +282,36 @@ void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const Act
     }
     const size_t row_bytes = static_cast<size_t>(nx) * sizeof(BlockQ4);  // the row_major tail
     each_rows({group, row_bytes, rows - r, nx}, x, y + r, rows_q4_0<4>, rows_q4_0<1>);
+}
+
+// q8_0 rows16: rows 0..7 in the first 32 bytes of each column group, rows 8..15 in the next 32;
+// |w| against x with w's sign, as rows_q8_0.
+void matvec_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y) {
+    const uint8_t* group = data;
+    int32_t r = 0;
+    for (; r + kRows16 <= rows; r += kRows16) {
+        __m256 acc_lo = _mm256_setzero_ps(), acc_hi = _mm256_setzero_ps();
+        for (int32_t b = 0; b < nx; b++, group += kRows16 * sizeof(BlockQ8)) {
+            __m256i lo = _mm256_setzero_si256(), hi = lo;
+            for (int g = 0; g < kQ8Block / 4; g++) {
+                int32_t xg;
+                __builtin_memcpy(&xg, x[b].q + 4 * g, sizeof(xg));
+                const __m256i xv = _mm256_set1_epi32(xg);
+                const __m256i w0 = load32(group + 2 * kRows16 + 64 * g), w1 = load32(group + 2 * kRows16 + 64 * g + 32);
+                lo = _mm256_add_epi32(lo, dot_u8_s8(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(xv, w0)));
+                hi = _mm256_add_epi32(hi, dot_u8_s8(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(xv, w1)));
+            }
+            const __m256 dx = _mm256_set1_ps(x[b].d);
+            const __m256 dw_lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(group)));
+            const __m256 dw_hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(group + 16)));
+            acc_lo = _mm256_fmadd_ps(_mm256_mul_ps(dw_lo, dx), _mm256_cvtepi32_ps(lo), acc_lo);
+            acc_hi = _mm256_fmadd_ps(_mm256_mul_ps(dw_hi, dx), _mm256_cvtepi32_ps(hi), acc_hi);
+        }
+        _mm256_storeu_ps(y + r, acc_lo);
+        _mm256_storeu_ps(y + r + 8, acc_hi);
+    }
+    const size_t row_bytes = static_cast<size_t>(nx) * sizeof(BlockQ8);  // the row_major tail
+    each_rows({group, row_bytes, rows - r, nx}, x, y + r, rows_q8_0<4>, rows_q8_0<1>);
 }
 
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_nf4<4>, rows_nf4<1>); }

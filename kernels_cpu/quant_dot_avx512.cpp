@@ -252,7 +252,7 @@ void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const Act
     int32_t r = 0;
     for (; r + kRows16 <= rows; r += kRows16) {
         __m512 acc = _mm512_setzero_ps();
-        for (int32_t b = 0; b < nx; b++, group += kRows16GroupBlockBytes) {
+        for (int32_t b = 0; b < nx; b++, group += kRows16 * sizeof(BlockQ4)) {
             __m512i p = _mm512_set1_epi32(-8 * x[b].sum);
             for (int g = 0; g < kQ4Block / 4; g++) {
                 int32_t xg;
@@ -267,6 +267,31 @@ void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const Act
     }
     const size_t row_bytes = static_cast<size_t>(nx) * sizeof(BlockQ4);  // the row_major tail
     each_rows({group, row_bytes, rows - r, nx}, x, y + r, rows_q4_0<4>, rows_q4_0<1>);
+}
+
+// q8_0 rows16: column group g's 64 bytes are sixteen rows' four int8 weights, one row per lane;
+// flipped to unsigned (xor 0x80) for vpdpbusd, the 128 taken back through the activation sum.
+void matvec_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y) {
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    const uint8_t* group = data;
+    int32_t r = 0;
+    for (; r + kRows16 <= rows; r += kRows16) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int32_t b = 0; b < nx; b++, group += kRows16 * sizeof(BlockQ8)) {
+            __m512i p = _mm512_set1_epi32(-128 * x[b].sum);
+            for (int g = 0; g < kQ8Block / 4; g++) {
+                int32_t xg;
+                __builtin_memcpy(&xg, x[b].q + 4 * g, sizeof(xg));
+                const __m512i w = _mm512_loadu_si512(group + 2 * kRows16 + 64 * g);
+                p = _mm512_dpbusd_epi32(p, _mm512_xor_si512(w, flip), _mm512_set1_epi32(xg));
+            }
+            const __m512 dw = _mm512_cvtph_ps(load32(group));
+            acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(x[b].d)), _mm512_cvtepi32_ps(p), acc);
+        }
+        _mm512_storeu_ps(y + r, acc);
+    }
+    const size_t row_bytes = static_cast<size_t>(nx) * sizeof(BlockQ8);  // the row_major tail
+    each_rows({group, row_bytes, rows - r, nx}, x, y + r, rows_q8_0<4>, rows_q8_0<1>);
 }
 
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_nf4<4>, rows_nf4<1>); }

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <vector>
 
 #include "format/half.h"
 #include "format/quant_blocks.h"
@@ -83,13 +82,47 @@ void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y) {
     }
 }
 
-// Each row gathered back to row_major, then the q4_0 arithmetic above (the reference for rows16).
+// rows16 (format/quant_blocks.h): each group of 16 rows block by block, the same integer dots and
+// the same FP32 sums as the row_major kernels above, so the results are theirs bit for bit; the
+// last rows % 16 rows are row_major.
 void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y) {
-    std::vector<BlockQ4> row(static_cast<size_t>(nx));
-    for (int32_t r = 0; r < rows; r++) {
-        q4_0_row_from_rows16(data, rows, int64_t{nx} * kQ4Block, r, row.data());
-        matvec_q4_0({reinterpret_cast<const uint8_t*>(row.data()), row.size() * sizeof(BlockQ4), 1, nx}, x, y + r);
+    const uint8_t* group = data;
+    int32_t r = 0;
+    for (; r + kRows16 <= rows; r += kRows16) {
+        float acc[kRows16] = {};
+        for (int32_t b = 0; b < nx; b++, group += kRows16 * sizeof(BlockQ4)) {
+            int32_t s[kRows16] = {};
+            for (int g = 0; g < kQ4Block / 4; g++)
+                for (int j = 0; j < 32; j++) {
+                    const uint8_t byte = group[2 * kRows16 + 32 * g + j];
+                    const int8_t q = x[b].q[4 * g + j % 4];
+                    s[j / 4] += (byte & 0x0f) * q;
+                    s[8 + j / 4] += (byte >> 4) * q;
+                }
+            for (int lane = 0; lane < kRows16; lane++)
+                acc[lane] += scale_of(group + 2 * lane) * x[b].d * static_cast<float>(s[lane] - 8 * x[b].sum);
+        }
+        for (int lane = 0; lane < kRows16; lane++) y[r + lane] = acc[lane];
     }
+    matvec_q4_0({group, static_cast<size_t>(nx) * sizeof(BlockQ4), rows - r, nx}, x, y + r);
+}
+
+void matvec_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y) {
+    const uint8_t* group = data;
+    int32_t r = 0;
+    for (; r + kRows16 <= rows; r += kRows16) {
+        float acc[kRows16] = {};
+        for (int32_t b = 0; b < nx; b++, group += kRows16 * sizeof(BlockQ8)) {
+            int32_t s[kRows16] = {};
+            for (int g = 0; g < kQ8Block / 4; g++)
+                for (int j = 0; j < 64; j++)
+                    s[j / 4] += static_cast<int8_t>(group[2 * kRows16 + 64 * g + j]) * x[b].q[4 * g + j % 4];
+            for (int lane = 0; lane < kRows16; lane++)
+                acc[lane] += scale_of(group + 2 * lane) * x[b].d * static_cast<float>(s[lane]);
+        }
+        for (int lane = 0; lane < kRows16; lane++) y[r + lane] = acc[lane];
+    }
+    matvec_q8_0({group, static_cast<size_t>(nx) * sizeof(BlockQ8), rows - r, nx}, x, y + r);
 }
 
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y) {

@@ -118,7 +118,7 @@ std::vector<uint8_t> row_major_span(HostModel* hm) {
         const auto* from = static_cast<const uint8_t*>(w.data);
         uint8_t* to = copy.data() + (from - hm->span);
         const int64_t rb = row_bytes(w.dtype, w.cols);
-        for (int32_t r = 0; r < w.rows; r++) q4_0_row_from_rows16(from, w.rows, w.cols, r, reinterpret_cast<BlockQ4*>(to + r * rb));
+        for (int32_t r = 0; r < w.rows; r++) row_from_rows16(w.dtype, from, w.rows, w.cols, r, to + r * rb);
         w.layout = Layout::row_major;  // what the copy holds
     });
     return copy;

@@ -448,7 +448,8 @@ TEST_CASE("cuda: emulated kernels at the shipped widths; thread counts and scrat
 }
 
 TEST_CASE("cuda: a rows16 model goes up as row_major: the same bits as its row_major twin") {
-    const ModelSpec spec = random_spec(wide_config(), DType::q4_0, 31);
+  for (DType dtype : {DType::q4_0, DType::q8_0}) {
+    const ModelSpec spec = random_spec(wide_config(), dtype, 31);
     ModelSpec spec16 = spec;
     choose_layouts(spec16, Layout::rows16);
     const auto plain = model_from(spec), inter = model_from(spec16);
@@ -468,7 +469,9 @@ TEST_CASE("cuda: a rows16 model goes up as row_major: the same bits as its row_m
     a.run({{0, prompt.data(), static_cast<int32_t>(prompt.size()), Logits::all}});
     b.run({{0, prompt.data(), static_cast<int32_t>(prompt.size()), Logits::all}});
     CHECK(row(a.logits(0), V * 8) == row(b.logits(0), V * 8));
-    MESSAGE("rows16 q4 model: the uploaded span equals the row_major file's, and 8 emulated positions give its logits bit for bit");
+    MESSAGE("rows16 " << dtype_name(dtype) << " model: the uploaded span equals the row_major file's, and 8 emulated "
+                                                 "positions give its logits bit for bit");
+  }
 }
 
 TEST_CASE("cuda: bad input and the no-device error") {

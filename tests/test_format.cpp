@@ -651,22 +651,26 @@ TEST_CASE("corrupt headers, checksum and metadata are rejected with their messag
     MESSAGE("header/checksum/verifier corruptions rejected");
 }
 
-TEST_CASE("layout rows16: the q4 blocks of 16 rows interleaved, the same bytes reordered; misuse is refused") {
+TEST_CASE("layout rows16: the q4 / q8 blocks of 16 rows interleaved, the same bytes reordered; misuse is refused") {
     std::mt19937 rng(41);
     std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (DType dtype : {DType::q4_0, DType::q8_0})
     for (int64_t rows : {16, 48, 20, 184})
         for (int64_t cols : {32, 70, 128}) {
-            const size_t row_bytes = dtype_row_bytes(DType::q4_0, cols);
+            const size_t row_bytes = dtype_row_bytes(dtype, cols);
             std::vector<float> w(static_cast<size_t>(rows * cols));
             for (float& v : w) v = normal(rng);
             std::vector<uint8_t> plain(static_cast<size_t>(rows) * row_bytes), inter(plain.size()), row(row_bytes);
-            for (int64_t r = 0; r < rows; r++) quantize_row(DType::q4_0, w.data() + r * cols, cols, plain.data() + r * row_bytes);
-            q4_0_to_rows16(plain.data(), rows, cols, inter.data());
+            for (int64_t r = 0; r < rows; r++) quantize_row(dtype, w.data() + r * cols, cols, plain.data() + r * row_bytes);
+            to_rows16(dtype, plain.data(), rows, cols, inter.data());
             CHECK(inter != plain);
             for (int64_t r = 0; r < rows; r++) {
-                q4_0_row_from_rows16(inter.data(), rows, cols, r, reinterpret_cast<BlockQ4*>(row.data()));
-                CHECK_MESSAGE(std::memcmp(row.data(), plain.data() + r * row_bytes, row_bytes) == 0, rows << "x" << cols << " row " << r);
+                row_from_rows16(dtype, inter.data(), rows, cols, r, row.data());
+                CHECK_MESSAGE(std::memcmp(row.data(), plain.data() + r * row_bytes, row_bytes) == 0,
+                              dtype_name(dtype) << " " << rows << "x" << cols << " row " << r);
             }
+            // q8: lane 3's element 5 sits at byte 32 + 64 * 1 + 4 * 3 + 1 of the first group block.
+            if (dtype == DType::q8_0) CHECK(inter[32 + 64 + 12 + 1] == plain[3 * row_bytes + 2 + 5]);
             // The scales of group 0, block 0 lead, in row order; the last rows % 16 rows are row_major.
             for (int lane = 0; lane < 16; lane++)
                 CHECK(std::memcmp(inter.data() + 2 * lane, plain.data() + lane * row_bytes, 2) == 0);
@@ -686,12 +690,12 @@ TEST_CASE("layout rows16: the q4 blocks of 16 rows interleaved, the same bytes r
     CHECK(got->bytes == 32u * 3u * 18u);
     std::vector<uint8_t> plain(got->bytes), inter(got->bytes);
     for (int64_t r = 0; r < 32; r++) quantize_row(DType::q4_0, t.values.data() + r * 70, 70, plain.data() + r * 54);
-    q4_0_to_rows16(plain.data(), 32, 70, inter.data());
+    to_rows16(DType::q4_0, plain.data(), 32, 70, inter.data());
     CHECK(std::memcmp(got->data, inter.data(), inter.size()) == 0);
     CHECK(file->find("embedding.weight")->layout == Layout::row_major);
 
     // The writer refuses rows16 where it does not apply...
-    for (auto [dtype, shape, why] : {std::tuple{DType::q8_0, std::vector<int64_t>{32, 64}, "needs dtype q4, not q8"},
+    for (auto [dtype, shape, why] : {std::tuple{DType::nf4, std::vector<int64_t>{32, 64}, "needs dtype q4 or q8, not nf4"},
                                      std::tuple{DType::q4_0, std::vector<int64_t>{15, 64}, "at least 16 rows"},
                                      std::tuple{DType::q4_0, std::vector<int64_t>{64}, "at least 16 rows"}}) {
         ModelSpec bad = small_spec();
@@ -709,8 +713,8 @@ TEST_CASE("layout rows16: the q4 blocks of 16 rows interleaved, the same bytes r
         return load_error(b);
     };
     CHECK(contains(after(fb::Tensor::VT_LAYOUT, int8_t{2}), "tensor 'inter': unsupported layout 2"));
-    CHECK(contains(after(fb::Tensor::VT_DTYPE, int32_t{6}), "tensor 'inter': layout rows16 needs dtype q4, not q2"));
-    MESSAGE("rows16: 12 shapes (rows 16, 48, 20, 184) round-trip row by row; written and read back; writer and reader refuse misuse");
+    CHECK(contains(after(fb::Tensor::VT_DTYPE, int32_t{6}), "tensor 'inter': layout rows16 needs dtype q4 or q8, not q2"));
+    MESSAGE("rows16: q4 and q8, 12 shapes each (rows 16, 48, 20, 184) round-trip row by row; written and read back; writer and reader refuse misuse");
 }
 
 TEST_CASE("bad tensor entries, config and tokenizer are rejected with their message") {

@@ -191,33 +191,46 @@ TEST_CASE("eval_all (every position's logits from one prefill) equals token-by-t
             "refuses past the window, empty input and unknown ids");
 }
 
-TEST_CASE("a q4 model in layout rows16 runs as its row_major twin: decode, prefill, batch") {
-    const ModelSpec spec = random_spec(shipped_widths(48, 8), DType::q4_0, 21);  // tied head, 48 rows
-    ModelSpec spec16 = spec;
-    choose_layouts(spec16, Layout::rows16);
-    int interleaved = 0;
-    for (const SpecTensor& t : spec16.tensors) interleaved += t.layout == Layout::rows16;
-    CHECK(interleaved >= 10);  // the projections, experts and the tied embedding
-    const auto plain = model_from(spec), inter = model_from(spec16);
-    CHECK(inter->embedding.layout == Layout::rows16);
-    const size_t V = static_cast<size_t>(plain->vocab_rows());
-    auto close = [](const float* a, const float* b, size_t n) {
-        float scale = 0.0f;
-        for (size_t i = 0; i < n; i++) scale = std::max(scale, std::fabs(a[i]));
-        return max_abs_diff(std::vector<float>(a, a + n), std::vector<float>(b, b + n)) <= 1e-5f * (1.0f + scale);
-    };
-    const std::vector<int32_t> prompt = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5};  // past max_seq_length 8
-    Context a(*plain), b(*inter);
-    for (int32_t t : prompt) CHECK(close(a.eval(t), b.eval(t), V));
-    Context pa(*plain), pb(*inter);
-    CHECK(close(pa.eval_tokens(prompt.data(), 8), pb.eval_tokens(prompt.data(), 8), V));
-    Batch ba(*plain, 3, 1), bb(*inter, 3, 1);
-    const int32_t tokens[3] = {7, 8, 9};
-    ba.eval(tokens);
-    bb.eval(tokens);
-    for (int32_t i = 0; i < 3; i++) CHECK(close(ba.logits(i), bb.logits(i), V));
-    MESSAGE(interleaved << " rows16 tensors: token-by-token (past the window), prefill and a batch of 3 give the "
-                           "row_major logits within 1e-5 x (1 + max |logit|)");
+TEST_CASE("q4 and q8 models in layout rows16 run as their row_major twins: decode, prefill, batch") {
+    // The kernels differ only in FP32 summation order (~1e-7 relative). A logit vector may still
+    // move further when an activation lies within that distance of a q8 rounding boundary and the
+    // next product quantizes it to the other side (seen: 9e-3 on one position of 11); a wrong
+    // nibble, scale or row moves logits by their own size. So: every position within 2e-2 x (1 +
+    // max |logit|), and nearly all within 1e-5 x (1 + max |logit|).
+    for (DType dtype : {DType::q4_0, DType::q8_0}) {
+        const ModelSpec spec = random_spec(shipped_widths(48, 8), dtype, 21);  // tied head, 48 rows
+        ModelSpec spec16 = spec;
+        choose_layouts(spec16, Layout::rows16);
+        int interleaved = 0;
+        for (const SpecTensor& t : spec16.tensors) interleaved += t.layout == Layout::rows16;
+        CHECK(interleaved >= 10);  // the projections, experts and the tied embedding
+        const auto plain = model_from(spec), inter = model_from(spec16);
+        CHECK(inter->embedding.layout == Layout::rows16);
+        const size_t V = static_cast<size_t>(plain->vocab_rows());
+        int compared = 0, tight = 0;
+        auto compare = [&](const float* a, const float* b) {
+            float scale = 0.0f;
+            for (size_t i = 0; i < V; i++) scale = std::max(scale, std::fabs(a[i]));
+            const float d = max_abs_diff(std::vector<float>(a, a + V), std::vector<float>(b, b + V));
+            CHECK(d <= 2e-2f * (1.0f + scale));
+            compared++;
+            tight += d <= 1e-5f * (1.0f + scale);
+        };
+        const std::vector<int32_t> prompt = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5};  // past max_seq_length 8
+        Context a(*plain), b(*inter);
+        for (int32_t t : prompt) compare(a.eval(t), b.eval(t));
+        Context pa(*plain), pb(*inter);
+        compare(pa.eval_tokens(prompt.data(), 8), pb.eval_tokens(prompt.data(), 8));
+        Batch ba(*plain, 3, 1), bb(*inter, 3, 1);
+        const int32_t tokens[3] = {7, 8, 9};
+        ba.eval(tokens);
+        bb.eval(tokens);
+        for (int32_t i = 0; i < 3; i++) compare(ba.logits(i), bb.logits(i));
+        CHECK(tight >= compared - 2);
+        MESSAGE(dtype_name(dtype) << ": " << interleaved << " rows16 tensors; token by token past the window, a prefill "
+                                  << "and a batch of 3: " << tight << " of " << compared
+                                  << " logit vectors within 1e-5 x (1 + max |logit|) of row_major, all within 2e-2");
+    }
 }
 
 TEST_CASE("batch decode equals one context per sequence, with threads and past max_seq_length") {

@@ -377,10 +377,11 @@ TEST_CASE("matvec on odd sizes and unaligned rows: fast == scalar integer path, 
     }
 }
 
-TEST_CASE("q4_0 rows16: every path gives the row_major result of the same blocks") {
+TEST_CASE("q4_0 / q8_0 rows16: every path gives the row_major result of the same blocks") {
     const std::vector<KernelPath> paths = supported_paths();
     double worst = 0.0;
     int cases = 0;
+    for (DType dtype : {DType::q4_0, DType::q8_0})
     for (int32_t cols : {32, 40, 64, 128, 200}) {
         for (int32_t rows : {16, 32, 64, 20, 47}) {
             const uint32_t seed = static_cast<uint32_t>(cols * 7 + rows);
@@ -388,9 +389,9 @@ TEST_CASE("q4_0 rows16: every path gives the row_major result of the same blocks
             const std::vector<float> xf = gaussian(static_cast<size_t>(cols), seed + 1);
             std::vector<ActQ8> x(static_cast<size_t>(act_blocks(cols)));
             quantize_activation(KernelPath::scalar, xf.data(), cols, x.data());
-            const QMatrix m = quantize_matrix(DType::q4_0, wf, rows, cols, 0);
+            const QMatrix m = quantize_matrix(dtype, wf, rows, cols, 0);
             std::vector<uint8_t> inter(m.bytes.size());
-            q4_0_to_rows16(m.bytes.data(), rows, cols, inter.data());
+            to_rows16(dtype, m.bytes.data(), rows, cols, inter.data());
             Weight w16 = m.weight;
             w16.data = inter.data();
             w16.layout = Layout::rows16;
@@ -407,7 +408,7 @@ TEST_CASE("q4_0 rows16: every path gives the row_major result of the same blocks
                 for (int32_t r = 0; r < rows; r++) {
                     double abs_sum = 0.0;  // FP32 summation order is all that may differ
                     std::vector<float> wd(static_cast<size_t>(cols));
-                    dequantize_row(DType::q4_0, m.bytes.data() + r * dtype_row_bytes(DType::q4_0, cols), cols, wd.data());
+                    dequantize_row(dtype, m.bytes.data() + r * dtype_row_bytes(dtype, cols), cols, wd.data());
                     const std::vector<float> xd = dequantize_act(x, cols);
                     for (int32_t c = 0; c < cols; c++) abs_sum += std::fabs(static_cast<double>(wd[c]) * xd[c]);
                     const double d = std::fabs(y[r] - want[r]) / (abs_sum + 1e-30);
@@ -425,7 +426,7 @@ TEST_CASE("q4_0 rows16: every path gives the row_major result of the same blocks
     std::vector<ActQ8> x(1);
     std::vector<float> y(12);
     CHECK_THROWS_WITH_AS(matvec_quant(bad, x.data(), y.data()), doctest::Contains("at least 16 rows"), Error);
-    MESSAGE("rows16: " << cases << " rows (cols 32..200 x rows 16, 32, 64, 20, 47 x " << paths.size()
+    MESSAGE("rows16: " << cases << " rows (q4 and q8; cols 32..200 x rows 16, 32, 64, 20, 47 x " << paths.size()
                        << " paths) within " << worst << " x sum|wx| of row_major (limit 1e-5); scalar bit-identical");
 }
 
