@@ -92,13 +92,15 @@ void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const Act
         float acc[kRows16] = {};
         for (int32_t b = 0; b < nx; b++, group += kRows16 * sizeof(BlockQ4)) {
             int32_t s[kRows16] = {};
-            for (int g = 0; g < kQ4Block / 4; g++)
-                for (int j = 0; j < 32; j++) {
-                    const uint8_t byte = group[2 * kRows16 + 32 * g + j];
-                    const int8_t q = x[b].q[4 * g + j % 4];
-                    s[j / 4] += (byte & 0x0f) * q;
-                    s[8 + j / 4] += (byte >> 4) * q;
-                }
+            for (int g = 0; g < kQ4Block / 4; g++) {
+                const uint8_t* w = group + 2 * kRows16 + 32 * g;
+                const int8_t* q = x[b].q + 4 * g;
+                for (int lane = 0; lane < 8; lane++)
+                    for (int k = 0; k < 4; k++) {
+                        s[lane] += (w[4 * lane + k] & 0x0f) * q[k];
+                        s[8 + lane] += (w[4 * lane + k] >> 4) * q[k];
+                    }
+            }
             for (int lane = 0; lane < kRows16; lane++)
                 acc[lane] += scale_of(group + 2 * lane) * x[b].d * static_cast<float>(s[lane] - 8 * x[b].sum);
         }
@@ -114,9 +116,12 @@ void matvec_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const Act
         float acc[kRows16] = {};
         for (int32_t b = 0; b < nx; b++, group += kRows16 * sizeof(BlockQ8)) {
             int32_t s[kRows16] = {};
-            for (int g = 0; g < kQ8Block / 4; g++)
-                for (int j = 0; j < 64; j++)
-                    s[j / 4] += static_cast<int8_t>(group[2 * kRows16 + 64 * g + j]) * x[b].q[4 * g + j % 4];
+            for (int g = 0; g < kQ8Block / 4; g++) {
+                const int8_t* w = reinterpret_cast<const int8_t*>(group + 2 * kRows16 + 64 * g);
+                const int8_t* q = x[b].q + 4 * g;
+                for (int lane = 0; lane < kRows16; lane++)
+                    for (int k = 0; k < 4; k++) s[lane] += w[4 * lane + k] * q[k];
+            }
             for (int lane = 0; lane < kRows16; lane++)
                 acc[lane] += scale_of(group + 2 * lane) * x[b].d * static_cast<float>(s[lane]);
         }
