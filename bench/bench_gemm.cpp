@@ -5,9 +5,9 @@
 //
 // With --model FILE.itl it also measures the error of both paths on the model's real block-format
 // weights (q8_0, q4_0, nf4, q3_0, q2_0) and real activations: the model reads a text (--text FILE,
-// else seeded random tokens) token by token, the input rows of every such product are kept, and each path's product is compared with the
-// exact one (dequantized weight, FP32 input, double sums); for the LM head also the KL divergence of
-// the softmax and the top-1 agreement.
+// else seeded random tokens) token by token, the input rows of every such product are kept, and
+// each path's product is compared with the exact one (dequantized weight, FP32 input, double sums);
+// for the LM head also the KL divergence of the softmax and the top-1 agreement.
 //
 // Usage: bench_gemm [--repeats N] [--model FILE.itl [--text FILE] [--tokens N]]
 #include <algorithm>
@@ -216,8 +216,8 @@ void accuracy(const std::string& model_path, const std::string& text_path, int32
         "lm_head: KL(softmax(exact) || softmax(path)) in nats, mean over tokens, and top-1 agreement.\n\n",
         model_path.c_str(), tokens.size(), text_path.empty() ? "seeded random tokens" : text_path.c_str());
     std::printf(
-        "| weight | dtype rows x cols | native rel RMS | onednn rel RMS | native rel max | onednn rel max | native KLD | "
-        "onednn KLD | top-1 native / onednn |\n|---|---|---|---|---|---|---|---|---|\n");
+        "| weight | dtype rows x cols | native rel RMS | onednn rel RMS | native rel max | onednn rel max | "
+        "native KLD | onednn KLD | top-1 native / onednn |\n|---|---|---|---|---|---|---|---|---|\n");
     OnednnGemm onednn;
     for (const auto& [ptr, captured] : capture.inputs) {
         const Weight& w = captured.first;
@@ -240,8 +240,9 @@ void accuracy(const std::string& model_path, const std::string& text_path, int32
         const Errors n = compare(exact, y_native, T, w.rows), o = compare(exact, y_onednn, T, w.rows);
         const auto it = names.find(ptr);
         const std::string name = it == names.end() ? "?" : it->second;
-        std::printf("| %s | %s %dx%d | %.2e | %.2e | %.2e | %.2e |", name.c_str(), std::string(dtype_name(w.dtype)).c_str(), w.rows, w.cols, n.rel_rms, o.rel_rms,
-                    n.rel_max, o.rel_max);
+        std::printf("| %s | %s %dx%d | %.2e | %.2e | %.2e | %.2e |", name.c_str(),
+                    std::string(dtype_name(w.dtype)).c_str(), w.rows, w.cols, n.rel_rms, o.rel_rms, n.rel_max,
+                    o.rel_max);
         if (name == "lm_head")
             std::printf(" %.2e | %.2e | %.1f%% / %.1f%% |\n", n.kld, o.kld, 100.0 * n.top1, 100.0 * o.top1);
         else

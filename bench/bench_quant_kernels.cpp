@@ -96,7 +96,12 @@ int run(int argc, char** argv) {
             const double size = static_cast<double>(inter.size());
             std::printf("%-12s %-6s %9.0f", shape, dtype == DType::q8_0 ? "q8x16" : "q4x16", size);
             for (KernelPath p : paths) {
-                const double ns = median_ns([&] { matvec_quant(p, wq, xq.data(), y.data()); g_sink = y[0]; }, repeats);
+                const double ns = median_ns(
+                    [&] {
+                        matvec_quant(p, wq, xq.data(), y.data());
+                        g_sink = y[0];
+                    },
+                    repeats);
                 std::printf(" %10.1f %6.2f", ns, size / ns);
             }
             std::printf("\n");

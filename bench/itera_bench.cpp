@@ -76,7 +76,6 @@ double macs_per_token(const itera::ModelConfig& c) {
     return macs;
 }
 
-
 // Deterministic prompt ids the model knows (spread over its vocabulary rows).
 std::vector<int32_t> prompt_ids(const itera::Model& m, int32_t n) {
     std::vector<int32_t> ids;
@@ -196,7 +195,8 @@ int run(int argc, char** argv) {
         for (int32_t s = 0; s < steps; s++) {
             const auto t0 = Clock::now();
             batch.eval(tokens.data());
-            for (int32_t i = 0; i < args.batch; i++) tokens[static_cast<size_t>(i)] = m.id_of(itera::argmax(batch.logits(i), V));
+            for (int32_t i = 0; i < args.batch; i++)
+                tokens[static_cast<size_t>(i)] = m.id_of(itera::argmax(batch.logits(i), V));
             batch_tok_s.push_back(args.batch / seconds_since(t0));
         }
     }
@@ -211,14 +211,16 @@ int run(int argc, char** argv) {
     const double prefill_tok_s = prompt / (prefill_ms * 1e-3);
     if (args.json) {
         std::printf(
-            "{\"model\": \"%s\", \"kernels\": \"%s\", \"gemm\": \"%s\", \"threads\": %d, \"batch\": %d, \"load_ms\": %.4f, "
-            "\"decode_tok_s\": %.1f, \"sample_us\": %.3f, \"prefill_tokens\": %d, \"prefill_ms_128\": %.5f, \"prefill_tok_s\": %.1f, "
+            "{\"model\": \"%s\", \"kernels\": \"%s\", \"gemm\": \"%s\", \"threads\": %d, \"batch\": %d, \"load_ms\": "
+            "%.4f, "
+            "\"decode_tok_s\": %.1f, \"sample_us\": %.3f, \"prefill_tokens\": %d, \"prefill_ms_128\": %.5f, "
+            "\"prefill_tok_s\": %.1f, "
             "\"batch_tok_s\": %.1f, \"peak_rss_kb\": %ld, \"mflop_per_token\": %.4f, \"decode_gflops\": %.3f, "
             "\"batch_gflops\": %.3f, \"peak_gflops_per_core\": %.1f, \"state_bytes\": %zu}\n",
-            args.model_path.empty() ? "builtin" : args.model_path.c_str(), itera::kernel_path_name(), args.kernels.c_str(),
-            args.threads,
-            args.batch, median(load_s) * 1e3, decode, median(sample_s) * 1e6, prompt, prefill_ms, prefill_tok_s, batch_rate, usage.ru_maxrss,
-            flop * 1e-6, decode_gflops, batch_gflops, peak, ctx.state_bytes());
+            args.model_path.empty() ? "builtin" : args.model_path.c_str(), itera::kernel_path_name(),
+            args.kernels.c_str(), args.threads, args.batch, median(load_s) * 1e3, decode, median(sample_s) * 1e6,
+            prompt, prefill_ms, prefill_tok_s, batch_rate, usage.ru_maxrss, flop * 1e-6, decode_gflops, batch_gflops,
+            peak, ctx.state_bytes());
         return 0;
     }
     std::printf("model          %s (%s kernels, %s products over many rows)\n",

@@ -151,8 +151,8 @@ bool pinned(const SpecTensor& t, const QuantOptions& quant, DType* dtype) {
 // costs only serialization and the forward.
 class Lowering {
 public:
-    Lowering(const ModelSpec& spec, const std::map<std::string, ActivationStats>& stats, Layout q4_layout)
-        : spec_(spec), stats_(stats), q4_layout_(q4_layout) {}
+    Lowering(const ModelSpec& spec, const std::map<std::string, ActivationStats>& stats, Layout layout)
+        : spec_(spec), stats_(stats), layout_(layout) {}
 
     // Tensors absent from `dtypes` stay fp32.
     ModelSpec build(const std::map<std::string, DType>& dtypes) {
@@ -172,7 +172,7 @@ public:
             t.dtype = d->second;
             t.packed = it->second;
         }
-        choose_layouts(out, q4_layout_);  // as the written file will have them
+        choose_layouts(out, layout_);  // as the written file will have them
         return out;
     }
 
@@ -181,7 +181,7 @@ public:
 private:
     const ModelSpec& spec_;
     const std::map<std::string, ActivationStats>& stats_;
-    Layout q4_layout_;
+    Layout layout_;
     std::map<std::pair<std::string, DType>, std::vector<uint8_t>> done_;  // packed bytes (empty for fp16)
 };
 
@@ -375,7 +375,7 @@ BudgetResult plan_budget(ModelSpec& spec, const std::string& calib_text, std::ma
     const Scorer scorer(spec, calib_text, options.score_tokens);
     std::map<std::pair<std::string, DType>, double> kld_of;
     {
-        Lowering lowering(spec, stats, quant.q4_layout);
+        Lowering lowering(spec, stats, quant.layout);
         for (const BudgetTensor& bt : candidates_of(spec, quant, options))
             for (const BudgetCandidate& c : bt.candidates)
                 kld_of[{bt.name, c.dtype}] =
@@ -399,7 +399,7 @@ BudgetResult plan_budget(ModelSpec& spec, const std::string& calib_text, std::ma
         std::vector<BudgetTensor> tensors = candidates_of(b.spec, quant, options);
         for (BudgetTensor& bt : tensors)
             for (BudgetCandidate& c : bt.candidates) c.cost = c.kld = kld_of.at({bt.name, c.dtype});
-        Lowering lowering(b.spec, b.stats, quant.q4_layout);
+        Lowering lowering(b.spec, b.stats, quant.layout);
         if (assign(lowering, scorer, std::move(tensors), options, &b.result)) {
             v.summary.file_bytes = b.result.file_bytes;
             v.summary.measured = b.result.measured;
@@ -416,7 +416,7 @@ BudgetResult plan_budget(ModelSpec& spec, const std::string& calib_text, std::ma
         throw Error("--target-size " + std::to_string(options.target_bytes) +
                     " cannot be met: the metadata grew past the budget in every try");
     for (Built& f : finalists) {
-        Lowering lowering(f.spec, f.stats, quant.q4_layout);
+        Lowering lowering(f.spec, f.stats, quant.layout);
         refine(lowering, scorer, options, &f.result);
     }
     Built& chosen = finalists.size() > 1 && finalists[1].result.measured.kld < finalists[0].result.measured.kld

@@ -26,7 +26,8 @@ int run(int argc, char** argv) {
     CLI::App app{"itera-convert: convert an Itera-Lite PyTorch checkpoint (.pt) into a .itl model file.\n"
                  "The checkpoint is read natively: pickle globals are resolved against an allowlist and\n"
                  "no code from the file is ever executed."};
-    std::string checkpoint_path, output, tokenizer_path, config_path, dtype_name = "fp32", moe_empty = "error", layout_name = "rows16";
+    std::string checkpoint_path, output, tokenizer_path, config_path, dtype_name = "fp32", moe_empty = "error",
+                                                                      layout_name = "rows16";
     std::string calib_path, report_path;
     std::vector<std::string> keep_rules, precision_maps;
     int64_t calib_tokens = 16384, score_tokens = 2048;
@@ -123,7 +124,7 @@ int run(int argc, char** argv) {
         quant.keep.emplace_back(rule.substr(0, eq), dtype);
     }
     quant.trim_vocab = !no_trim;
-    itera::parse_layout(layout_name, &quant.q4_layout);
+    itera::parse_layout(layout_name, &quant.layout);
 
     itera::ModelSpec spec = itera::checkpoint_to_spec(checkpoint, options);
     if (!tokenizer_path.empty()) {

@@ -114,15 +114,15 @@ std::vector<TensorReport> quantize_spec(ModelSpec& spec, const QuantOptions& opt
         }
         report.push_back(std::move(r));
     }
-    choose_layouts(spec, options.q4_layout);
+    choose_layouts(spec, options.layout);
     return report;
 }
 
-void choose_layouts(ModelSpec& spec, Layout q4_layout) {
+void choose_layouts(ModelSpec& spec, Layout layout) {
     for (SpecTensor& t : spec.tensors) {
         const bool lookup_only =
             t.name == "position_embedding.weight" || (t.name == "embedding.weight" && !spec.config.tied_head);
-        t.layout = !lookup_only && layout_refusal(q4_layout, t.dtype, t.shape).empty() ? q4_layout : Layout::row_major;
+        t.layout = !lookup_only && layout_refusal(layout, t.dtype, t.shape).empty() ? layout : Layout::row_major;
     }
 }
 

@@ -70,8 +70,10 @@ size_t dtype_block_bytes(DType dtype) {
 
 std::string_view layout_name(Layout layout) {
     switch (layout) {
-        case Layout::row_major: return "row_major";
-        case Layout::rows16: return "rows16";
+        case Layout::row_major:
+            return "row_major";
+        case Layout::rows16:
+            return "rows16";
     }
     return "unknown";
 }
@@ -88,7 +90,8 @@ bool parse_layout(std::string_view name, Layout* out) {
 
 std::string layout_refusal(Layout layout, DType dtype, const std::vector<int64_t>& shape) {
     switch (layout) {
-        case Layout::row_major: return "";
+        case Layout::row_major:
+            return "";
         case Layout::rows16:
             if (dtype != DType::q4_0 && dtype != DType::q8_0)
                 return "layout rows16 needs dtype q4 or q8, not " + std::string(dtype_name(dtype));

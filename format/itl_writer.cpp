@@ -146,8 +146,8 @@ std::vector<uint8_t> serialize_itl(const ModelSpec& spec, const WriteOptions& op
     for (size_t i = 0; i < spec.tensors.size(); i++) {
         const SpecTensor& t = spec.tensors[i];
         tensors.push_back(fb::CreateTensor(fbb, fbb.CreateString(t.name), fbb.CreateVector(t.shape),
-                                           static_cast<fb::DType>(t.dtype), static_cast<fb::Layout>(t.layout), placed[i].offset,
-                                           placed[i].length));
+                                           static_cast<fb::DType>(t.dtype), static_cast<fb::Layout>(t.layout),
+                                           placed[i].offset, placed[i].length));
     }
     fb::FinishModelBuffer(
         fbb, fb::CreateModel(fbb, kItlFormatVersion, kQuantVersion, config, tokenizer, provenance, fbb.CreateVector(tensors)));

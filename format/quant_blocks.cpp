@@ -266,8 +266,8 @@ void to_rows16(DType dtype, const uint8_t* row_major, int64_t rows, int64_t cols
                 if (dtype == DType::q8_0)
                     group[q8_byte(lane, e)] = blk[2 + e];
                 else
-                    group[q4_byte(lane, e)] |= static_cast<uint8_t>(
-                        q4_nibble(*reinterpret_cast<const BlockQ4*>(blk), e) << (lane < 8 ? 0 : 4));
+                    group[q4_byte(lane, e)] |= static_cast<uint8_t>(q4_nibble(*reinterpret_cast<const BlockQ4*>(blk), e)
+                                                                    << (lane < 8 ? 0 : 4));
             }
         }
 }

@@ -120,7 +120,7 @@ void dequantize_row(DType dtype, const void* in, int64_t cols, float* out);
 
 // rows16 <-> row_major for a q4_0 or q8_0 matrix of `rows` x `cols`: whole tensors, and one row
 // (its ceil(cols / 32) blocks, as row_major stores them, into dtype_row_bytes(dtype, cols) bytes).
-constexpr int kRows16Block = 32;  // q4_0's and q8_0's block
+constexpr int kRows16Block = 32;               // q4_0's and q8_0's block
 size_t rows16_group_block_bytes(DType dtype);  // 288 (q4_0), 544 (q8_0)
 void to_rows16(DType dtype, const uint8_t* row_major, int64_t rows, int64_t cols, uint8_t* out);
 void row_from_rows16(DType dtype, const uint8_t* rows16, int64_t rows, int64_t cols, int64_t row, uint8_t* out);

@@ -35,7 +35,8 @@ const DenseKernels kDenseScalar = {
     [](const float* x, const float* gamma, const float* beta, float eps, int32_t n, float* out) {
         ref::layer_norm(x, {DType::f32, 1, n, gamma}, {DType::f32, 1, n, beta}, eps, n, out);
     },
-    [](const float* wt, const float* bias, int32_t channels, int32_t kernel, const float* u, float* history, float* out) {
+    [](const float* wt, const float* bias, int32_t channels, int32_t kernel, const float* u, float* history,
+       float* out) {
         const int32_t h = kernel - 1;
         for (int32_t i = 0; i < channels; i++) {
             float acc = bias[i] + wt[static_cast<int64_t>(h) * channels + i] * u[i];

@@ -320,12 +320,14 @@ OnednnGemm::~OnednnGemm() = default;
 bool OnednnGemm::handles(const Weight& w) {
     switch (w.dtype) {
         case DType::f32:
-        case DType::f16: return true;
+        case DType::f16:
+            return true;
         case DType::q8_0:
         case DType::q4_0:
         case DType::nf4:
         case DType::q3_0:
-        case DType::q2_0: return w.cols <= 65536;  // u8 * s8 sums: 255 * 127 * cols must stay below 2^31
+        case DType::q2_0:
+            return w.cols <= 65536;  // u8 * s8 sums: 255 * 127 * cols must stay below 2^31
         default: return false;
     }
 }

@@ -25,11 +25,12 @@ struct Kernels {
     void (*q8_0_rows16)(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
 };
 
-constexpr Kernels kScalar = {quant_scalar::quantize_activation, quant_scalar::matvec_q8_0, quant_scalar::matvec_q4_0,
-                             quant_scalar::matvec_nf4,          quant_scalar::matvec_q3_0, quant_scalar::matvec_q2_0,
+constexpr Kernels kScalar = {quant_scalar::quantize_activation, quant_scalar::matvec_q8_0,
+                             quant_scalar::matvec_q4_0,         quant_scalar::matvec_nf4,
+                             quant_scalar::matvec_q3_0,         quant_scalar::matvec_q2_0,
                              quant_scalar::matvec_q4_0_rows16,  quant_scalar::matvec_q8_0_rows16};
-constexpr Kernels kAvx2 = {quant_avx2::quantize_activation, quant_avx2::matvec_q8_0, quant_avx2::matvec_q4_0,
-                           quant_avx2::matvec_nf4,          quant_avx2::matvec_q3_0, quant_avx2::matvec_q2_0,
+constexpr Kernels kAvx2 = {quant_avx2::quantize_activation, quant_avx2::matvec_q8_0,       quant_avx2::matvec_q4_0,
+                           quant_avx2::matvec_nf4,          quant_avx2::matvec_q3_0,       quant_avx2::matvec_q2_0,
                            quant_avx2::matvec_q4_0_rows16,  quant_avx2::matvec_q8_0_rows16};
 constexpr Kernels kAvx512 = {quant_avx512::quantize_activation, quant_avx512::matvec_q8_0,
                              quant_avx512::matvec_q4_0,         quant_avx512::matvec_nf4,
@@ -119,7 +120,7 @@ void run_matvec(const Kernels& k, const Weight& w, const ActQ8* x, float* y) {
     check_weight(w);
     if (w.layout == Layout::rows16)
         return (w.dtype == DType::q8_0 ? k.q8_0_rows16 : k.q4_0_rows16)(static_cast<const uint8_t*>(w.data), w.rows,
-                                                                          act_blocks(w.cols), x, y);
+                                                                        act_blocks(w.cols), x, y);
     const QuantRows rows = {static_cast<const uint8_t*>(w.data), dtype_row_bytes(w.dtype, w.cols), w.rows,
                             act_blocks(w.cols)};
     switch (w.dtype) {

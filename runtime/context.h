@@ -52,7 +52,7 @@ private:
     void zero_state();  // conv history and SSM state, not the window
     // Runs window_[from, window_.size()) at their positions; logits for the last logit_rows of them.
     void run_window(size_t from, int32_t logit_rows);
-    void check_ids(const int32_t* tokens, int32_t n) const;  // throws for an id not in the vocabulary
+    void check_ids(const int32_t* tokens, int32_t n) const;             // throws for an id not in the vocabulary
     size_t conv_index(size_t layer, size_t channel, size_t tap) const;  // saved order -> conv_
 
     const Model& model_;

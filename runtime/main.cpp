@@ -376,8 +376,9 @@ int info(const Args& args) {
         out += "], \"other_bytes\": " + std::to_string(f.file_size() - part_bytes) + ", \"tensors\": [";
         for (size_t i = 0; i < f.tensors().size(); i++) {
             const auto& t = f.tensors()[i];
-            out += std::string(i ? ", " : "") + "{\"name\": \"" + t.name + "\", \"shape\": " + itera::shape_text(t.shape) +
-                   ", \"dtype\": \"" + std::string(itera::dtype_name(t.dtype)) + "\", \"layout\": \"" +
+            out += std::string(i ? ", " : "") + "{\"name\": \"" + t.name +
+                   "\", \"shape\": " + itera::shape_text(t.shape) + ", \"dtype\": \"" +
+                   std::string(itera::dtype_name(t.dtype)) + "\", \"layout\": \"" +
                    std::string(itera::layout_name(t.layout)) + "\", \"bytes\": " + std::to_string(t.bytes) + "}";
         }
         char tail[160];
@@ -409,9 +410,10 @@ int info(const Args& args) {
                                                            (model->tokenizer.kind() == itera::TokenizerKind::word ? "word" : "char") + " level").c_str()
                                                         : "none");
     for (const auto& t : f.tensors())
-        std::printf("  %-48s %-16s %-5s %10zu bytes%s\n", t.name.c_str(), itera::shape_text(t.shape).c_str(),
-                    std::string(itera::dtype_name(t.dtype)).c_str(), t.bytes,
-                    t.layout == itera::Layout::row_major ? "" : ("  " + std::string(itera::layout_name(t.layout))).c_str());
+        std::printf(
+            "  %-48s %-16s %-5s %10zu bytes%s\n", t.name.c_str(), itera::shape_text(t.shape).c_str(),
+            std::string(itera::dtype_name(t.dtype)).c_str(), t.bytes,
+            t.layout == itera::Layout::row_major ? "" : ("  " + std::string(itera::layout_name(t.layout))).c_str());
     std::printf("parameters  %lld, tensor bytes %ju, %.2f bits per weight\n", static_cast<long long>(params),
                 static_cast<uintmax_t>(bytes), bpw);
     std::printf("%-14s %-30s %10s %10s %6s  %s\n", "part", "shape", "params", "bytes", "share", "dtypes");

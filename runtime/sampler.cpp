@@ -81,8 +81,8 @@ void top_k_ids(const float* logits, int32_t n, int32_t k, Better better, std::ve
     uint32_t lo = key_of(min), hi = key_of(max);  // count(x >= float_of(lo)) >= k throughout
     for (int64_t c = n, pass = 0; c > 4 * int64_t{k} && hi - lo > 1; pass++) {
         const float value_mid = float_of(lo) + (float_of(hi) - float_of(lo)) * 0.5f;
-        const uint32_t mid = pass < 16 && key_of(value_mid) > lo && key_of(value_mid) < hi ? key_of(value_mid)
-                                                                                           : lo + (hi - lo) / 2;
+        const uint32_t mid =
+            pass < 16 && key_of(value_mid) > lo && key_of(value_mid) < hi ? key_of(value_mid) : lo + (hi - lo) / 2;
         const int32_t m = count_at_least(logits, n, float_of(mid));
         if (m >= k) {
             lo = mid;

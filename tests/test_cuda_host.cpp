@@ -448,30 +448,31 @@ TEST_CASE("cuda: emulated kernels at the shipped widths; thread counts and scrat
 }
 
 TEST_CASE("cuda: a rows16 model goes up as row_major: the same bits as its row_major twin") {
-  for (DType dtype : {DType::q4_0, DType::q8_0}) {
-    const ModelSpec spec = random_spec(wide_config(), dtype, 31);
-    ModelSpec spec16 = spec;
-    choose_layouts(spec16, Layout::rows16);
-    const auto plain = model_from(spec), inter = model_from(spec16);
-    HostModel hm;
-    build_host_model(*inter, &hm);
-    const std::vector<uint8_t> up = row_major_span(&hm);
-    REQUIRE(up.size() == hm.span_bytes);
-    HostModel hp;
-    build_host_model(*plain, &hp);
-    CHECK(std::memcmp(up.data(), hp.span, hp.span_bytes) == 0);  // the row_major file's bytes exactly
-    HostModel none;
-    build_host_model(*plain, &none);
-    CHECK(row_major_span(&none).empty());  // nothing to reorder: the mapping goes up as it is
-    const int32_t V = plain->vocab_rows();
-    const std::vector<int32_t> prompt = {5, 100, 42, 7, 199, 0, 13, 64};
-    Backend a(*plain, emulated(1, 4, 1 << 20, 1)), b(*inter, emulated(1, 4, 1 << 20, 1));
-    a.run({{0, prompt.data(), static_cast<int32_t>(prompt.size()), Logits::all}});
-    b.run({{0, prompt.data(), static_cast<int32_t>(prompt.size()), Logits::all}});
-    CHECK(row(a.logits(0), V * 8) == row(b.logits(0), V * 8));
-    MESSAGE("rows16 " << dtype_name(dtype) << " model: the uploaded span equals the row_major file's, and 8 emulated "
-                                                 "positions give its logits bit for bit");
-  }
+    for (DType dtype : {DType::q4_0, DType::q8_0}) {
+        const ModelSpec spec = random_spec(wide_config(), dtype, 31);
+        ModelSpec spec16 = spec;
+        choose_layouts(spec16, Layout::rows16);
+        const auto plain = model_from(spec), inter = model_from(spec16);
+        HostModel hm;
+        build_host_model(*inter, &hm);
+        const std::vector<uint8_t> up = row_major_span(&hm);
+        REQUIRE(up.size() == hm.span_bytes);
+        HostModel hp;
+        build_host_model(*plain, &hp);
+        CHECK(std::memcmp(up.data(), hp.span, hp.span_bytes) == 0);  // the row_major file's bytes exactly
+        HostModel none;
+        build_host_model(*plain, &none);
+        CHECK(row_major_span(&none).empty());  // nothing to reorder: the mapping goes up as it is
+        const int32_t V = plain->vocab_rows();
+        const std::vector<int32_t> prompt = {5, 100, 42, 7, 199, 0, 13, 64};
+        Backend a(*plain, emulated(1, 4, 1 << 20, 1)), b(*inter, emulated(1, 4, 1 << 20, 1));
+        a.run({{0, prompt.data(), static_cast<int32_t>(prompt.size()), Logits::all}});
+        b.run({{0, prompt.data(), static_cast<int32_t>(prompt.size()), Logits::all}});
+        CHECK(row(a.logits(0), V * 8) == row(b.logits(0), V * 8));
+        MESSAGE("rows16 " << dtype_name(dtype)
+                          << " model: the uploaded span equals the row_major file's, and 8 emulated "
+                             "positions give its logits bit for bit");
+    }
 }
 
 TEST_CASE("cuda: bad input and the no-device error") {

@@ -655,28 +655,29 @@ TEST_CASE("layout rows16: the q4 / q8 blocks of 16 rows interleaved, the same by
     std::mt19937 rng(41);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (DType dtype : {DType::q4_0, DType::q8_0})
-    for (int64_t rows : {16, 48, 20, 184})
-        for (int64_t cols : {32, 70, 128}) {
-            const size_t row_bytes = dtype_row_bytes(dtype, cols);
-            std::vector<float> w(static_cast<size_t>(rows * cols));
-            for (float& v : w) v = normal(rng);
-            std::vector<uint8_t> plain(static_cast<size_t>(rows) * row_bytes), inter(plain.size()), row(row_bytes);
-            for (int64_t r = 0; r < rows; r++) quantize_row(dtype, w.data() + r * cols, cols, plain.data() + r * row_bytes);
-            to_rows16(dtype, plain.data(), rows, cols, inter.data());
-            CHECK(inter != plain);
-            for (int64_t r = 0; r < rows; r++) {
-                row_from_rows16(dtype, inter.data(), rows, cols, r, row.data());
-                CHECK_MESSAGE(std::memcmp(row.data(), plain.data() + r * row_bytes, row_bytes) == 0,
-                              dtype_name(dtype) << " " << rows << "x" << cols << " row " << r);
+        for (int64_t rows : {16, 48, 20, 184})
+            for (int64_t cols : {32, 70, 128}) {
+                const size_t row_bytes = dtype_row_bytes(dtype, cols);
+                std::vector<float> w(static_cast<size_t>(rows * cols));
+                for (float& v : w) v = normal(rng);
+                std::vector<uint8_t> plain(static_cast<size_t>(rows) * row_bytes), inter(plain.size()), row(row_bytes);
+                for (int64_t r = 0; r < rows; r++)
+                    quantize_row(dtype, w.data() + r * cols, cols, plain.data() + r * row_bytes);
+                to_rows16(dtype, plain.data(), rows, cols, inter.data());
+                CHECK(inter != plain);
+                for (int64_t r = 0; r < rows; r++) {
+                    row_from_rows16(dtype, inter.data(), rows, cols, r, row.data());
+                    CHECK_MESSAGE(std::memcmp(row.data(), plain.data() + r * row_bytes, row_bytes) == 0,
+                                  dtype_name(dtype) << " " << rows << "x" << cols << " row " << r);
+                }
+                // q8: lane 3's element 5 sits at byte 32 + 64 * 1 + 4 * 3 + 1 of the first group block.
+                if (dtype == DType::q8_0) CHECK(inter[32 + 64 + 12 + 1] == plain[3 * row_bytes + 2 + 5]);
+                // The scales of group 0, block 0 lead, in row order; the last rows % 16 rows are row_major.
+                for (int lane = 0; lane < 16; lane++)
+                    CHECK(std::memcmp(inter.data() + 2 * lane, plain.data() + lane * row_bytes, 2) == 0);
+                const size_t tail = static_cast<size_t>(rows % 16) * row_bytes;
+                CHECK(std::memcmp(inter.data() + inter.size() - tail, plain.data() + plain.size() - tail, tail) == 0);
             }
-            // q8: lane 3's element 5 sits at byte 32 + 64 * 1 + 4 * 3 + 1 of the first group block.
-            if (dtype == DType::q8_0) CHECK(inter[32 + 64 + 12 + 1] == plain[3 * row_bytes + 2 + 5]);
-            // The scales of group 0, block 0 lead, in row order; the last rows % 16 rows are row_major.
-            for (int lane = 0; lane < 16; lane++)
-                CHECK(std::memcmp(inter.data() + 2 * lane, plain.data() + lane * row_bytes, 2) == 0);
-            const size_t tail = static_cast<size_t>(rows % 16) * row_bytes;
-            CHECK(std::memcmp(inter.data() + inter.size() - tail, plain.data() + plain.size() - tail, tail) == 0);
-        }
 
     ModelSpec spec = small_spec();
     SpecTensor t = tensor("inter", {32, 70}, DType::q4_0, &rng);
@@ -695,9 +696,10 @@ TEST_CASE("layout rows16: the q4 / q8 blocks of 16 rows interleaved, the same by
     CHECK(file->find("embedding.weight")->layout == Layout::row_major);
 
     // The writer refuses rows16 where it does not apply...
-    for (auto [dtype, shape, why] : {std::tuple{DType::nf4, std::vector<int64_t>{32, 64}, "needs dtype q4 or q8, not nf4"},
-                                     std::tuple{DType::q4_0, std::vector<int64_t>{15, 64}, "at least 16 rows"},
-                                     std::tuple{DType::q4_0, std::vector<int64_t>{64}, "at least 16 rows"}}) {
+    for (auto [dtype, shape, why] :
+         {std::tuple{DType::nf4, std::vector<int64_t>{32, 64}, "needs dtype q4 or q8, not nf4"},
+          std::tuple{DType::q4_0, std::vector<int64_t>{15, 64}, "at least 16 rows"},
+          std::tuple{DType::q4_0, std::vector<int64_t>{64}, "at least 16 rows"}}) {
         ModelSpec bad = small_spec();
         SpecTensor b = tensor("bad", shape, dtype, &rng);
         b.layout = Layout::rows16;
@@ -713,8 +715,11 @@ TEST_CASE("layout rows16: the q4 / q8 blocks of 16 rows interleaved, the same by
         return load_error(b);
     };
     CHECK(contains(after(fb::Tensor::VT_LAYOUT, int8_t{2}), "tensor 'inter': unsupported layout 2"));
-    CHECK(contains(after(fb::Tensor::VT_DTYPE, int32_t{6}), "tensor 'inter': layout rows16 needs dtype q4 or q8, not q2"));
-    MESSAGE("rows16: q4 and q8, 12 shapes each (rows 16, 48, 20, 184) round-trip row by row; written and read back; writer and reader refuse misuse");
+    CHECK(contains(after(fb::Tensor::VT_DTYPE, int32_t{6}),
+                   "tensor 'inter': layout rows16 needs dtype q4 or q8, not q2"));
+    MESSAGE(
+        "rows16: q4 and q8, 12 shapes each (rows 16, 48, 20, 184) round-trip row by row; written and read back; writer "
+        "and reader refuse misuse");
 }
 
 TEST_CASE("bad tensor entries, config and tokenizer are rejected with their message") {

@@ -138,7 +138,8 @@ TEST_CASE("dense SIMD kernels match the scalar reference") {
     }
     MESSAGE(checked << " matvecs (f32, f16; rows 1..40 x cols 1..130) on " << simd_paths().size()
                     << " SIMD paths: max |simd - scalar| / sum|wx| = " << worst
-                    << " (limit 1e-5); silu, gelu, gate, softplus mean, layer norm, conv step (and ref::conv_step's math), SSM output within a few ulp; argmax exact");
+                    << " (limit 1e-5); silu, gelu, gate, softplus mean, layer norm, conv step (and ref::conv_step's "
+                       "math), SSM output within a few ulp; argmax exact");
 }
 
 TEST_CASE("prefill (a prompt as one block of rows) equals token-by-token decode") {
@@ -187,8 +188,9 @@ TEST_CASE("eval_all (every position's logits from one prefill) equals token-by-t
         CHECK_THROWS_WITH_AS(all.eval_all(bad, 1), doctest::Contains("not in the model's vocabulary"), Error);
         CHECK(all.position() == one.position());  // refused calls change nothing
     }
-    MESSAGE("f32, f16, q8_0, q4_0: eval_all of 5 tokens after 1 gives each position's decode logits bit for bit; "
-            "refuses past the window, empty input and unknown ids");
+    MESSAGE(
+        "f32, f16, q8_0, q4_0: eval_all of 5 tokens after 1 gives each position's decode logits bit for bit; "
+        "refuses past the window, empty input and unknown ids");
 }
 
 TEST_CASE("q4 and q8 models in layout rows16 run as their row_major twins: decode, prefill, batch") {
@@ -227,7 +229,8 @@ TEST_CASE("q4 and q8 models in layout rows16 run as their row_major twins: decod
         bb.eval(tokens);
         for (int32_t i = 0; i < 3; i++) compare(ba.logits(i), bb.logits(i));
         CHECK(tight >= compared - 2);
-        MESSAGE(dtype_name(dtype) << ": " << interleaved << " rows16 tensors; token by token past the window, a prefill "
+        MESSAGE(dtype_name(dtype) << ": " << interleaved
+                                  << " rows16 tensors; token by token past the window, a prefill "
                                   << "and a batch of 3: " << tight << " of " << compared
                                   << " logit vectors within 1e-5 x (1 + max |logit|) of row_major, all within 2e-2");
     }

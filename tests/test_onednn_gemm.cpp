@@ -7,7 +7,8 @@
 //     the classic bound gamma_n = n * 2^-24 for a length-n FP32 dot product against an exact sum.
 //   block formats, native: each activation is rounded to its 32-block's grid d = amax / 127, so
 //     |dy| <= sum_c |w_c| * d(c) / 2, plus the FP32 bound.
-//   block formats, oneDNN (s8 rows): the stored weight row is rounded to the grid sw = amax_row / 127 and the activation row
+//   block formats, oneDNN (s8 rows): the stored weight row is rounded to the grid sw = amax_row / 127 and the
+//   activation row
 //     to the grid sx = (max(x, 0) - min(x, 0)) / L (L = 255, or 127 without VNNI: activation_levels),
 //     each error at most half a step, so
 //     |dy| <= sw / 2 * sum_c |x_c| + sx / 2 * sum_c (|w_c| + sw / 2), plus the FP32 bound.
@@ -301,7 +302,7 @@ TEST_CASE("gemm dispatch: onednn falls back to native where it has no path; auto
             CHECK(c.native_us > 0.0);
             CHECK(c.onednn_us > 0.0);
             const DType t = m->weight.dtype;
-            const Bound bound = t == DType::f32                 ? Bound::fp32
+            const Bound bound = t == DType::f32                  ? Bound::fp32
                                 : c.used == GemmProvider::native ? Bound::q8_native
                                                                  : Bound::q8_onednn;
             check_product(*m, x, batch, first, bound, "auto first call " + name_of(m->weight, batch));

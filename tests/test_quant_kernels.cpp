@@ -382,43 +382,43 @@ TEST_CASE("q4_0 / q8_0 rows16: every path gives the row_major result of the same
     double worst = 0.0;
     int cases = 0;
     for (DType dtype : {DType::q4_0, DType::q8_0})
-    for (int32_t cols : {32, 40, 64, 128, 200}) {
-        for (int32_t rows : {16, 32, 64, 20, 47}) {
-            const uint32_t seed = static_cast<uint32_t>(cols * 7 + rows);
-            const std::vector<float> wf = gaussian(static_cast<size_t>(rows) * cols, seed);
-            const std::vector<float> xf = gaussian(static_cast<size_t>(cols), seed + 1);
-            std::vector<ActQ8> x(static_cast<size_t>(act_blocks(cols)));
-            quantize_activation(KernelPath::scalar, xf.data(), cols, x.data());
-            const QMatrix m = quantize_matrix(dtype, wf, rows, cols, 0);
-            std::vector<uint8_t> inter(m.bytes.size());
-            to_rows16(dtype, m.bytes.data(), rows, cols, inter.data());
-            Weight w16 = m.weight;
-            w16.data = inter.data();
-            w16.layout = Layout::rows16;
-            std::vector<float> want(static_cast<size_t>(rows)), ref16(want.size());
-            matvec_quant(KernelPath::scalar, m.weight, x.data(), want.data());
-            matvec_quant_ref(w16, x.data(), ref16.data());
-            std::vector<float> ref(want.size());
-            matvec_quant_ref(m.weight, x.data(), ref.data());
-            CHECK(ref16 == ref);  // the reference gathers rows16 back to the same rows
-            for (KernelPath p : paths) {
-                std::vector<float> y(want.size());
-                matvec_quant(p, w16, x.data(), y.data());
-                if (p == KernelPath::scalar) CHECK(y == want);  // the scalar path on the gathered rows
-                for (int32_t r = 0; r < rows; r++) {
-                    double abs_sum = 0.0;  // FP32 summation order is all that may differ
-                    std::vector<float> wd(static_cast<size_t>(cols));
-                    dequantize_row(dtype, m.bytes.data() + r * dtype_row_bytes(dtype, cols), cols, wd.data());
-                    const std::vector<float> xd = dequantize_act(x, cols);
-                    for (int32_t c = 0; c < cols; c++) abs_sum += std::fabs(static_cast<double>(wd[c]) * xd[c]);
-                    const double d = std::fabs(y[r] - want[r]) / (abs_sum + 1e-30);
-                    CHECK(d <= 1e-5);
-                    worst = std::max(worst, d);
-                    cases++;
+        for (int32_t cols : {32, 40, 64, 128, 200}) {
+            for (int32_t rows : {16, 32, 64, 20, 47}) {
+                const uint32_t seed = static_cast<uint32_t>(cols * 7 + rows);
+                const std::vector<float> wf = gaussian(static_cast<size_t>(rows) * cols, seed);
+                const std::vector<float> xf = gaussian(static_cast<size_t>(cols), seed + 1);
+                std::vector<ActQ8> x(static_cast<size_t>(act_blocks(cols)));
+                quantize_activation(KernelPath::scalar, xf.data(), cols, x.data());
+                const QMatrix m = quantize_matrix(dtype, wf, rows, cols, 0);
+                std::vector<uint8_t> inter(m.bytes.size());
+                to_rows16(dtype, m.bytes.data(), rows, cols, inter.data());
+                Weight w16 = m.weight;
+                w16.data = inter.data();
+                w16.layout = Layout::rows16;
+                std::vector<float> want(static_cast<size_t>(rows)), ref16(want.size());
+                matvec_quant(KernelPath::scalar, m.weight, x.data(), want.data());
+                matvec_quant_ref(w16, x.data(), ref16.data());
+                std::vector<float> ref(want.size());
+                matvec_quant_ref(m.weight, x.data(), ref.data());
+                CHECK(ref16 == ref);  // the reference gathers rows16 back to the same rows
+                for (KernelPath p : paths) {
+                    std::vector<float> y(want.size());
+                    matvec_quant(p, w16, x.data(), y.data());
+                    if (p == KernelPath::scalar) CHECK(y == want);  // the scalar path on the gathered rows
+                    for (int32_t r = 0; r < rows; r++) {
+                        double abs_sum = 0.0;  // FP32 summation order is all that may differ
+                        std::vector<float> wd(static_cast<size_t>(cols));
+                        dequantize_row(dtype, m.bytes.data() + r * dtype_row_bytes(dtype, cols), cols, wd.data());
+                        const std::vector<float> xd = dequantize_act(x, cols);
+                        for (int32_t c = 0; c < cols; c++) abs_sum += std::fabs(static_cast<double>(wd[c]) * xd[c]);
+                        const double d = std::fabs(y[r] - want[r]) / (abs_sum + 1e-30);
+                        CHECK(d <= 1e-5);
+                        worst = std::max(worst, d);
+                        cases++;
+                    }
                 }
             }
         }
-    }
     // A weight whose layout does not fit is refused, not misread.
     const QMatrix few = quantize_matrix(DType::q4_0, gaussian(12 * 32, 5), 12, 32, 0);
     Weight bad = few.weight;

@@ -168,13 +168,16 @@ struct PlainSampler {
     int32_t sample(const float* logits, int32_t n) {
         std::vector<int32_t> order(static_cast<size_t>(n));
         for (int32_t i = 0; i < n; i++) order[static_cast<size_t>(i)] = i;
-        auto by_logit = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+        auto by_logit = [&](int32_t a, int32_t b) {
+            return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+        };
         const int32_t keep = p.top_k > 0 && p.top_k < n ? p.top_k : n;
         std::partial_sort(order.begin(), order.begin() + keep, order.end(), by_logit);
         std::vector<double> prob(static_cast<size_t>(keep));
         double total = 0.0;
         for (int32_t i = 0; i < keep; i++) {
-            prob[static_cast<size_t>(i)] = std::exp((logits[order[static_cast<size_t>(i)]] - logits[order[0]]) / p.temperature);
+            prob[static_cast<size_t>(i)] =
+                std::exp((logits[order[static_cast<size_t>(i)]] - logits[order[0]]) / p.temperature);
             total += prob[static_cast<size_t>(i)];
         }
         int32_t kept = keep;
@@ -209,8 +212,8 @@ TEST_CASE("sampler: top-k draws equal sorting every id") {
         for (int variant = 0; variant < 5; variant++) {
             std::vector<float> x(static_cast<size_t>(n));
             for (float& e : x) e = variant == 1 ? std::round(normal(rng)) : normal(rng);  // 1: ties everywhere
-            if (variant == 2) std::fill(x.begin(), x.end(), 0.5f);                    // 2: all equal
-            if (variant == 3)                                                          // 3: masked ids
+            if (variant == 2) std::fill(x.begin(), x.end(), 0.5f);                        // 2: all equal
+            if (variant == 3)                                                             // 3: masked ids
                 for (size_t i = 0; i < x.size(); i += 3) x[i] = -INFINITY;
             if (variant == 4 && n > 2) x[static_cast<size_t>(n / 2)] = 1e30f;  // 4: one far above the rest
             for (int32_t k : {1, 2, 40, 100, n - 1, n, 0}) {
@@ -229,8 +232,9 @@ TEST_CASE("sampler: top-k draws equal sorting every id") {
             }
         }
     }
-    MESSAGE(draws << " draws (n 1..3000; ties, all equal, -inf ids, one huge logit; top-k 0..n; top-p 1 and 0.95) equal "
-                     "the sort-every-id sampler's");
+    MESSAGE(
+        draws << " draws (n 1..3000; ties, all equal, -inf ids, one huge logit; top-k 0..n; top-p 1 and 0.95) equal "
+                 "the sort-every-id sampler's");
 }
 
 TEST_CASE("context: recurrent decoding, window past max_seq_length, reset, fp16 storage") {
