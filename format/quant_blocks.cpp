@@ -279,19 +279,27 @@ void row_from_rows16(DType dtype, const uint8_t* rows16, int64_t rows, int64_t c
         std::memcpy(out, rows16 + static_cast<size_t>(row * nb) * block, static_cast<size_t>(nb) * block);
         return;
     }
+    // A row's four elements of column group g are one 32-bit word of the group block: copied
+    // (q8_0) or masked to their nibbles (q4_0), whose words k and k + 4 then make qs word k.
     const int lane = static_cast<int>(row % kRows16);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t* group = rows16 + static_cast<size_t>((row / kRows16) * nb + b) * group_block;
         uint8_t* blk = out + static_cast<size_t>(b) * block;
         std::memcpy(blk, group + 2 * lane, 2);
         if (dtype == DType::q8_0) {
-            for (int e = 0; e < kRows16Block; e++) blk[2 + e] = group[q8_byte(lane, e)];
+            for (int g = 0; g < kRows16Block / 4; g++) std::memcpy(blk + 2 + 4 * g, group + q8_byte(lane, 4 * g), 4);
             continue;
         }
-        const int shift = lane < 8 ? 0 : 4;
-        for (int j = 0; j < kRows16Block / 2; j++)
-            blk[2 + j] = static_cast<uint8_t>(((group[q4_byte(lane, j)] >> shift) & 0x0f) |
-                                              (((group[q4_byte(lane, j + 16)] >> shift) & 0x0f) << 4));
+        uint32_t codes[kRows16Block / 4];
+        for (int g = 0; g < kRows16Block / 4; g++) {
+            uint32_t word;
+            std::memcpy(&word, group + q4_byte(lane, 4 * g), 4);
+            codes[g] = (lane < 8 ? word : word >> 4) & 0x0f0f0f0fu;
+        }
+        for (int k = 0; k < kRows16Block / 8; k++) {
+            const uint32_t qs = codes[k] | codes[k + 4] << 4;
+            std::memcpy(blk + 2 + 4 * k, &qs, 4);
+        }
     }
 }
 
