@@ -240,58 +240,70 @@ void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y) {
     const QuantRows rest = {w.data + static_cast<size_t>(r) * w.row_bytes, w.row_bytes, w.rows - r, w.nx};
     each_rows(rest, x, y + r, rows_q4_0<4>, rows_q4_0<1>);
 }
-// rows16: lane r of a 512-bit register is row r of the group, so each dpbusd adds four products
-// to sixteen rows at once and the rows' sums never need a horizontal reduction. Per column group g
-// of a block: the 32 bytes of nibbles in both 256-bit halves, the upper half shifted right by 4
-// (low nibbles: rows 0..7, high: rows 8..15), times activation bytes 4g..4g+3 in every lane. About
-// 3.4x the row_major kernel's speed on the micro model's shapes (docs/bench.md).
-void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y) {
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
-    const __m512i upper4 = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+namespace {
+
+// The rows16 loop (format/quant_blocks.h): lane r of a 512-bit register is row r of a group of 16,
+// so each vpdpbusd adds four products to sixteen rows and the rows' sums need no horizontal
+// reduction. Per group and block column, `dots(group, xb)` gives the block's integer dots of the
+// 16 rows, scaled here by d_w * d_x; returns the row_major tail's start. About 3x the row_major
+// kernels on the Itera-Lite shapes (docs/bench.md).
+template <class Block, class Dots>
+const uint8_t* rows16_groups(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y, Dots dots) {
     const uint8_t* group = data;
-    int32_t r = 0;
-    for (; r + kRows16 <= rows; r += kRows16) {
+    for (int32_t r = 0; r + kRows16 <= rows; r += kRows16) {
         __m512 acc = _mm512_setzero_ps();
-        for (int32_t b = 0; b < nx; b++, group += kRows16 * sizeof(BlockQ4)) {
-            __m512i p = _mm512_set1_epi32(-8 * x[b].sum);
-            for (int g = 0; g < kQ4Block / 4; g++) {
-                int32_t xg;
-                __builtin_memcpy(&xg, x[b].q + 4 * g, sizeof(xg));
-                const __m512i raw = _mm512_broadcast_i64x4(load32(group + 2 * kRows16 + 32 * g));
-                p = _mm512_dpbusd_epi32(p, _mm512_and_si512(_mm512_srlv_epi64(raw, upper4), m4), _mm512_set1_epi32(xg));
-            }
+        for (int32_t b = 0; b < nx; b++, group += kRows16 * sizeof(Block)) {
+            const __m512i p = dots(group, x[b]);
             const __m512 dw = _mm512_cvtph_ps(load32(group));
             acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(x[b].d)), _mm512_cvtepi32_ps(p), acc);
         }
         _mm512_storeu_ps(y + r, acc);
     }
-    const size_t row_bytes = static_cast<size_t>(nx) * sizeof(BlockQ4);  // the row_major tail
-    each_rows({group, row_bytes, rows - r, nx}, x, y + r, rows_q4_0<4>, rows_q4_0<1>);
+    return group;
+}
+
+// Activation bytes 4g..4g+3 of a block in every 32-bit lane.
+inline __m512i act_group(const ActQ8& xb, int g) {
+    int32_t xg;
+    __builtin_memcpy(&xg, xb.q + 4 * g, sizeof(xg));
+    return _mm512_set1_epi32(xg);
+}
+
+}  // namespace
+
+// q4_0 rows16: a column group's 32 bytes of nibbles in both 256-bit halves, the upper half shifted
+// right by 4 (low nibbles: rows 0..7, high: rows 8..15).
+void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i upper4 = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+    const uint8_t* tail = rows16_groups<BlockQ4>(data, rows, nx, x, y, [&](const uint8_t* group, const ActQ8& xb) {
+        __m512i p = _mm512_set1_epi32(-8 * xb.sum);
+        for (int g = 0; g < kQ4Block / 4; g++) {
+            const __m512i raw = _mm512_broadcast_i64x4(load32(group + 2 * kRows16 + 32 * g));
+            p = _mm512_dpbusd_epi32(p, _mm512_and_si512(_mm512_srlv_epi64(raw, upper4), m4), act_group(xb, g));
+        }
+        return p;
+    });
+    const int32_t done = rows / kRows16 * kRows16;  // the row_major tail
+    each_rows({tail, static_cast<size_t>(nx) * sizeof(BlockQ4), rows - done, nx}, x, y + done, rows_q4_0<4>,
+              rows_q4_0<1>);
 }
 
 // q8_0 rows16: column group g's 64 bytes are sixteen rows' four int8 weights, one row per lane;
 // flipped to unsigned (xor 0x80) for vpdpbusd, the 128 taken back through the activation sum.
 void matvec_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y) {
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-    const uint8_t* group = data;
-    int32_t r = 0;
-    for (; r + kRows16 <= rows; r += kRows16) {
-        __m512 acc = _mm512_setzero_ps();
-        for (int32_t b = 0; b < nx; b++, group += kRows16 * sizeof(BlockQ8)) {
-            __m512i p = _mm512_set1_epi32(-128 * x[b].sum);
-            for (int g = 0; g < kQ8Block / 4; g++) {
-                int32_t xg;
-                __builtin_memcpy(&xg, x[b].q + 4 * g, sizeof(xg));
-                const __m512i w = _mm512_loadu_si512(group + 2 * kRows16 + 64 * g);
-                p = _mm512_dpbusd_epi32(p, _mm512_xor_si512(w, flip), _mm512_set1_epi32(xg));
-            }
-            const __m512 dw = _mm512_cvtph_ps(load32(group));
-            acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(x[b].d)), _mm512_cvtepi32_ps(p), acc);
+    const uint8_t* tail = rows16_groups<BlockQ8>(data, rows, nx, x, y, [&](const uint8_t* group, const ActQ8& xb) {
+        __m512i p = _mm512_set1_epi32(-128 * xb.sum);
+        for (int g = 0; g < kQ8Block / 4; g++) {
+            const __m512i w = _mm512_loadu_si512(group + 2 * kRows16 + 64 * g);
+            p = _mm512_dpbusd_epi32(p, _mm512_xor_si512(w, flip), act_group(xb, g));
         }
-        _mm512_storeu_ps(y + r, acc);
-    }
-    const size_t row_bytes = static_cast<size_t>(nx) * sizeof(BlockQ8);  // the row_major tail
-    each_rows({group, row_bytes, rows - r, nx}, x, y + r, rows_q8_0<4>, rows_q8_0<1>);
+        return p;
+    });
+    const int32_t done = rows / kRows16 * kRows16;  // the row_major tail
+    each_rows({tail, static_cast<size_t>(nx) * sizeof(BlockQ8), rows - done, nx}, x, y + done, rows_q8_0<4>,
+              rows_q8_0<1>);
 }
 
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_nf4<4>, rows_nf4<1>); }
