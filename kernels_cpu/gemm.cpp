@@ -16,10 +16,9 @@ void gemm_native(const Weight& w, const float* x, int32_t batch, float* y) {
     thread_local std::vector<ActQ8> xq;
     const size_t blocks = static_cast<size_t>(act_blocks(w.cols));
     xq.resize(blocks * static_cast<size_t>(batch));
-    for (int32_t b = 0; b < batch; b++) {
+    for (int32_t b = 0; b < batch; b++)
         quantize_activation(x + static_cast<size_t>(b) * in, w.cols, xq.data() + b * blocks);
-        matvec_quant(w, xq.data() + b * blocks, y + static_cast<size_t>(b) * w.rows);
-    }
+    matmul_quant(w, xq.data(), batch, y);
 }
 
 }  // namespace itera

@@ -12,6 +12,7 @@
 // g++ 12 warns inside its own AVX-512 intrinsics (their _mm512_undefined_* operands, GCC bug 105593).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include <immintrin.h>
 
@@ -242,68 +243,86 @@ void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y) {
 }
 namespace {
 
-// The rows16 loop (format/quant_blocks.h): lane r of a 512-bit register is row r of a group of 16,
-// so each vpdpbusd adds four products to sixteen rows and the rows' sums need no horizontal
-// reduction. Per group and block column, `dots(group, xb)` gives the block's integer dots of the
-// 16 rows, scaled here by d_w * d_x; returns the row_major tail's start. About 3x the row_major
-// kernels on the Itera-Lite shapes (docs/bench.md).
-template <class Block, class Dots>
-const uint8_t* rows16_groups(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y, Dots dots) {
+// The rows16 loop (format/quant_blocks.h) for R activation rows: lane r of a 512-bit register is
+// row r of a group of 16, so each vpdpbusd adds four products to sixteen rows and the rows' sums
+// need no horizontal reduction. Per group, block column and column group g, `unpack(group, g)`
+// gives the 16 rows' four weights per lane as unsigned bytes (the format's offset `bias` taken
+// back through each activation block's sum); the R activation rows share that unpacking. Each
+// activation row gets the same operations in the same order whatever R is, so a prefill gives
+// decode's bits. x: R rows of nx blocks; y: R rows of `rows` outputs. Returns the start of the
+// row_major tail. About 3x the row_major kernels on the Itera-Lite shapes (docs/bench.md).
+template <class Block, int R, class Unpack>
+const uint8_t* rows16_groups(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y, int32_t bias,
+                             Unpack unpack) {
     const uint8_t* group = data;
     for (int32_t r = 0; r + kRows16 <= rows; r += kRows16) {
-        __m512 acc = _mm512_setzero_ps();
+        __m512 acc[R];
+        for (int i = 0; i < R; i++) acc[i] = _mm512_setzero_ps();
         for (int32_t b = 0; b < nx; b++, group += kRows16 * sizeof(Block)) {
-            const __m512i p = dots(group, x[b]);
+            __m512i p[R];
+            for (int i = 0; i < R; i++) p[i] = _mm512_set1_epi32(bias * x[i * nx + b].sum);
+            for (int g = 0; g < 8; g++) {
+                const __m512i w = unpack(group, g);
+                for (int i = 0; i < R; i++) {
+                    int32_t xg;
+                    __builtin_memcpy(&xg, x[i * nx + b].q + 4 * g, sizeof(xg));
+                    p[i] = _mm512_dpbusd_epi32(p[i], w, _mm512_set1_epi32(xg));
+                }
+            }
             const __m512 dw = _mm512_cvtph_ps(load32(group));
-            acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(x[b].d)), _mm512_cvtepi32_ps(p), acc);
+            for (int i = 0; i < R; i++)
+                acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(x[i * nx + b].d)), _mm512_cvtepi32_ps(p[i]),
+                                         acc[i]);
         }
-        _mm512_storeu_ps(y + r, acc);
+        for (int i = 0; i < R; i++) _mm512_storeu_ps(y + static_cast<size_t>(i) * rows + r, acc[i]);
     }
     return group;
 }
 
-// Activation bytes 4g..4g+3 of a block in every 32-bit lane.
-inline __m512i act_group(const ActQ8& xb, int g) {
-    int32_t xg;
-    __builtin_memcpy(&xg, xb.q + 4 * g, sizeof(xg));
-    return _mm512_set1_epi32(xg);
+// q4_0: a column group's 32 bytes of nibbles in both 256-bit halves, the upper half shifted right
+// by 4 (low nibbles: rows 0..7, high: rows 8..15); offset 8.
+inline __m512i unpack_q4(const uint8_t* group, int g) {
+    const __m512i raw = _mm512_broadcast_i64x4(load32(group + 2 * kRows16 + 32 * g));
+    return _mm512_and_si512(_mm512_srlv_epi64(raw, _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4)), _mm512_set1_epi8(0x0f));
+}
+// q8_0: a column group's 64 bytes are sixteen rows' four int8 weights, flipped to unsigned (xor
+// 0x80); offset 128.
+inline __m512i unpack_q8(const uint8_t* group, int g) {
+    return _mm512_xor_si512(_mm512_loadu_si512(group + 2 * kRows16 + 64 * g),
+                            _mm512_set1_epi8(static_cast<char>(0x80)));
+}
+
+// n activation rows, four at a time, then the row_major tail row by row.
+template <class Block, class Unpack>
+void rows16_matmul(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y, int32_t bias,
+                   Unpack unpack, RowsFn four, RowsFn one) {
+    const uint8_t* tail = data;
+    int32_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        tail = rows16_groups<Block, 4>(data, rows, nx, x + static_cast<size_t>(i) * nx,
+                                       y + static_cast<size_t>(i) * rows, bias, unpack);
+    for (; i < n; i++)
+        tail = rows16_groups<Block, 1>(data, rows, nx, x + static_cast<size_t>(i) * nx,
+                                       y + static_cast<size_t>(i) * rows, bias, unpack);
+    const int32_t done = rows / kRows16 * kRows16;
+    const QuantRows rest = {tail, static_cast<size_t>(nx) * sizeof(Block), rows - done, nx};
+    for (int32_t k = 0; k < n; k++)
+        each_rows(rest, x + static_cast<size_t>(k) * nx, y + static_cast<size_t>(k) * rows + done, four, one);
 }
 
 }  // namespace
 
-// q4_0 rows16: a column group's 32 bytes of nibbles in both 256-bit halves, the upper half shifted
-// right by 4 (low nibbles: rows 0..7, high: rows 8..15).
 void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y) {
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
-    const __m512i upper4 = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
-    const uint8_t* tail = rows16_groups<BlockQ4>(data, rows, nx, x, y, [&](const uint8_t* group, const ActQ8& xb) {
-        __m512i p = _mm512_set1_epi32(-8 * xb.sum);
-        for (int g = 0; g < kQ4Block / 4; g++) {
-            const __m512i raw = _mm512_broadcast_i64x4(load32(group + 2 * kRows16 + 32 * g));
-            p = _mm512_dpbusd_epi32(p, _mm512_and_si512(_mm512_srlv_epi64(raw, upper4), m4), act_group(xb, g));
-        }
-        return p;
-    });
-    const int32_t done = rows / kRows16 * kRows16;  // the row_major tail
-    each_rows({tail, static_cast<size_t>(nx) * sizeof(BlockQ4), rows - done, nx}, x, y + done, rows_q4_0<4>,
-              rows_q4_0<1>);
+    rows16_matmul<BlockQ4>(data, rows, nx, x, 1, y, -8, unpack_q4, rows_q4_0<4>, rows_q4_0<1>);
 }
-
-// q8_0 rows16: column group g's 64 bytes are sixteen rows' four int8 weights, one row per lane;
-// flipped to unsigned (xor 0x80) for vpdpbusd, the 128 taken back through the activation sum.
 void matvec_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y) {
-    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-    const uint8_t* tail = rows16_groups<BlockQ8>(data, rows, nx, x, y, [&](const uint8_t* group, const ActQ8& xb) {
-        __m512i p = _mm512_set1_epi32(-128 * xb.sum);
-        for (int g = 0; g < kQ8Block / 4; g++) {
-            const __m512i w = _mm512_loadu_si512(group + 2 * kRows16 + 64 * g);
-            p = _mm512_dpbusd_epi32(p, _mm512_xor_si512(w, flip), act_group(xb, g));
-        }
-        return p;
-    });
-    const int32_t done = rows / kRows16 * kRows16;  // the row_major tail
-    each_rows({tail, static_cast<size_t>(nx) * sizeof(BlockQ8), rows - done, nx}, x, y + done, rows_q8_0<4>,
-              rows_q8_0<1>);
+    rows16_matmul<BlockQ8>(data, rows, nx, x, 1, y, -128, unpack_q8, rows_q8_0<4>, rows_q8_0<1>);
+}
+void matmul_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y) {
+    rows16_matmul<BlockQ4>(data, rows, nx, x, n, y, -8, unpack_q4, rows_q4_0<4>, rows_q4_0<1>);
+}
+void matmul_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y) {
+    rows16_matmul<BlockQ8>(data, rows, nx, x, n, y, -128, unpack_q8, rows_q8_0<4>, rows_q8_0<1>);
 }
 
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_nf4<4>, rows_nf4<1>); }

@@ -23,19 +23,36 @@ struct Kernels {
     void (*q2_0)(const QuantRows& w, const ActQ8* x, float* y);
     void (*q4_0_rows16)(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
     void (*q8_0_rows16)(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
+    // n activation rows at once (nullptr: row by row)
+    void (*q4_0_rows16_n)(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y);
+    void (*q8_0_rows16_n)(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y);
 };
 
-constexpr Kernels kScalar = {quant_scalar::quantize_activation, quant_scalar::matvec_q8_0,
-                             quant_scalar::matvec_q4_0,         quant_scalar::matvec_nf4,
-                             quant_scalar::matvec_q3_0,         quant_scalar::matvec_q2_0,
-                             quant_scalar::matvec_q4_0_rows16,  quant_scalar::matvec_q8_0_rows16};
-constexpr Kernels kAvx2 = {quant_avx2::quantize_activation, quant_avx2::matvec_q8_0,       quant_avx2::matvec_q4_0,
-                           quant_avx2::matvec_nf4,          quant_avx2::matvec_q3_0,       quant_avx2::matvec_q2_0,
-                           quant_avx2::matvec_q4_0_rows16,  quant_avx2::matvec_q8_0_rows16};
+constexpr Kernels kScalar = {quant_scalar::quantize_activation,
+                             quant_scalar::matvec_q8_0,
+                             quant_scalar::matvec_q4_0,
+                             quant_scalar::matvec_nf4,
+                             quant_scalar::matvec_q3_0,
+                             quant_scalar::matvec_q2_0,
+                             quant_scalar::matvec_q4_0_rows16,
+                             quant_scalar::matvec_q8_0_rows16,
+                             nullptr,
+                             nullptr};
+constexpr Kernels kAvx2 = {quant_avx2::quantize_activation,
+                           quant_avx2::matvec_q8_0,
+                           quant_avx2::matvec_q4_0,
+                           quant_avx2::matvec_nf4,
+                           quant_avx2::matvec_q3_0,
+                           quant_avx2::matvec_q2_0,
+                           quant_avx2::matvec_q4_0_rows16,
+                           quant_avx2::matvec_q8_0_rows16,
+                           nullptr,
+                           nullptr};
 constexpr Kernels kAvx512 = {quant_avx512::quantize_activation, quant_avx512::matvec_q8_0,
                              quant_avx512::matvec_q4_0,         quant_avx512::matvec_nf4,
                              quant_avx512::matvec_q3_0,         quant_avx512::matvec_q2_0,
-                             quant_avx512::matvec_q4_0_rows16,  quant_avx512::matvec_q8_0_rows16};
+                             quant_avx512::matvec_q4_0_rows16,  quant_avx512::matvec_q8_0_rows16,
+                             quant_avx512::matmul_q4_0_rows16,  quant_avx512::matmul_q8_0_rows16};
 
 constexpr KernelPath kWidestFirst[] = {KernelPath::avx512, KernelPath::avx2, KernelPath::scalar};
 
@@ -133,11 +150,25 @@ void run_matvec(const Kernels& k, const Weight& w, const ActQ8* x, float* y) {
     }
 }
 
+void run_matmul(const Kernels& k, const Weight& w, const ActQ8* x, int32_t n, float* y) {
+    check_weight(w);
+    const auto many = w.layout != Layout::rows16 ? nullptr : w.dtype == DType::q8_0 ? k.q8_0_rows16_n : k.q4_0_rows16_n;
+    if (many != nullptr) return many(static_cast<const uint8_t*>(w.data), w.rows, act_blocks(w.cols), x, n, y);
+    const size_t blocks = static_cast<size_t>(act_blocks(w.cols));
+    for (int32_t i = 0; i < n; i++) run_matvec(k, w, x + i * blocks, y + static_cast<size_t>(i) * w.rows);
+}
+
 }  // namespace
 
 void matvec_quant(KernelPath path, const Weight& w, const ActQ8* x, float* y) { run_matvec(kernels(path), w, x, y); }
 
 void matvec_quant(const Weight& w, const ActQ8* x, float* y) { run_matvec(active(), w, x, y); }
+
+void matmul_quant(KernelPath path, const Weight& w, const ActQ8* x, int32_t n, float* y) {
+    run_matmul(kernels(path), w, x, n, y);
+}
+
+void matmul_quant(const Weight& w, const ActQ8* x, int32_t n, float* y) { run_matmul(active(), w, x, n, y); }
 
 void matvec_quant_ref(const Weight& w, const ActQ8* x, float* y) {
     check_weight(w);

@@ -57,6 +57,11 @@ void quantize_activation(KernelPath path, const float* x, int32_t n, ActQ8* out)
 // rows are read in place (2-byte alignment suffices). Throws itera::Error for another dtype.
 void matvec_quant(const Weight& w, const ActQ8* x, float* y);
 void matvec_quant(KernelPath path, const Weight& w, const ActQ8* x, float* y);
+// n rows at once: y[i] = W x[i] (x: n rows of act_blocks(w.cols) blocks, y: n rows of w.rows),
+// each row bit for bit what matvec_quant gives it. A rows16 weight on the avx512 path is unpacked
+// once for four rows (a prefill's or a batch's products); otherwise row by row.
+void matmul_quant(const Weight& w, const ActQ8* x, int32_t n, float* y);
+void matmul_quant(KernelPath path, const Weight& w, const ActQ8* x, int32_t n, float* y);
 
 // Reference: each row dequantized with format/quant_blocks.h, the activation as d * q, FP32 dot.
 void matvec_quant_ref(const Weight& w, const ActQ8* x, float* y);

@@ -95,10 +95,7 @@ void Forward::matmul(const Weight& w, const float* x, const ActQ8* xq, int32_t n
     if (dispatched(n)) {
         model_.gemm->run(w, x, n, y);
     } else if (is_quantized(w.dtype)) {
-        // Row by row: a tile sharing each unpacked weight block across activation rows measured
-        // no faster on these shapes (in_proj 256x64 q4_0, batch 64: 23.3 us either way).
-        const size_t blocks = static_cast<size_t>(act_blocks(w.cols)), out = static_cast<size_t>(w.rows);
-        for (int32_t r = 0; r < n; r++) matvec_quant(w, xq + r * blocks, y + r * out);
+        matmul_quant(w, xq, n, y);
     } else {
         matmul_dense(w, x, n, y);
     }

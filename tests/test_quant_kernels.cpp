@@ -419,6 +419,39 @@ TEST_CASE("q4_0 / q8_0 rows16: every path gives the row_major result of the same
                 }
             }
         }
+    // n rows at once (the avx512 path unpacks each weight group once for four rows): each row's
+    // output is matvec's bit for bit, for every n and layout.
+    int batched = 0;
+    for (DType dtype : {DType::q4_0, DType::q8_0})
+        for (Layout layout : {Layout::rows16, Layout::row_major}) {
+            const int32_t rows = 40, cols = 96;
+            const QMatrix m = quantize_matrix(dtype, gaussian(static_cast<size_t>(rows) * cols, 77), rows, cols, 0);
+            std::vector<uint8_t> inter(m.bytes.size());
+            to_rows16(dtype, m.bytes.data(), rows, cols, inter.data());
+            Weight w = m.weight;
+            if (layout == Layout::rows16) {
+                w.data = inter.data();
+                w.layout = layout;
+            }
+            for (int32_t n : {1, 3, 4, 5, 9}) {
+                const std::vector<float> xf = gaussian(static_cast<size_t>(n) * cols, 78 + n);
+                std::vector<ActQ8> x(static_cast<size_t>(n * act_blocks(cols)));
+                for (int32_t i = 0; i < n; i++)
+                    quantize_activation(KernelPath::scalar, xf.data() + i * cols, cols,
+                                        x.data() + i * act_blocks(cols));
+                for (KernelPath p : paths) {
+                    std::vector<float> many(static_cast<size_t>(n) * rows), one(many.size());
+                    matmul_quant(p, w, x.data(), n, many.data());
+                    for (int32_t i = 0; i < n; i++)
+                        matvec_quant(p, w, x.data() + i * act_blocks(cols), one.data() + i * rows);
+                    CHECK_MESSAGE(many == one, dtype_name(dtype) << " " << layout_name(layout) << " n " << n << " "
+                                                                 << kernel_path_name(p));
+                    batched++;
+                }
+            }
+        }
+    MESSAGE("matmul_quant == matvec_quant row by row, bit for bit: " << batched
+                                                                     << " cases (q4/q8, both layouts, n 1..9)");
     // A weight whose layout does not fit is refused, not misread.
     const QMatrix few = quantize_matrix(DType::q4_0, gaussian(12 * 32, 5), 12, 32, 0);
     Weight bad = few.weight;
