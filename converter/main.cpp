@@ -202,6 +202,7 @@ int run(int argc, char** argv) {
     }
     const std::vector<itera::TensorReport> report =
         itera::quantize_spec(spec, quant, calib_path.empty() ? nullptr : &stats);
+    itera::choose_layouts(spec, quant.layout);
     itera::write_itl(spec, output);
 
     const uintmax_t file_bytes = std::filesystem::file_size(output);

@@ -114,7 +114,6 @@ std::vector<TensorReport> quantize_spec(ModelSpec& spec, const QuantOptions& opt
         }
         report.push_back(std::move(r));
     }
-    choose_layouts(spec, options.layout);
     return report;
 }
 

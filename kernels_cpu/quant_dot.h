@@ -28,9 +28,11 @@ void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q3_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q2_0(const QuantRows& w, const ActQ8* x, float* y);
-// q4_0 / q8_0 in layout rows16: `rows` (>= 16) from `data` (format/quant_blocks.h).
-void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
-void matvec_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
+// q4_0 / q8_0 in layout rows16 (format/quant_blocks.h), `rows` >= 16 from `data`, for n activation
+// rows at once (x: n rows of nx blocks, y: n rows of `rows`); each row gets the operations a single
+// row gets, so the results do not depend on n.
+void matmul_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y);
+void matmul_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y);
 }  // namespace quant_scalar
 
 namespace quant_avx2 {
@@ -40,9 +42,11 @@ void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q3_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q2_0(const QuantRows& w, const ActQ8* x, float* y);
-// q4_0 / q8_0 in layout rows16: `rows` (>= 16) from `data` (format/quant_blocks.h).
-void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
-void matvec_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
+// q4_0 / q8_0 in layout rows16 (format/quant_blocks.h), `rows` >= 16 from `data`, for n activation
+// rows at once (x: n rows of nx blocks, y: n rows of `rows`); each row gets the operations a single
+// row gets, so the results do not depend on n.
+void matmul_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y);
+void matmul_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y);
 }  // namespace quant_avx2
 
 namespace quant_avx512 {
@@ -52,11 +56,9 @@ void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q3_0(const QuantRows& w, const ActQ8* x, float* y);
 void matvec_q2_0(const QuantRows& w, const ActQ8* x, float* y);
-// q4_0 / q8_0 in layout rows16: `rows` (>= 16) from `data` (format/quant_blocks.h).
-void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
-void matvec_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
-// The same for n activation rows at once (x: n rows of nx blocks, y: n rows of `rows`), each row
-// bit for bit what matvec_*_rows16 gives it: the unpacked weights serve four rows.
+// q4_0 / q8_0 in layout rows16 (format/quant_blocks.h), `rows` >= 16 from `data`, for n activation
+// rows at once (x: n rows of nx blocks, y: n rows of `rows`); each row gets the operations a single
+// row gets, so the results do not depend on n.
 void matmul_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y);
 void matmul_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y);
 }  // namespace quant_avx512

@@ -255,38 +255,43 @@ void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x,
 
 namespace {
 
-// The rows16 loop (format/quant_blocks.h): per group of 16 rows and block column, `dots(group, xb,
-// lo, hi)` sums the block's integer products of rows 0..7 into lo and 8..15 into hi (lane r: row r),
-// which are scaled by d_w * d_x into two accumulators; returns the row_major tail's start. `Block`
-// is the format's block, sixteen of which make a group block.
+// The rows16 loop (format/quant_blocks.h) for n activation rows, one after another: per group of 16
+// rows and block column, `dots(group, xb, lo, hi)` sums the block's integer products of rows 0..7
+// into lo and 8..15 into hi (lane r: row r), which are scaled by d_w * d_x into two accumulators;
+// the last rows % 16 rows are row_major (`four`, `one`). Sixteen `Block`s make a group block.
 template <class Block, class Dots>
-const uint8_t* rows16_groups(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y, Dots dots) {
-    const uint8_t* group = data;
-    for (int32_t r = 0; r + kRows16 <= rows; r += kRows16) {
-        __m256 acc_lo = _mm256_setzero_ps(), acc_hi = _mm256_setzero_ps();
-        for (int32_t b = 0; b < nx; b++, group += kRows16 * sizeof(Block)) {
-            __m256i lo, hi;
-            dots(group, x[b], &lo, &hi);
-            const __m256 dx = _mm256_set1_ps(x[b].d);
-            const __m256 dw_lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(group)));
-            const __m256 dw_hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(group + 16)));
-            acc_lo = _mm256_fmadd_ps(_mm256_mul_ps(dw_lo, dx), _mm256_cvtepi32_ps(lo), acc_lo);
-            acc_hi = _mm256_fmadd_ps(_mm256_mul_ps(dw_hi, dx), _mm256_cvtepi32_ps(hi), acc_hi);
+void rows16_matmul(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y, Dots dots,
+                   RowsFn four, RowsFn one) {
+    for (int32_t i = 0; i < n; i++, x += nx, y += rows) {
+        const uint8_t* group = data;
+        int32_t r = 0;
+        for (; r + kRows16 <= rows; r += kRows16) {
+            __m256 acc_lo = _mm256_setzero_ps(), acc_hi = _mm256_setzero_ps();
+            for (int32_t b = 0; b < nx; b++, group += kRows16 * sizeof(Block)) {
+                __m256i lo, hi;
+                dots(group, x[b], &lo, &hi);
+                const __m256 dx = _mm256_set1_ps(x[b].d);
+                const __m256 dw_lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(group)));
+                const __m256 dw_hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(group + 16)));
+                acc_lo = _mm256_fmadd_ps(_mm256_mul_ps(dw_lo, dx), _mm256_cvtepi32_ps(lo), acc_lo);
+                acc_hi = _mm256_fmadd_ps(_mm256_mul_ps(dw_hi, dx), _mm256_cvtepi32_ps(hi), acc_hi);
+            }
+            _mm256_storeu_ps(y + r, acc_lo);
+            _mm256_storeu_ps(y + r + 8, acc_hi);
         }
-        _mm256_storeu_ps(y + r, acc_lo);
-        _mm256_storeu_ps(y + r + 8, acc_hi);
+        each_rows({group, static_cast<size_t>(nx) * sizeof(Block), rows - r, nx}, x, y + r, four, one);
     }
-    return group;
 }
 
 }  // namespace
 
 // q4_0 rows16: the low nibbles of a column group's 32 bytes are rows 0..7, the high ones rows
 // 8..15; four products per lane and group via dot_u8_s8 (15 * 127 * 2 fits an int16 pair sum).
-void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y) {
+void matmul_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    const uint8_t* tail = rows16_groups<BlockQ4>(
-        data, rows, nx, x, y, [&](const uint8_t* group, const ActQ8& xb, __m256i* lo, __m256i* hi) {
+    rows16_matmul<BlockQ4>(
+        data, rows, nx, x, n, y,
+        [&](const uint8_t* group, const ActQ8& xb, __m256i* lo, __m256i* hi) {
             *lo = *hi = _mm256_set1_epi32(-8 * xb.sum);
             for (int g = 0; g < kQ4Block / 4; g++) {
                 int32_t xg;
@@ -296,17 +301,16 @@ void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const Act
                 *lo = _mm256_add_epi32(*lo, dot_u8_s8(_mm256_and_si256(raw, m4), xv));
                 *hi = _mm256_add_epi32(*hi, dot_u8_s8(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), xv));
             }
-        });
-    const int32_t done = rows / kRows16 * kRows16;  // the row_major tail
-    each_rows({tail, static_cast<size_t>(nx) * sizeof(BlockQ4), rows - done, nx}, x, y + done, rows_q4_0<4>,
-              rows_q4_0<1>);
+        },
+        rows_q4_0<4>, rows_q4_0<1>);
 }
 
 // q8_0 rows16: rows 0..7 in the first 32 bytes of each column group, rows 8..15 in the next 32;
 // |w| against x with w's sign, as rows_q8_0.
-void matvec_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y) {
-    const uint8_t* tail = rows16_groups<BlockQ8>(
-        data, rows, nx, x, y, [](const uint8_t* group, const ActQ8& xb, __m256i* lo, __m256i* hi) {
+void matmul_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y) {
+    rows16_matmul<BlockQ8>(
+        data, rows, nx, x, n, y,
+        [](const uint8_t* group, const ActQ8& xb, __m256i* lo, __m256i* hi) {
             *lo = *hi = _mm256_setzero_si256();
             for (int g = 0; g < kQ8Block / 4; g++) {
                 int32_t xg;
@@ -316,10 +320,8 @@ void matvec_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const Act
                 *lo = _mm256_add_epi32(*lo, dot_u8_s8(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(xv, w0)));
                 *hi = _mm256_add_epi32(*hi, dot_u8_s8(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(xv, w1)));
             }
-        });
-    const int32_t done = rows / kRows16 * kRows16;  // the row_major tail
-    each_rows({tail, static_cast<size_t>(nx) * sizeof(BlockQ8), rows - done, nx}, x, y + done, rows_q8_0<4>,
-              rows_q8_0<1>);
+        },
+        rows_q8_0<4>, rows_q8_0<1>);
 }
 
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x, y, rows_nf4<4>, rows_nf4<1>); }

@@ -312,12 +312,6 @@ void rows16_matmul(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x
 
 }  // namespace
 
-void matvec_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y) {
-    rows16_matmul<BlockQ4>(data, rows, nx, x, 1, y, -8, unpack_q4, rows_q4_0<4>, rows_q4_0<1>);
-}
-void matvec_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y) {
-    rows16_matmul<BlockQ8>(data, rows, nx, x, 1, y, -128, unpack_q8, rows_q8_0<4>, rows_q8_0<1>);
-}
 void matmul_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y) {
     rows16_matmul<BlockQ4>(data, rows, nx, x, n, y, -8, unpack_q4, rows_q4_0<4>, rows_q4_0<1>);
 }

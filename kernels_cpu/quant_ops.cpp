@@ -21,37 +21,20 @@ struct Kernels {
     void (*nf4)(const QuantRows& w, const ActQ8* x, float* y);
     void (*q3_0)(const QuantRows& w, const ActQ8* x, float* y);
     void (*q2_0)(const QuantRows& w, const ActQ8* x, float* y);
-    void (*q4_0_rows16)(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
-    void (*q8_0_rows16)(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, float* y);
-    // n activation rows at once (nullptr: row by row)
-    void (*q4_0_rows16_n)(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y);
-    void (*q8_0_rows16_n)(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y);
+    void (*q4_0_rows16)(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y);
+    void (*q8_0_rows16)(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y);
 };
 
-constexpr Kernels kScalar = {quant_scalar::quantize_activation,
-                             quant_scalar::matvec_q8_0,
-                             quant_scalar::matvec_q4_0,
-                             quant_scalar::matvec_nf4,
-                             quant_scalar::matvec_q3_0,
-                             quant_scalar::matvec_q2_0,
-                             quant_scalar::matvec_q4_0_rows16,
-                             quant_scalar::matvec_q8_0_rows16,
-                             nullptr,
-                             nullptr};
-constexpr Kernels kAvx2 = {quant_avx2::quantize_activation,
-                           quant_avx2::matvec_q8_0,
-                           quant_avx2::matvec_q4_0,
-                           quant_avx2::matvec_nf4,
-                           quant_avx2::matvec_q3_0,
-                           quant_avx2::matvec_q2_0,
-                           quant_avx2::matvec_q4_0_rows16,
-                           quant_avx2::matvec_q8_0_rows16,
-                           nullptr,
-                           nullptr};
+constexpr Kernels kScalar = {quant_scalar::quantize_activation, quant_scalar::matvec_q8_0,
+                             quant_scalar::matvec_q4_0,         quant_scalar::matvec_nf4,
+                             quant_scalar::matvec_q3_0,         quant_scalar::matvec_q2_0,
+                             quant_scalar::matmul_q4_0_rows16,  quant_scalar::matmul_q8_0_rows16};
+constexpr Kernels kAvx2 = {quant_avx2::quantize_activation, quant_avx2::matvec_q8_0,       quant_avx2::matvec_q4_0,
+                           quant_avx2::matvec_nf4,          quant_avx2::matvec_q3_0,       quant_avx2::matvec_q2_0,
+                           quant_avx2::matmul_q4_0_rows16,  quant_avx2::matmul_q8_0_rows16};
 constexpr Kernels kAvx512 = {quant_avx512::quantize_activation, quant_avx512::matvec_q8_0,
                              quant_avx512::matvec_q4_0,         quant_avx512::matvec_nf4,
                              quant_avx512::matvec_q3_0,         quant_avx512::matvec_q2_0,
-                             quant_avx512::matvec_q4_0_rows16,  quant_avx512::matvec_q8_0_rows16,
                              quant_avx512::matmul_q4_0_rows16,  quant_avx512::matmul_q8_0_rows16};
 
 constexpr KernelPath kWidestFirst[] = {KernelPath::avx512, KernelPath::avx2, KernelPath::scalar};
@@ -78,8 +61,11 @@ void check_weight(const Weight& w) {
         throw Error("matvec_quant: weight dtype " + std::string(dtype_name(w.dtype)) + " is not a block format");
     if (w.rows < 0 || w.cols < 0 || (w.data == nullptr && w.rows > 0 && w.cols > 0))
         throw Error("matvec_quant: bad weight shape or data");
-    if (const std::string why = layout_refusal(w.layout, w.dtype, {w.rows, w.cols}); !why.empty())
-        throw Error("matvec_quant: " + why);
+    // Files are checked when read; this catches a hand-made Weight, without building anything per call.
+    if (w.layout != Layout::row_major) {
+        if (const std::string why = layout_refusal(w.layout, w.dtype, {w.rows, w.cols}); !why.empty())
+            throw Error("matvec_quant: " + why);
+    }
 }
 
 }  // namespace
@@ -133,11 +119,15 @@ void quantize_activation(const float* x, int32_t n, ActQ8* out) { active().quant
 
 namespace {
 
+// y[i] = W x[i] for n rows of rows16 weights (checked).
+void run_rows16(const Kernels& k, const Weight& w, const ActQ8* x, int32_t n, float* y) {
+    (w.dtype == DType::q8_0 ? k.q8_0_rows16 : k.q4_0_rows16)(static_cast<const uint8_t*>(w.data), w.rows,
+                                                             act_blocks(w.cols), x, n, y);
+}
+
 void run_matvec(const Kernels& k, const Weight& w, const ActQ8* x, float* y) {
     check_weight(w);
-    if (w.layout == Layout::rows16)
-        return (w.dtype == DType::q8_0 ? k.q8_0_rows16 : k.q4_0_rows16)(static_cast<const uint8_t*>(w.data), w.rows,
-                                                                        act_blocks(w.cols), x, y);
+    if (w.layout == Layout::rows16) return run_rows16(k, w, x, 1, y);
     const QuantRows rows = {static_cast<const uint8_t*>(w.data), dtype_row_bytes(w.dtype, w.cols), w.rows,
                             act_blocks(w.cols)};
     switch (w.dtype) {
@@ -152,8 +142,7 @@ void run_matvec(const Kernels& k, const Weight& w, const ActQ8* x, float* y) {
 
 void run_matmul(const Kernels& k, const Weight& w, const ActQ8* x, int32_t n, float* y) {
     check_weight(w);
-    const auto many = w.layout != Layout::rows16 ? nullptr : w.dtype == DType::q8_0 ? k.q8_0_rows16_n : k.q4_0_rows16_n;
-    if (many != nullptr) return many(static_cast<const uint8_t*>(w.data), w.rows, act_blocks(w.cols), x, n, y);
+    if (w.layout == Layout::rows16) return run_rows16(k, w, x, n, y);
     const size_t blocks = static_cast<size_t>(act_blocks(w.cols));
     for (int32_t i = 0; i < n; i++) run_matvec(k, w, x + i * blocks, y + static_cast<size_t>(i) * w.rows);
 }

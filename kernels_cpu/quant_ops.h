@@ -59,7 +59,7 @@ void matvec_quant(const Weight& w, const ActQ8* x, float* y);
 void matvec_quant(KernelPath path, const Weight& w, const ActQ8* x, float* y);
 // n rows at once: y[i] = W x[i] (x: n rows of act_blocks(w.cols) blocks, y: n rows of w.rows),
 // each row bit for bit what matvec_quant gives it. A rows16 weight on the avx512 path is unpacked
-// once for four rows (a prefill's or a batch's products); otherwise row by row.
+// once for four rows (a prefill's or a batch's products); elsewhere the rows go one by one.
 void matmul_quant(const Weight& w, const ActQ8* x, int32_t n, float* y);
 void matmul_quant(KernelPath path, const Weight& w, const ActQ8* x, int32_t n, float* y);
 
