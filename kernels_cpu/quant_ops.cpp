@@ -119,39 +119,29 @@ void quantize_activation(const float* x, int32_t n, ActQ8* out) { active().quant
 
 namespace {
 
-// y[i] = W x[i] for n rows of rows16 weights (checked).
-void run_rows16(const Kernels& k, const Weight& w, const ActQ8* x, int32_t n, float* y) {
-    (w.dtype == DType::q8_0 ? k.q8_0_rows16 : k.q4_0_rows16)(static_cast<const uint8_t*>(w.data), w.rows,
-                                                             act_blocks(w.cols), x, n, y);
-}
-
-void run_matvec(const Kernels& k, const Weight& w, const ActQ8* x, float* y) {
-    check_weight(w);
-    if (w.layout == Layout::rows16) return run_rows16(k, w, x, 1, y);
-    const QuantRows rows = {static_cast<const uint8_t*>(w.data), dtype_row_bytes(w.dtype, w.cols), w.rows,
-                            act_blocks(w.cols)};
-    switch (w.dtype) {
-        case DType::q8_0: return k.q8_0(rows, x, y);
-        case DType::q4_0: return k.q4_0(rows, x, y);
-        case DType::nf4: return k.nf4(rows, x, y);
-        case DType::q3_0: return k.q3_0(rows, x, y);
-        case DType::q2_0: return k.q2_0(rows, x, y);
-        default: break;
-    }
-}
-
+// y[i] = W x[i] for n activation rows (x: n rows of act_blocks(w.cols) blocks): the weight is
+// checked once, rows16 goes to its n-row kernel, the other layouts row by row.
 void run_matmul(const Kernels& k, const Weight& w, const ActQ8* x, int32_t n, float* y) {
     check_weight(w);
-    if (w.layout == Layout::rows16) return run_rows16(k, w, x, n, y);
-    const size_t blocks = static_cast<size_t>(act_blocks(w.cols));
-    for (int32_t i = 0; i < n; i++) run_matvec(k, w, x + i * blocks, y + static_cast<size_t>(i) * w.rows);
+    const int32_t nx = act_blocks(w.cols);
+    if (w.layout == Layout::rows16)
+        return (w.dtype == DType::q8_0 ? k.q8_0_rows16 : k.q4_0_rows16)(static_cast<const uint8_t*>(w.data), w.rows, nx,
+                                                                        x, n, y);
+    const QuantRows rows = {static_cast<const uint8_t*>(w.data), dtype_row_bytes(w.dtype, w.cols), w.rows, nx};
+    void (*row_kernel)(const QuantRows&, const ActQ8*, float*) = w.dtype == DType::q8_0   ? k.q8_0
+                                                                 : w.dtype == DType::q4_0 ? k.q4_0
+                                                                 : w.dtype == DType::nf4  ? k.nf4
+                                                                 : w.dtype == DType::q3_0 ? k.q3_0
+                                                                                          : k.q2_0;
+    for (int32_t i = 0; i < n; i++)
+        row_kernel(rows, x + static_cast<size_t>(i) * nx, y + static_cast<size_t>(i) * w.rows);
 }
 
 }  // namespace
 
-void matvec_quant(KernelPath path, const Weight& w, const ActQ8* x, float* y) { run_matvec(kernels(path), w, x, y); }
+void matvec_quant(KernelPath path, const Weight& w, const ActQ8* x, float* y) { run_matmul(kernels(path), w, x, 1, y); }
 
-void matvec_quant(const Weight& w, const ActQ8* x, float* y) { run_matvec(active(), w, x, y); }
+void matvec_quant(const Weight& w, const ActQ8* x, float* y) { run_matmul(active(), w, x, 1, y); }
 
 void matmul_quant(KernelPath path, const Weight& w, const ActQ8* x, int32_t n, float* y) {
     run_matmul(kernels(path), w, x, n, y);
