@@ -84,62 +84,68 @@ void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y) {
 
 namespace {
 
-// rows16 (format/quant_blocks.h) for n activation rows, one after another: each group of 16 rows
-// block by block, `dots(group, xb, s)` giving the 16 rows' exact integer block dots (offset taken
-// back), then the FP32 sums of the row_major kernels above, so the results are theirs bit for bit;
-// the last rows % 16 rows go to `tail` (row_major).
-template <class Block, class Dots>
-void rows16_matmul(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y, Dots dots,
-                   void (*tail)(const QuantRows&, const ActQ8*, float*)) {
-    for (int32_t i = 0; i < n; i++, x += nx, y += rows) {
-        const uint8_t* group = data;
-        int32_t r = 0;
-        for (; r + kRows16 <= rows; r += kRows16) {
-            float acc[kRows16] = {};
-            for (int32_t b = 0; b < nx; b++, group += kRows16 * sizeof(Block)) {
-                int32_t s[kRows16] = {};
-                dots(group, x[b], s);
-                for (int lane = 0; lane < kRows16; lane++)
-                    acc[lane] += scale_of(group + 2 * lane) * x[b].d * static_cast<float>(s[lane]);
-            }
-            for (int lane = 0; lane < kRows16; lane++) y[r + lane] = acc[lane];
-        }
-        tail({group, static_cast<size_t>(nx) * sizeof(Block), rows - r, nx}, x, y + r);
-    }
-}
-
-}  // namespace
-
-void matmul_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y) {
-    rows16_matmul<BlockQ4>(
-        data, rows, nx, x, n, y,
-        [](const uint8_t* group, const ActQ8& xb, int32_t* s) {
+// rows16 (format/quant_blocks.h), one activation row: each group of 16 rows block by block, the
+// same integer dots and the same FP32 sums as the row_major kernels above, so the results are
+// theirs bit for bit; the last rows % 16 rows are row_major. Not inlined: inlined into the loop
+// over activation rows (or into one template over a dots lambda), g++ 12 vectorizes the q4 body
+// 2.5x worse (bench_quant_kernels, scalar q4x16 128x64: 2,460 vs 6,218 ns).
+__attribute__((noinline)) void q4_0_rows16_one(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x,
+                                               float* y) {
+    const uint8_t* group = data;
+    int32_t r = 0;
+    for (; r + kRows16 <= rows; r += kRows16) {
+        float acc[kRows16] = {};
+        for (int32_t b = 0; b < nx; b++, group += kRows16 * sizeof(BlockQ4)) {
+            int32_t s[kRows16] = {};
             for (int g = 0; g < kQ4Block / 4; g++) {
                 const uint8_t* w = group + 2 * kRows16 + 32 * g;
-                const int8_t* q = xb.q + 4 * g;
+                const int8_t* q = x[b].q + 4 * g;
                 for (int lane = 0; lane < 8; lane++)
                     for (int k = 0; k < 4; k++) {
                         s[lane] += (w[4 * lane + k] & 0x0f) * q[k];
                         s[8 + lane] += (w[4 * lane + k] >> 4) * q[k];
                     }
             }
-            for (int lane = 0; lane < kRows16; lane++) s[lane] -= 8 * xb.sum;
-        },
-        matvec_q4_0);
+            for (int lane = 0; lane < kRows16; lane++)
+                acc[lane] += scale_of(group + 2 * lane) * x[b].d * static_cast<float>(s[lane] - 8 * x[b].sum);
+        }
+        for (int lane = 0; lane < kRows16; lane++) y[r + lane] = acc[lane];
+    }
+    matvec_q4_0({group, static_cast<size_t>(nx) * sizeof(BlockQ4), rows - r, nx}, x, y + r);
 }
 
-void matmul_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y) {
-    rows16_matmul<BlockQ8>(
-        data, rows, nx, x, n, y,
-        [](const uint8_t* group, const ActQ8& xb, int32_t* s) {
+__attribute__((noinline)) void q8_0_rows16_one(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x,
+                                               float* y) {
+    const uint8_t* group = data;
+    int32_t r = 0;
+    for (; r + kRows16 <= rows; r += kRows16) {
+        float acc[kRows16] = {};
+        for (int32_t b = 0; b < nx; b++, group += kRows16 * sizeof(BlockQ8)) {
+            int32_t s[kRows16] = {};
             for (int g = 0; g < kQ8Block / 4; g++) {
                 const int8_t* w = reinterpret_cast<const int8_t*>(group + 2 * kRows16 + 64 * g);
-                const int8_t* q = xb.q + 4 * g;
+                const int8_t* q = x[b].q + 4 * g;
                 for (int lane = 0; lane < kRows16; lane++)
                     for (int k = 0; k < 4; k++) s[lane] += w[4 * lane + k] * q[k];
             }
-        },
-        matvec_q8_0);
+            for (int lane = 0; lane < kRows16; lane++)
+                acc[lane] += scale_of(group + 2 * lane) * x[b].d * static_cast<float>(s[lane]);
+        }
+        for (int lane = 0; lane < kRows16; lane++) y[r + lane] = acc[lane];
+    }
+    matvec_q8_0({group, static_cast<size_t>(nx) * sizeof(BlockQ8), rows - r, nx}, x, y + r);
+}
+
+}  // namespace
+
+void matmul_q4_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y) {
+    for (int32_t i = 0; i < n; i++)
+        q4_0_rows16_one(data, rows, nx, x + static_cast<size_t>(i) * nx, y + static_cast<size_t>(i) * rows);
+}
+
+void matmul_q8_0_rows16(const uint8_t* data, int32_t rows, int32_t nx, const ActQ8* x, int32_t n, float* y) {
+    for (int32_t i = 0; i < n; i++)
+        q8_0_rows16_one(data, rows, nx, x + static_cast<size_t>(i) * nx, y + static_cast<size_t>(i) * rows);
 }
 
 void matvec_nf4(const QuantRows& w, const ActQ8* x, float* y) {
