@@ -121,7 +121,8 @@ void choose_layouts(ModelSpec& spec, Layout layout) {
     for (SpecTensor& t : spec.tensors) {
         const bool lookup_only =
             t.name == "position_embedding.weight" || (t.name == "embedding.weight" && !spec.config.tied_head);
-        t.layout = !lookup_only && layout_refusal(layout, t.dtype, t.shape).empty() ? layout : Layout::row_major;
+        const bool multiplied = !lookup_only && !read_elementwise(t.name, t.shape.size());
+        t.layout = multiplied && layout_refusal(layout, t.dtype, t.shape).empty() ? layout : Layout::row_major;
     }
 }
 

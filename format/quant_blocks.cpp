@@ -252,7 +252,7 @@ size_t rows16_group_block_bytes(DType dtype) { return kRows16 * dtype_block_byte
 
 void to_rows16(DType dtype, const uint8_t* row_major, int64_t rows, int64_t cols, uint8_t* out) {
     const size_t block = dtype_block_bytes(dtype), group_block = rows16_group_block_bytes(dtype);
-    const int64_t nb = (cols + kRows16Block - 1) / kRows16Block, grouped = rows / kRows16 * kRows16;
+    const int64_t nb = (cols + dtype_block(dtype) - 1) / dtype_block(dtype), grouped = rows / kRows16 * kRows16;
     const size_t group_bytes = static_cast<size_t>(grouped * nb) * block;
     std::memset(out, 0, group_bytes);
     std::memcpy(out + group_bytes, row_major + group_bytes, static_cast<size_t>((rows - grouped) * nb) * block);
@@ -261,6 +261,10 @@ void to_rows16(DType dtype, const uint8_t* row_major, int64_t rows, int64_t cols
             const uint8_t* blk = row_major + static_cast<size_t>(r * nb + b) * block;
             uint8_t* group = out + static_cast<size_t>((r / kRows16) * nb + b) * group_block;
             const int lane = static_cast<int>(r % kRows16);
+            if (dtype == DType::f32) {  // a "block" is one element: lane r at 4 r
+                std::memcpy(group + 4 * lane, blk, 4);
+                continue;
+            }
             std::memcpy(group + 2 * lane, blk, 2);  // the fp16 scale
             for (int e = 0; e < kRows16Block; e++) {
                 if (dtype == DType::q8_0)
@@ -274,7 +278,7 @@ void to_rows16(DType dtype, const uint8_t* row_major, int64_t rows, int64_t cols
 
 void row_from_rows16(DType dtype, const uint8_t* rows16, int64_t rows, int64_t cols, int64_t row, uint8_t* out) {
     const size_t block = dtype_block_bytes(dtype), group_block = rows16_group_block_bytes(dtype);
-    const int64_t nb = (cols + kRows16Block - 1) / kRows16Block;
+    const int64_t nb = (cols + dtype_block(dtype) - 1) / dtype_block(dtype);
     if (row >= rows / kRows16 * kRows16) {  // the row_major tail
         std::memcpy(out, rows16 + static_cast<size_t>(row * nb) * block, static_cast<size_t>(nb) * block);
         return;
@@ -282,6 +286,11 @@ void row_from_rows16(DType dtype, const uint8_t* rows16, int64_t rows, int64_t c
     // A row's four elements of column group g are one 32-bit word of the group block: copied
     // (q8_0) or masked to their nibbles (q4_0), whose words k and k + 4 then make qs word k.
     const int lane = static_cast<int>(row % kRows16);
+    if (dtype == DType::f32) {  // element c of the row: float c * 16 + lane of its group
+        const uint8_t* group = rows16 + static_cast<size_t>((row / kRows16) * nb) * group_block + 4 * lane;
+        for (int64_t c = 0; c < nb; c++) std::memcpy(out + 4 * c, group + static_cast<size_t>(c) * group_block, 4);
+        return;
+    }
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t* group = rows16 + static_cast<size_t>((row / kRows16) * nb + b) * group_block;
         uint8_t* blk = out + static_cast<size_t>(b) * block;

@@ -1,5 +1,6 @@
 #include "kernels_cpu/dense_ops.h"
 
+#include <cmath>
 #include <string>
 
 #include "common/error.h"
@@ -18,22 +19,25 @@ const DenseKernels kDenseScalar = {
     [](const uint16_t* w, int32_t rows, int32_t cols, const float* x, float* y) {
         ref::matvec({DType::f16, rows, cols, w}, x, y);
     },
+    [](const float* w, int32_t rows, int32_t cols, const float* x, float* y) {
+        ref::matvec({DType::f32, rows, cols, w, Layout::rows16}, x, y);
+    },
     [](float* x, int32_t n) {
-        for (int32_t i = 0; i < n; i++) x[i] = ref::silu(x[i]);
+        for (int32_t i = 0; i < n; i++) x[i] = std::exp(x[i]);
     },
     [](float* x, int32_t n) {
         for (int32_t i = 0; i < n; i++) x[i] = ref::gelu(x[i]);
     },
-    [](float* y, const float* z, int32_t n) {
-        for (int32_t i = 0; i < n; i++) y[i] *= ref::silu(z[i]);
+    [](const float* delta, const float* bias, int32_t rows, int32_t n, float* dt) {
+        for (int32_t r = 0; r < rows; r++) {
+            float sum = 0.0f;
+            for (int32_t i = 0; i < n; i++) sum += ref::softplus(delta[static_cast<int64_t>(r) * n + i] + bias[i]);
+            dt[r] = sum / static_cast<float>(n);
+        }
     },
-    [](const float* x, int32_t n) {
-        float sum = 0.0f;
-        for (int32_t i = 0; i < n; i++) sum += ref::softplus(x[i]);
-        return sum / static_cast<float>(n);
-    },
-    [](const float* x, const float* gamma, const float* beta, float eps, int32_t n, float* out) {
-        ref::layer_norm(x, {DType::f32, 1, n, gamma}, {DType::f32, 1, n, beta}, eps, n, out);
+    [](const float* x, const float* gamma, const float* beta, float eps, int32_t rows, int32_t n, float* out) {
+        for (int64_t r = 0; r < rows; r++)
+            ref::layer_norm(x + r * n, {DType::f32, 1, n, gamma}, {DType::f32, 1, n, beta}, eps, n, out + r * n);
     },
     [](const float* wt, const float* bias, int32_t channels, int32_t kernel, const float* u, float* history,
        float* out) {
@@ -45,16 +49,17 @@ const DenseKernels kDenseScalar = {
                 acc += wt[static_cast<int64_t>(j) * channels + i] * *hj;
                 *hj = j + 1 < h ? hj[channels] : u[i];
             }
-            out[i] = acc;
+            out[i] = ref::silu(acc);
         }
     },
-    [](const float* c_t, const float* s, int32_t state, const float* d, const float* v, const float* z, int32_t inner,
-       float* y) {
-        for (int32_t i = 0; i < inner; i++) {
-            float acc = d[i] * v[i];
-            for (int32_t n = 0; n < state; n++) acc += c_t[static_cast<int64_t>(n) * inner + i] * s[n];
-            y[i] = acc * ref::silu(z[i]);
-        }
+    [](const float* c_t, const float* s, int32_t state, const float* d, const float* v, const float* z,
+       int32_t z_stride, int32_t inner, int32_t rows, float* y) {
+        for (int64_t r = 0; r < rows; r++)
+            for (int32_t i = 0; i < inner; i++) {
+                float acc = d[i] * v[r * inner + i];
+                for (int32_t n = 0; n < state; n++) acc += c_t[static_cast<int64_t>(n) * inner + i] * s[r * state + n];
+                y[r * inner + i] = acc * ref::silu(z[r * z_stride + i]);
+            }
     },
     ref::argmax,
 };
@@ -76,17 +81,24 @@ const DenseKernels& active() {
 }
 
 void run_matvec(const DenseKernels& k, const Weight& w, const float* x, float* y) {
+    if (w.layout != Layout::row_major && (w.dtype != DType::f32 || w.rows < kRows16))
+        throw Error(std::string("matvec_dense: layout ") + std::string(layout_name(w.layout)) + " on a " +
+                    std::string(dtype_name(w.dtype)) + " weight of " + std::to_string(w.rows) + " rows");
     switch (w.dtype) {
-        case DType::f32: return k.matvec_f32(static_cast<const float*>(w.data), w.rows, w.cols, x, y);
+        case DType::f32:
+            return (w.layout == Layout::rows16 ? k.matvec_f32_rows16 : k.matvec_f32)(static_cast<const float*>(w.data),
+                                                                                     w.rows, w.cols, x, y);
         case DType::f16: return k.matvec_f16(static_cast<const uint16_t*>(w.data), w.rows, w.cols, x, y);
         default: throw Error("matvec_dense: weight dtype " + std::string(dtype_name(w.dtype)) + " is not fp32 or fp16");
     }
 }
 
-void run_layer_norm(const DenseKernels& k, const float* x, const Weight& gamma, const Weight& beta, float eps, int32_t n,
-                    float* out) {
-    if (gamma.dtype != DType::f32 || beta.dtype != DType::f32) return ref::layer_norm(x, gamma, beta, eps, n, out);
-    k.layer_norm(x, static_cast<const float*>(gamma.data), static_cast<const float*>(beta.data), eps, n, out);
+void run_layer_norm(const DenseKernels& k, const float* x, const Weight& gamma, const Weight& beta, float eps,
+                    int32_t rows, int32_t n, float* out) {
+    if (gamma.dtype == DType::f32 && beta.dtype == DType::f32)
+        return k.layer_norm(x, static_cast<const float*>(gamma.data), static_cast<const float*>(beta.data), eps, rows,
+                            n, out);
+    for (int64_t r = 0; r < rows; r++) ref::layer_norm(x + r * n, gamma, beta, eps, n, out + r * n);
 }
 
 }  // namespace
@@ -101,39 +113,43 @@ void matmul_dense(const Weight& w, const float* x, int32_t batch, float* y) {
         run_matvec(k, w, x + static_cast<int64_t>(b) * w.cols, y + static_cast<int64_t>(b) * w.rows);
 }
 
-void conv_step(const float* weight_t, const float* bias, int32_t channels, int32_t kernel, const float* u, float* history,
-               float* out) {
-    active().conv_step(weight_t, bias, channels, kernel, u, history, out);
+void conv_silu_step(const float* weight_t, const float* bias, int32_t channels, int32_t kernel, const float* u,
+                    float* history, float* out) {
+    active().conv_silu_step(weight_t, bias, channels, kernel, u, history, out);
 }
 void ssm_output(const float* c_t, const float* s, int32_t state, const float* d, const float* v, const float* z,
-                int32_t inner, float* y) {
-    active().ssm_output(c_t, s, state, d, v, z, inner, y);
+                int32_t z_stride, int32_t inner, int32_t rows, float* y) {
+    active().ssm_output(c_t, s, state, d, v, z, z_stride, inner, rows, y);
 }
-void silu_inplace(float* x, int32_t n) { active().silu(x, n); }
-void silu_gate(float* y, const float* z, int32_t n) { active().silu_gate(y, z, n); }
+void exp_inplace(float* x, int32_t n) { active().exp(x, n); }
 void gelu_inplace(float* x, int32_t n) { active().gelu(x, n); }
-float softplus_mean(const float* x, int32_t n) { return active().softplus_mean(x, n); }
-void layer_norm(const float* x, const Weight& gamma, const Weight& beta, float eps, int32_t n, float* out) {
-    run_layer_norm(active(), x, gamma, beta, eps, n, out);
+void step_sizes(const float* delta, const float* bias, int32_t rows, int32_t n, float* dt) {
+    active().step_sizes(delta, bias, rows, n, dt);
+}
+void layer_norm(const float* x, const Weight& gamma, const Weight& beta, float eps, int32_t rows, int32_t n,
+                float* out) {
+    run_layer_norm(active(), x, gamma, beta, eps, rows, n, out);
 }
 int32_t argmax(const float* x, int32_t n) { return active().argmax(x, n); }
 
 namespace dense_path {
-void conv_step(KernelPath path, const float* weight_t, const float* bias, int32_t channels, int32_t kernel, const float* u,
-               float* history, float* out) {
-    dense(path).conv_step(weight_t, bias, channels, kernel, u, history, out);
+void conv_silu_step(KernelPath path, const float* weight_t, const float* bias, int32_t channels, int32_t kernel,
+                    const float* u, float* history, float* out) {
+    dense(path).conv_silu_step(weight_t, bias, channels, kernel, u, history, out);
 }
 void ssm_output(KernelPath path, const float* c_t, const float* s, int32_t state, const float* d, const float* v,
-                const float* z, int32_t inner, float* y) {
-    dense(path).ssm_output(c_t, s, state, d, v, z, inner, y);
+                const float* z, int32_t z_stride, int32_t inner, int32_t rows, float* y) {
+    dense(path).ssm_output(c_t, s, state, d, v, z, z_stride, inner, rows, y);
 }
 void matvec(KernelPath path, const Weight& w, const float* x, float* y) { run_matvec(dense(path), w, x, y); }
-void silu_inplace(KernelPath path, float* x, int32_t n) { dense(path).silu(x, n); }
-void silu_gate(KernelPath path, float* y, const float* z, int32_t n) { dense(path).silu_gate(y, z, n); }
+void exp_inplace(KernelPath path, float* x, int32_t n) { dense(path).exp(x, n); }
 void gelu_inplace(KernelPath path, float* x, int32_t n) { dense(path).gelu(x, n); }
-float softplus_mean(KernelPath path, const float* x, int32_t n) { return dense(path).softplus_mean(x, n); }
-void layer_norm(KernelPath path, const float* x, const Weight& gamma, const Weight& beta, float eps, int32_t n, float* out) {
-    run_layer_norm(dense(path), x, gamma, beta, eps, n, out);
+void step_sizes(KernelPath path, const float* delta, const float* bias, int32_t rows, int32_t n, float* dt) {
+    dense(path).step_sizes(delta, bias, rows, n, dt);
+}
+void layer_norm(KernelPath path, const float* x, const Weight& gamma, const Weight& beta, float eps, int32_t rows,
+                int32_t n, float* out) {
+    run_layer_norm(dense(path), x, gamma, beta, eps, rows, n, out);
 }
 int32_t argmax(KernelPath path, const float* x, int32_t n) { return dense(path).argmax(x, n); }
 }  // namespace dense_path

@@ -94,6 +94,36 @@ struct Dense {
         }
     }
 
+    // Layout rows16 (format/quant_blocks.h): column c of a group is 16 consecutive floats, row r in
+    // lane r, so 16 rows accumulate with one broadcast x[c] per column and no horizontal sum (the
+    // row_major kernel above spends about as long reducing as multiplying at 64 columns). Four
+    // columns in flight cover the FMA latency; the rows % 16 tail rows are row_major.
+    static void matvec_rows16(const float* w, int32_t rows, int32_t cols, const float* x, float* y) {
+        constexpr int32_t V = 16 / L;  // registers per column of a group
+        const int32_t grouped = rows - rows % 16;
+        for (int32_t g = 0; g < grouped; g += 16) {
+            const float* b = w + static_cast<int64_t>(g) * cols;
+            F acc[4][V];
+            for (auto& a : acc)
+                for (F& v : a) v = F(0.0f);
+            int32_t c = 0;
+            for (; c + 4 <= cols; c += 4)
+                for (int32_t j = 0; j < 4; j++) {
+                    const F xc(x[c + j]);
+                    for (int32_t v = 0; v < V; v++)
+                        acc[j][v] =
+                            xsimd::fma(F::load_unaligned(b + static_cast<int64_t>(c + j) * 16 + v * L), xc, acc[j][v]);
+                }
+            for (; c < cols; c++)
+                for (int32_t v = 0; v < V; v++)
+                    acc[0][v] =
+                        xsimd::fma(F::load_unaligned(b + static_cast<int64_t>(c) * 16 + v * L), F(x[c]), acc[0][v]);
+            for (int32_t v = 0; v < V; v++)
+                ((acc[0][v] + acc[1][v]) + (acc[2][v] + acc[3][v])).store_unaligned(y + g + v * L);
+        }
+        if (grouped < rows) matvec(w + static_cast<int64_t>(grouped) * cols, rows - grouped, cols, x, y + grouped);
+    }
+
     static F silu(F v) { return v / (F(1.0f) + xsimd::exp(-v)); }
     static F gelu(F v) { return F(0.5f) * v * (F(1.0f) + xsimd::erf(v * F(0.70710678118654752f))); }
     static F softplus(F v) { return xsimd::select(v > F(20.0f), v, xsimd::log1p(xsimd::exp(v))); }
@@ -122,36 +152,39 @@ constexpr DenseKernels dense_kernels() {
     k.matvec_f16 = [](const uint16_t* w, int32_t rows, int32_t cols, const float* x, float* y) {
         D::matvec(w, rows, cols, x, y);
     };
-    k.silu = [](float* x, int32_t n) { D::map(x, n, [](typename D::F v) { return D::silu(v); }); };
-    k.gelu = [](float* x, int32_t n) { D::map(x, n, [](typename D::F v) { return D::gelu(v); }); };
-    k.silu_gate = [](float* y, const float* z, int32_t n) {
-        using F = typename D::F;
-        int32_t i = 0;
-        for (; i + D::L <= n; i += D::L)
-            (F::load_unaligned(y + i) * D::silu(F::load_unaligned(z + i))).store_unaligned(y + i);
-        for (; i < n; i++) y[i] *= z[i] / (1.0f + __builtin_expf(-z[i]));
+    k.matvec_f32_rows16 = [](const float* w, int32_t rows, int32_t cols, const float* x, float* y) {
+        D::matvec_rows16(w, rows, cols, x, y);
     };
+    k.exp = [](float* x, int32_t n) { D::map(x, n, [](typename D::F v) { return xsimd::exp(v); }); };
+    k.gelu = [](float* x, int32_t n) { D::map(x, n, [](typename D::F v) { return D::gelu(v); }); };
     // softplus(x) = max(x, 0) + log(1 + exp(-|x|)), and a sum of logs is the log of a product: per
     // lane, eight factors in (1, 2] are multiplied (at most 256) and take one log, instead of a
     // log1p each (2.4x fewer transcendental evaluations). A NaN reaches the product and the sum.
-    k.softplus_mean = [](const float* x, int32_t n) {
+    // The rows are independent: one call over all of a prefill's rows lets them overlap.
+    k.step_sizes = [](const float* delta, const float* bias, int32_t rows, int32_t n, float* dt) {
         using F = typename D::F;
-        F linear(0.0f), logs(0.0f), product(1.0f);
-        int32_t i = 0, factors = 0;
-        for (; i + D::L <= n; i += D::L) {
-            const F v = F::load_unaligned(x + i);
-            linear += xsimd::max(v, F(0.0f));
-            product *= F(1.0f) + xsimd::exp(-xsimd::abs(v));
-            if (++factors == 8) {  // log1p(p - 1), p - 1 exact: xsimd 8.1's AVX-512 log fails to compile at -O0
-                logs += xsimd::log1p(product - F(1.0f));
-                product = F(1.0f);
-                factors = 0;
+        for (int32_t r = 0; r < rows; r++) {
+            const float* x = delta + static_cast<int64_t>(r) * n;
+            F linear(0.0f), logs(0.0f), product(1.0f);
+            int32_t i = 0, factors = 0;
+            for (; i + D::L <= n; i += D::L) {
+                const F v = F::load_unaligned(x + i) + F::load_unaligned(bias + i);
+                linear += xsimd::max(v, F(0.0f));
+                product *= F(1.0f) + xsimd::exp(-xsimd::abs(v));
+                if (++factors == 8) {  // log1p(p - 1), p - 1 exact: xsimd 8.1's AVX-512 log fails to compile at -O0
+                    logs += xsimd::log1p(product - F(1.0f));
+                    product = F(1.0f);
+                    factors = 0;
+                }
             }
+            if (factors > 0) logs += xsimd::log1p(product - F(1.0f));
+            float sum = xsimd::hadd(linear + logs);
+            for (; i < n; i++) {
+                const float v = x[i] + bias[i];
+                sum += v > 20.0f ? v : __builtin_log1pf(__builtin_expf(v));
+            }
+            dt[r] = sum / static_cast<float>(n);
         }
-        if (factors > 0) logs += xsimd::log1p(product - F(1.0f));
-        float sum = xsimd::hadd(linear + logs);
-        for (; i < n; i++) sum += x[i] > 20.0f ? x[i] : __builtin_log1pf(__builtin_expf(x[i]));
-        return sum / static_cast<float>(n);
     };
     // ref::argmax in two passes: the largest value (x[0] to start, so NaNs, which lose every `>`,
     // never enter; four accumulators hide the compare's latency), then the first index equal to it.
@@ -182,28 +215,33 @@ constexpr DenseKernels dense_kernels() {
         while (!(x[first] == best)) first++;  // best is one of x's values: this stops within n
         return first;
     };
-    k.layer_norm = [](const float* x, const float* gamma, const float* beta, float eps, int32_t n, float* out) {
+    k.layer_norm = [](const float* x, const float* gamma, const float* beta, float eps, int32_t rows, int32_t n,
+                      float* out) {
         using F = typename D::F;
         const int32_t body = n - n % D::L;
-        F acc(0.0f);
-        for (int32_t i = 0; i < body; i += D::L) acc += F::load_unaligned(x + i);
-        float sum = xsimd::hadd(acc);
-        for (int32_t i = body; i < n; i++) sum += x[i];
-        const float mean = sum / static_cast<float>(n);
-        F var_acc(0.0f);
-        for (int32_t i = 0; i < body; i += D::L) {
-            const F d = F::load_unaligned(x + i) - F(mean);
-            var_acc = xsimd::fma(d, d, var_acc);
+        for (int32_t r = 0; r < rows; r++, x += n, out += n) {
+            F acc(0.0f);
+            for (int32_t i = 0; i < body; i += D::L) acc += F::load_unaligned(x + i);
+            float sum = xsimd::hadd(acc);
+            for (int32_t i = body; i < n; i++) sum += x[i];
+            const float mean = sum / static_cast<float>(n);
+            F var_acc(0.0f);
+            for (int32_t i = 0; i < body; i += D::L) {
+                const F d = F::load_unaligned(x + i) - F(mean);
+                var_acc = xsimd::fma(d, d, var_acc);
+            }
+            float var = xsimd::hadd(var_acc);
+            for (int32_t i = body; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+            const float inv = 1.0f / __builtin_sqrtf(var / static_cast<float>(n) + eps);
+            for (int32_t i = 0; i < body; i += D::L)
+                xsimd::fma((F::load_unaligned(x + i) - F(mean)) * F(inv), F::load_unaligned(gamma + i),
+                           F::load_unaligned(beta + i))
+                    .store_unaligned(out + i);
+            for (int32_t i = body; i < n; i++) out[i] = (x[i] - mean) * inv * gamma[i] + beta[i];
         }
-        float var = xsimd::hadd(var_acc);
-        for (int32_t i = body; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
-        const float inv = 1.0f / __builtin_sqrtf(var / static_cast<float>(n) + eps);
-        for (int32_t i = 0; i < body; i += D::L)
-            xsimd::fma((F::load_unaligned(x + i) - F(mean)) * F(inv), F::load_unaligned(gamma + i), F::load_unaligned(beta + i))
-                .store_unaligned(out + i);
-        for (int32_t i = body; i < n; i++) out[i] = (x[i] - mean) * inv * gamma[i] + beta[i];
     };
-    k.conv_step = [](const float* wt, const float* bias, int32_t channels, int32_t K, const float* u, float* hist, float* out) {
+    k.conv_silu_step = [](const float* wt, const float* bias, int32_t channels, int32_t K, const float* u, float* hist,
+                          float* out) {
         using F = typename D::F;
         const int32_t h = K - 1, body = channels - channels % D::L;
         for (int32_t i = 0; i < body; i += D::L) {
@@ -216,7 +254,7 @@ constexpr DenseKernels dense_kernels() {
                 // shift the history down one step as it is read
                 (j + 1 < h ? F::load_unaligned(hj + channels) : ui).store_unaligned(hj);
             }
-            acc.store_unaligned(out + i);
+            D::silu(acc).store_unaligned(out + i);
         }
         for (int32_t i = body; i < channels; i++) {
             float acc = bias[i] + wt[static_cast<int64_t>(h) * channels + i] * u[i];
@@ -225,22 +263,25 @@ constexpr DenseKernels dense_kernels() {
                 acc += wt[static_cast<int64_t>(j) * channels + i] * *hj;
                 *hj = j + 1 < h ? hj[channels] : u[i];
             }
-            out[i] = acc;
+            out[i] = acc / (1.0f + __builtin_expf(-acc));
         }
     };
     k.ssm_output = [](const float* c_t, const float* s, int32_t N, const float* d, const float* v, const float* z,
-                      int32_t Di, float* y) {
+                      int32_t z_stride, int32_t Di, int32_t rows, float* y) {
         using F = typename D::F;
         const int32_t body = Di - Di % D::L;
-        for (int32_t i = 0; i < body; i += D::L) {
-            F acc = F::load_unaligned(d + i) * F::load_unaligned(v + i);
-            for (int32_t n = 0; n < N; n++) acc = xsimd::fma(F::load_unaligned(c_t + static_cast<int64_t>(n) * Di + i), F(s[n]), acc);
-            (acc * D::silu(F::load_unaligned(z + i))).store_unaligned(y + i);
-        }
-        for (int32_t i = body; i < Di; i++) {
-            float acc = d[i] * v[i];
-            for (int32_t n = 0; n < N; n++) acc += c_t[static_cast<int64_t>(n) * Di + i] * s[n];
-            y[i] = acc * (z[i] / (1.0f + __builtin_expf(-z[i])));
+        for (int32_t r = 0; r < rows; r++, s += N, v += Di, z += z_stride, y += Di) {
+            for (int32_t i = 0; i < body; i += D::L) {
+                F acc = F::load_unaligned(d + i) * F::load_unaligned(v + i);
+                for (int32_t n = 0; n < N; n++)
+                    acc = xsimd::fma(F::load_unaligned(c_t + static_cast<int64_t>(n) * Di + i), F(s[n]), acc);
+                (acc * D::silu(F::load_unaligned(z + i))).store_unaligned(y + i);
+            }
+            for (int32_t i = body; i < Di; i++) {
+                float acc = d[i] * v[i];
+                for (int32_t n = 0; n < N; n++) acc += c_t[static_cast<int64_t>(n) * Di + i] * s[n];
+                y[i] = acc * (z[i] / (1.0f + __builtin_expf(-z[i])));
+            }
         }
     };
     return k;

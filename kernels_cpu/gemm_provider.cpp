@@ -65,6 +65,7 @@ GemmChoice GemmDispatch::decide(const Weight& w, const float* x, int32_t batch, 
     GemmChoice c;
     c.label = label ? label : "";
     c.dtype = w.dtype;
+    c.layout = w.layout;
     c.rows = w.rows;
     c.cols = w.cols;
     c.batch_hi = batch_bucket(batch);
@@ -105,7 +106,7 @@ void GemmDispatch::run(const Weight& w, const float* x, int32_t batch, float* y,
         gemm_native(w, x, batch, y);
         return;
     }
-    const Key key{w.dtype, w.rows, w.cols, batch_bucket(batch)};
+    const Key key{w.dtype, w.layout, w.rows, w.cols, batch_bucket(batch)};
     GemmProvider used;
     {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -146,8 +147,9 @@ std::string GemmDispatch::describe() const {
         const std::string batches = c.batch_lo == c.batch_hi
                                         ? std::to_string(c.batch_hi)
                                         : std::to_string(c.batch_lo) + ".." + std::to_string(c.batch_hi);
-        std::snprintf(line, sizeof(line), "  %s%s%s %dx%d batch %s: ", c.label.c_str(), c.label.empty() ? "" : " ",
-                      std::string(dtype_name(c.dtype)).c_str(), c.rows, c.cols, batches.c_str());
+        std::snprintf(line, sizeof(line), "  %s%s%s%s %dx%d batch %s: ", c.label.c_str(), c.label.empty() ? "" : " ",
+                      std::string(dtype_name(c.dtype)).c_str(), c.layout == Layout::rows16 ? " rows16" : "", c.rows,
+                      c.cols, batches.c_str());
         s += line;
         if (c.native_us > 0.0 || c.onednn_us > 0.0) {
             std::snprintf(line, sizeof(line), "onednn %.2f us vs native %.2f us -> ", c.onednn_us, c.native_us);

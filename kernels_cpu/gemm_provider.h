@@ -3,7 +3,7 @@
 //   onednn  OnednnGemm (kernels_cpu/onednn_gemm.h). Weights it has no path for (q4_0, nf4, ...) go
 //           to gemm_native instead, and choices() / describe() list them.
 //   auto    per shape, the faster of the two on this machine: the first call of a shape (dtype,
-//           rows, cols, batch rounded up to a power of two) times both providers (one warm-up, then
+//           layout, rows, cols, batch rounded up to a power of two) times both providers (one warm-up, then
 //           the median of 5 runs each, interleaved) and every later call of that shape uses the
 //           winner. The decision is a timing on a possibly busy machine, so two runs of a program
 //           may decide differently; the providers agree only within rounding (FP32) or within the
@@ -37,6 +37,7 @@ const char* gemm_provider_name(GemmProvider provider);  // the names above
 struct GemmChoice {
     std::string label;  // the label of the first call of this shape ("" when none was given)
     DType dtype = DType::f32;
+    Layout layout = Layout::row_major;
     int32_t rows = 0, cols = 0;
     int32_t batch_lo = 0, batch_hi = 0;  // the batches that share the decision
     GemmProvider used = GemmProvider::native;
@@ -63,6 +64,7 @@ public:
 private:
     struct Key {
         DType dtype;
+        Layout layout;
         int32_t rows, cols, batch_hi;
         auto operator<=>(const Key&) const = default;
     };

@@ -52,16 +52,16 @@ const dnnl::engine& cpu_engine() {
     return engine;
 }
 
-// How a weight dtype enters the matmul: fp32 as it lies in the file; fp16 as an FP32 copy of its
-// values; the block formats (q8_0, q4_0, nf4, q3_0, q2_0) as s8 rows, since oneDNN 2.6 has neither
-// per-block scales nor 4-bit weights. The s8 grid of a 4-, 3- or 2-bit row is finer than the
-// row's own (127 steps up to its largest value against 8, 4 or 1.5 up to a block's), so the second
-// rounding adds little to what the format already lost, and the int8 kernels run about twice the
-// FP32 speed.
+// How a weight enters the matmul: fp32 row_major as it lies in the file; fp32 rows16 and fp16 as an
+// FP32 copy of its values in the primitive's preferred layout; the block formats (q8_0, q4_0, nf4, q3_0, q2_0) as s8
+// rows, since oneDNN 2.6 has neither per-block scales nor 4-bit weights. The s8 grid of a 4-, 3- or 2-bit row is finer
+// than the row's own (127 steps up to its largest value against 8, 4 or 1.5 up to a block's), so the second rounding
+// adds little to what the format already lost, and the int8 kernels run about twice the FP32 speed.
 enum class Kind { f32_in_place, f32_packed, u8s8 };
 
-Kind kind_of(DType dtype) {
-    return dtype == DType::f32 ? Kind::f32_in_place : dtype == DType::f16 ? Kind::f32_packed : Kind::u8s8;
+Kind kind_of(const Weight& w) {
+    if (w.dtype == DType::f32) return w.layout == Layout::row_major ? Kind::f32_in_place : Kind::f32_packed;
+    return w.dtype == DType::f16 ? Kind::f32_packed : Kind::u8s8;
 }
 
 // One primitive, shared by every weight of its shape. `id` is unique in the process, so per-thread
@@ -173,7 +173,7 @@ std::unique_ptr<Packed> pack(const Weight& w, const Desc& layout, dnnl::stream& 
     std::vector<float> f32;
     std::vector<int8_t> s8;
     dnnl::memory plain;
-    if (kind_of(w.dtype) == Kind::f32_packed) {
+    if (kind_of(w) == Kind::f32_packed) {
         f32.resize(n);
         for (int32_t r = 0; r < w.rows; r++) ref::load_row(w, r, f32.data() + static_cast<size_t>(r) * w.cols);
         plain = dnnl::memory(Desc({K, N}, dt::f32, dnnl::memory::dims{1, K}), cpu_engine(), f32.data());
@@ -342,7 +342,7 @@ void OnednnGemm::run(const Weight& w, const float* x, int32_t batch, float* y) {
     }
     OneThread one;
     try {
-        const Kind kind = kind_of(w.dtype);
+        const Kind kind = kind_of(w);
         const Entry* e;
         const Packed* p = nullptr;
         {
@@ -383,7 +383,7 @@ std::string OnednnGemm::implementation(const Weight& w, int32_t batch) {
     OneThread one;
     try {
         std::lock_guard<std::mutex> lock(impl_->mutex);
-        return impl_->entry(kind_of(w.dtype), w, batch).impl;
+        return impl_->entry(kind_of(w), w, batch).impl;
     } catch (const dnnl::error& e) {
         throw Error("oneDNN matmul " + shape_text(w, batch) + ": " + e.what());
     }

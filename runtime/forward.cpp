@@ -54,6 +54,9 @@ void Forward::reserve(int32_t n) {
     delta_.resize(r * Di);
     y_.resize(r * Di);
     bv_.resize(r * N);
+    hs_.resize(r * N);
+    decay_.resize(r * N);
+    dt_.resize(r);
     hidden_.resize(r * W);
     router_.resize(r * static_cast<size_t>(experts_));
     chosen_.resize(r * static_cast<size_t>(top_k_));
@@ -131,65 +134,76 @@ void Forward::run(const int32_t* tokens, const int32_t* positions, const Sequenc
         ref::load_row(model_.position, positions[r], a_.data());
         for (size_t i = 0; i < H; i++) x[i] += a_[i];
     }
+    // The last layer's outputs reach nothing but the logits, so it computes them for the logit rows
+    // only (every row still advances its state). An observer sees every row.
+    const int32_t last_from = observer_ ? 0 : std::min(logits_from, n);
     for (size_t l = 0; l < model_.layers.size(); l++) {
-        ssm_block(l, states, n);
-        channel_block(l, n);
+        const int32_t from = l + 1 == model_.layers.size() ? last_from : 0;
+        ssm_block(l, states, n, from);
+        channel_block(l, from, n);
     }
     const int32_t m = n - logits_from;
     if (m <= 0) return;
-    for (int32_t r = 0; r < m; r++)
-        layer_norm(x_.data() + (logits_from + r) * H, model_.final_norm_w, model_.final_norm_b, model_.config.norm_eps,
-                   H_, a_.data() + r * H);
+    layer_norm(x_.data() + logits_from * H, model_.final_norm_w, model_.final_norm_b, model_.config.norm_eps, m, H_,
+               a_.data());
     const ActQ8* aq = reads_q8(model_.lm_head, m) ? quantize_rows(a_.data(), m, H_, xq_) : nullptr;
     matmul(model_.lm_head, a_.data(), aq, m, logits_.data());
 }
 
-void Forward::ssm_block(size_t layer, const SequenceState* states, int32_t n) {
+void Forward::ssm_block(size_t layer, const SequenceState* states, int32_t n, int32_t out_from) {
     const ModelConfig& cfg = model_.config;
     const LayerConfig& lc = cfg.layers[layer];
     const SsmWeights& w = model_.layers[layer].ssm;
     const int32_t Di = lc.inner, N = lc.state;
     const size_t H = static_cast<size_t>(H_), D = static_cast<size_t>(Di);
-    for (int32_t r = 0; r < n; r++)
-        layer_norm(x_.data() + r * H, w.norm_w, w.norm_b, cfg.norm_eps, H_, a_.data() + r * H);
+    layer_norm(x_.data(), w.norm_w, w.norm_b, cfg.norm_eps, n, H_, a_.data());
     // uz[r] = in_proj a[r]: u = uz[r][0, Di), z = uz[r][Di, 2Di)
     const ActQ8* aq = reads_q8(w.in_proj, n) ? quantize_rows(a_.data(), n, H_, xq_) : nullptr;
     matmul(w.in_proj, a_.data(), aq, n, uz_.data());
-    // Causal depthwise conv, row by row (consecutive rows of one sequence advance its history).
+    // Causal depthwise conv and SiLU, row by row (consecutive rows of one sequence advance its history).
     for (int32_t r = 0; r < n; r++)
-        conv_step(w.conv_t.data(), w.conv_bias.data(), Di, lc.conv_kernel, uz_.data() + r * 2 * D,
-                  states[r].conv + layout_.conv_off[layer], v_.data() + r * D);
-    silu_inplace(v_.data(), n * Di);
+        conv_silu_step(w.conv_t.data(), w.conv_bias.data(), Di, lc.conv_kernel, uz_.data() + r * 2 * D,
+                       states[r].conv + layout_.conv_off[layer], v_.data() + r * D);
     // delta_proj and B both read v: one quantized copy serves both.
     const ActQ8* vq =
         reads_q8(w.delta_w, n) || reads_q8(w.b, n) ? quantize_rows(v_.data(), n, Di, xq_) : nullptr;
     matmul(w.delta_w, v_.data(), vq, n, delta_.data());
     matmul(w.b, v_.data(), vq, n, bv_.data());
-    // Scan, row by row: dt = mean softplus(delta + bias); s = exp(dt A) s + dt B v;
-    // y = (C s + D v) * silu(z).
+    // Scan: dt = mean softplus(delta + bias); s = exp(dt A) s + dt B v; y = (C s + D v) * silu(z).
+    // Only the state update is sequential: the step sizes and outputs of all rows are computed in
+    // passes of their own, so the rows' independent work overlaps.
+    step_sizes(delta_.data(), w.delta_bias.data(), n, Di, dt_.data());
+    for (int32_t r = 0; r < n; r++)
+        for (int32_t k = 0; k < N; k++) decay_[r * N + k] = dt_[r] * w.neg_a[k];
+    exp_inplace(decay_.data(), n * N);
     for (int32_t r = 0; r < n; r++) {
-        float* delta = delta_.data() + r * D;
-        for (size_t i = 0; i < D; i++) delta[i] += w.delta_bias[i];
-        const float dt = softplus_mean(delta, Di);
         float* s = states[r].ssm + layout_.ssm_off[layer];
+        const float dt = dt_[r];
         const float* bv = bv_.data() + r * static_cast<size_t>(N);
-        for (int32_t k = 0; k < N; k++) s[k] = std::exp(dt * w.neg_a[k]) * s[k] + dt * bv[k];
-        ssm_output(w.c_t.data(), s, N, w.d_skip.data(), v_.data() + r * D, uz_.data() + r * 2 * D + D, Di,
-                   y_.data() + r * D);
+        const float* decay = decay_.data() + r * static_cast<size_t>(N);
+        float* hs = hs_.data() + r * static_cast<size_t>(N);
+        for (int32_t k = 0; k < N; k++) hs[k] = s[k] = decay[k] * s[k] + dt * bv[k];
     }
-    const ActQ8* yq = reads_q8(w.out_proj, n) ? quantize_rows(y_.data(), n, Di, xq_) : nullptr;
-    matmul(w.out_proj, y_.data(), yq, n, mix_.data());
-    for (size_t i = 0; i < static_cast<size_t>(n) * H; i++) x_[i] += mix_[i];
+    const int32_t k = n - out_from;  // rows whose output is used
+    if (k <= 0) return;
+    const size_t f = static_cast<size_t>(out_from);
+    ssm_output(w.c_t.data(), hs_.data() + f * N, N, w.d_skip.data(), v_.data() + f * D, uz_.data() + f * 2 * D + D,
+               2 * Di, Di, k, y_.data());
+    const ActQ8* yq = reads_q8(w.out_proj, k) ? quantize_rows(y_.data(), k, Di, xq_) : nullptr;
+    matmul(w.out_proj, y_.data(), yq, k, mix_.data());
+    float* x = x_.data() + f * H;
+    for (size_t i = 0; i < static_cast<size_t>(k) * H; i++) x[i] += mix_[i];
 }
 
-void Forward::channel_block(size_t layer, int32_t n) {
+void Forward::channel_block(size_t layer, int32_t from, int32_t n) {
     const ModelConfig& cfg = model_.config;
     const LayerConfig& lc = cfg.layers[layer];
     const LayerWeights& w = model_.layers[layer];
     const size_t H = static_cast<size_t>(H_);
-    if (lc.kind == ChannelKind::none) return;
-    for (int32_t r = 0; r < n; r++)
-        layer_norm(x_.data() + r * H, w.mix_norm_w, w.mix_norm_b, cfg.norm_eps, H_, a_.data() + r * H);
+    float* x = x_.data() + static_cast<size_t>(from) * H;
+    n -= from;
+    if (lc.kind == ChannelKind::none || n <= 0) return;
+    layer_norm(x, w.mix_norm_w, w.mix_norm_b, cfg.norm_eps, n, H_, a_.data());
     if (lc.kind == ChannelKind::ffn) {
         const FfnWeights& f = w.experts[0];
         const ActQ8* aq = reads_q8(f.w1, n) ? quantize_rows(a_.data(), n, H_, xq_) : nullptr;
@@ -197,16 +211,16 @@ void Forward::channel_block(size_t layer, int32_t n) {
         gelu_inplace(hidden_.data(), n * f.w1.rows);
         const ActQ8* hq = reads_q8(f.w2, n) ? quantize_rows(hidden_.data(), n, f.w1.rows, hq_) : nullptr;
         matmul(f.w2, hidden_.data(), hq, n, mix_.data());
-        for (size_t i = 0; i < static_cast<size_t>(n) * H; i++) x_[i] += mix_[i];
+        for (size_t i = 0; i < static_cast<size_t>(n) * H; i++) x[i] += mix_[i];
         return;
     }
-    experts(layer, n);
+    experts(layer, x, n);
 }
 
 // MoE: router, top-k and softmax per row, then each expert runs once over the rows routed to it
 // (gathered into a block). Experts are taken in ascending index, so every row sums its experts
-// in the order upstream does.
-void Forward::experts(size_t layer, int32_t n) {
+// in the order upstream does. x: the n rows' residual stream, a_ their normalized input.
+void Forward::experts(size_t layer, float* x, int32_t n) {
     const LayerConfig& lc = model_.config.layers[layer];
     const LayerWeights& w = model_.layers[layer];
     const size_t H = static_cast<size_t>(H_);
@@ -235,10 +249,10 @@ void Forward::experts(size_t layer, int32_t n) {
         const ActQ8* hq = reads_q8(f.w2, m) ? quantize_rows(hidden_.data(), m, f.w1.rows, hq_) : nullptr;
         matmul(f.w2, hidden_.data(), hq, m, gathered_out_.data());
         for (int32_t i = 0; i < m; i++) {
-            float* x = x_.data() + route_rows_[i] * H;
+            float* xr = x + route_rows_[i] * H;
             const float* o = gathered_out_.data() + i * H;
             const float s = route_weight_[i];
-            for (size_t c = 0; c < H; c++) x[c] += s * o[c];
+            for (size_t c = 0; c < H; c++) xr[c] += s * o[c];
         }
     }
 }

@@ -59,16 +59,18 @@ private:
     bool dispatched(int32_t n) const;
     bool reads_q8(const Weight& w, int32_t n) const;
     void matmul(const Weight& w, const float* x, const ActQ8* xq, int32_t n, float* y);
-    void ssm_block(size_t layer, const SequenceState* states, int32_t n);
-    void channel_block(size_t layer, int32_t n);
-    void experts(size_t layer, int32_t n);
+    // Rows [out_from, n) (ssm_block) or [from, n) (channel_block) get the block's output; ssm_block
+    // advances the state of all n.
+    void ssm_block(size_t layer, const SequenceState* states, int32_t n, int32_t out_from);
+    void channel_block(size_t layer, int32_t from, int32_t n);
+    void experts(size_t layer, float* x, int32_t n);
 
     const Model& model_;
     StateLayout layout_;
     int32_t H_ = 0, inner_ = 0, width_ = 0, experts_ = 0, top_k_ = 0, vocab_ = 0, rows_ = 0;
     ActivationObserver* observer_ = nullptr;
     // Scratch, [rows, width] each, grown to the largest n seen.
-    std::vector<float> x_, a_, uz_, v_, delta_, bv_, y_, mix_, hidden_, router_, logits_;
+    std::vector<float> x_, a_, uz_, v_, delta_, dt_, decay_, bv_, hs_, y_, mix_, hidden_, router_, logits_;
     std::vector<float> gathered_, gathered_out_, route_weight_;
     std::vector<int32_t> chosen_, route_rows_;
     std::vector<float> chosen_weight_;

@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "converter/quantize_spec.h"
 #include "format/half.h"
+#include "format/quant_blocks.h"
 #include "kernels_cpu/dense_ops.h"
 #include "kernels_cpu/ref_ops.h"
 #include "runtime/batch.h"
@@ -35,7 +36,7 @@ std::vector<float> logits_of(const float* p, const Model& m) { return {p, p + m.
 TEST_CASE("dense SIMD kernels match the scalar reference") {
     std::mt19937 rng(7);
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    int checked = 0;
+    int checked = 0, rows16_checked = 0;
     float worst = 0.0f;
     for (KernelPath path : simd_paths()) {
         for (int32_t rows : {1, 3, 8, 16, 17, 40}) {
@@ -45,11 +46,26 @@ TEST_CASE("dense SIMD kernels match the scalar reference") {
                 for (float& v : x) v = normal(rng);
                 std::vector<uint16_t> h(w.size());
                 for (size_t i = 0; i < w.size(); i++) h[i] = fp32_to_fp16(w[i]);
-                for (DType dtype : {DType::f32, DType::f16}) {
-                    const Weight W{dtype, rows, cols, dtype == DType::f32 ? static_cast<const void*>(w.data()) : h.data()};
+                std::vector<float> w16(w.size());  // the same matrix in layout rows16
+                if (rows >= kRows16)
+                    to_rows16(DType::f32, reinterpret_cast<const uint8_t*>(w.data()), rows, cols,
+                              reinterpret_cast<uint8_t*>(w16.data()));
+                const Weight weights[] = {{DType::f32, rows, cols, w.data()},
+                                          {DType::f16, rows, cols, h.data()},
+                                          {DType::f32, rows, cols, w16.data(), Layout::rows16}};
+                for (const Weight& W : weights) {
+                    if (W.layout == Layout::rows16 && rows < kRows16) continue;
                     std::vector<float> want(static_cast<size_t>(rows)), got(static_cast<size_t>(rows));
                     ref::matvec(W, x.data(), want.data());
                     dense_path::matvec(path, W, x.data(), got.data());
+                    if (W.layout == Layout::rows16) {  // the reference reads rows16 as the row_major twin, bit for bit
+                        std::vector<float> twin(static_cast<size_t>(rows)), scalar(static_cast<size_t>(rows));
+                        ref::matvec(weights[0], x.data(), twin.data());
+                        dense_path::matvec(KernelPath::scalar, W, x.data(), scalar.data());
+                        CHECK(want == twin);
+                        CHECK(scalar == twin);
+                        rows16_checked++;
+                    }
                     for (int32_t r = 0; r < rows; r++) {
                         float scale = 0.0f;  // sum |w x|: the FP32 rounding bound scales with it
                         for (int32_t c = 0; c < cols; c++) scale += std::fabs(ref::element(W, int64_t{r} * cols + c) * x[c]);
@@ -63,18 +79,26 @@ TEST_CASE("dense SIMD kernels match the scalar reference") {
         }
         std::vector<float> v(101);
         for (size_t i = 0; i < v.size(); i++) v[i] = -30.0f + 0.6f * static_cast<float>(i);  // both softplus branches
-        std::vector<float> a = v, b = v, g = v, z(v.rbegin(), v.rend());
-        dense_path::silu_inplace(path, a.data(), 101);
+        std::vector<float> b = v, e = v;
+        for (float& x : e) x *= 0.1f;  // exp's argument range: decays are exp(dt * -exp(A_log))
+        std::vector<float> e_in = e;
         dense_path::gelu_inplace(path, b.data(), 101);
-        dense_path::silu_gate(path, g.data(), z.data(), 101);
-        float sp = 0.0f;
+        dense_path::exp_inplace(path, e.data(), 101);
         for (size_t i = 0; i < v.size(); i++) {
-            CHECK(std::fabs(a[i] - ref::silu(v[i])) <= 1e-6f * (1.0f + std::fabs(v[i])));
             CHECK(std::fabs(b[i] - ref::gelu(v[i])) <= 1e-6f * (1.0f + std::fabs(v[i])));
-            CHECK(std::fabs(g[i] - v[i] * ref::silu(z[i])) <= 1e-5f * (1.0f + std::fabs(v[i] * z[i])));
-            sp += ref::softplus(v[i]);
+            CHECK(std::fabs(e[i] - std::exp(e_in[i])) <= 1e-6f * std::exp(e_in[i]));
         }
-        CHECK(std::fabs(dense_path::softplus_mean(path, v.data(), 101) - sp / 101) < 1e-5f * sp / 101);
+        // step sizes of 3 rows of 101 (both softplus branches, a bias, the SIMD body and tail)
+        std::vector<float> delta(3 * 101), bias(101), dt(3), dt_want(3);
+        for (size_t i = 0; i < delta.size(); i++) delta[i] = v[i % 101] * (1.0f + 0.5f * static_cast<float>(i / 101));
+        for (float& x : bias) x = 0.3f * normal(rng);
+        dense_path::step_sizes(path, delta.data(), bias.data(), 3, 101, dt.data());
+        for (int32_t r = 0; r < 3; r++) {
+            float sp = 0.0f;
+            for (int32_t i = 0; i < 101; i++)
+                sp += ref::softplus(delta[static_cast<size_t>(r * 101 + i)] + bias[static_cast<size_t>(i)]);
+            CHECK(std::fabs(dt[static_cast<size_t>(r)] - sp / 101) < 1e-5f * sp / 101);
+        }
         for (int32_t channels : {5, 16, 37, 128}) {
             for (int32_t K : {1, 3, 4}) {
                 std::vector<float> wt(static_cast<size_t>(K * channels)), bias(static_cast<size_t>(channels)),
@@ -82,11 +106,13 @@ TEST_CASE("dense SIMD kernels match the scalar reference") {
                 for (std::vector<float>* t : {&wt, &bias, &u, &hist})
                     for (float& e : *t) e = normal(rng);
                 std::vector<float> hist2 = hist, want(static_cast<size_t>(channels)), got(want.size());
-                dense_path::conv_step(KernelPath::scalar, wt.data(), bias.data(), channels, K, u.data(), hist.data(), want.data());
-                dense_path::conv_step(path, wt.data(), bias.data(), channels, K, u.data(), hist2.data(), got.data());
+                dense_path::conv_silu_step(KernelPath::scalar, wt.data(), bias.data(), channels, K, u.data(),
+                                           hist.data(), want.data());
+                dense_path::conv_silu_step(path, wt.data(), bias.data(), channels, K, u.data(), hist2.data(),
+                                           got.data());
                 CHECK(max_abs_diff(got, want) < 1e-5f);
                 CHECK(max_abs_diff(hist2, hist) == 0.0f);  // the shifted history
-                // the scalar conv on the time-major layout is ref::conv_step's math
+                // the scalar conv on the time-major layout is ref::conv_step's math, then ref::silu
                 std::vector<float> w_ref(static_cast<size_t>(K * channels)), h_ref(static_cast<size_t>((K - 1) * channels)),
                     ref_out(static_cast<size_t>(channels));
                 std::vector<float> h0 = hist2;  // any history: rebuild it channel-major
@@ -94,20 +120,35 @@ TEST_CASE("dense SIMD kernels match the scalar reference") {
                     for (int32_t k = 0; k < K; k++) w_ref[static_cast<size_t>(i * K + k)] = wt[static_cast<size_t>(k * channels + i)];
                     for (int32_t j = 0; j < K - 1; j++) h_ref[static_cast<size_t>(i * (K - 1) + j)] = h0[static_cast<size_t>(j * channels + i)];
                 }
-                dense_path::conv_step(path, wt.data(), bias.data(), channels, K, u.data(), h0.data(), got.data());
+                dense_path::conv_silu_step(path, wt.data(), bias.data(), channels, K, u.data(), h0.data(), got.data());
                 ref::conv_step({DType::f32, channels, K, w_ref.data()}, {DType::f32, 1, channels, bias.data()}, channels, K,
                                u.data(), h_ref.data(), ref_out.data());
+                for (float& o : ref_out) o = ref::silu(o);
                 CHECK(max_abs_diff(got, ref_out) < 1e-5f);
             }
             for (int32_t N : {1, 8, 16}) {
-                std::vector<float> c_t(static_cast<size_t>(N * channels)), s(static_cast<size_t>(N)), d(static_cast<size_t>(channels)),
-                    vv(static_cast<size_t>(channels)), zz(static_cast<size_t>(channels));
+                const int32_t rows = 3, z_stride = 2 * channels;  // z inside [u | z] rows, as the forward keeps it
+                std::vector<float> c_t(static_cast<size_t>(N * channels)), s(static_cast<size_t>(rows * N)),
+                    d(static_cast<size_t>(channels)), vv(static_cast<size_t>(rows * channels)),
+                    zz(static_cast<size_t>(rows * z_stride));
                 for (std::vector<float>* t : {&c_t, &s, &d, &vv, &zz})
                     for (float& e : *t) e = normal(rng);
-                std::vector<float> want(static_cast<size_t>(channels)), got(want.size());
-                dense_path::ssm_output(KernelPath::scalar, c_t.data(), s.data(), N, d.data(), vv.data(), zz.data(), channels, want.data());
-                dense_path::ssm_output(path, c_t.data(), s.data(), N, d.data(), vv.data(), zz.data(), channels, got.data());
+                std::vector<float> want(static_cast<size_t>(rows * channels)), got(want.size());
+                dense_path::ssm_output(KernelPath::scalar, c_t.data(), s.data(), N, d.data(), vv.data(), zz.data(),
+                                       z_stride, channels, rows, want.data());
+                dense_path::ssm_output(path, c_t.data(), s.data(), N, d.data(), vv.data(), zz.data(), z_stride,
+                                       channels, rows, got.data());
                 CHECK(max_abs_diff(got, want) < 1e-5f);
+                for (int32_t r = 0; r < rows; r++)  // row r is the formula on row r's s, v and z
+                    for (int32_t i = 0; i < channels; i++) {
+                        double acc = double{d[static_cast<size_t>(i)]} * vv[static_cast<size_t>(r * channels + i)];
+                        for (int32_t n = 0; n < N; n++)
+                            acc +=
+                                double{c_t[static_cast<size_t>(n * channels + i)]} * s[static_cast<size_t>(r * N + n)];
+                        const float z = zz[static_cast<size_t>(r * z_stride + i)];
+                        CHECK(std::fabs(want[static_cast<size_t>(r * channels + i)] - acc * ref::silu(z)) <
+                              1e-5 * (1.0 + std::fabs(acc)));
+                    }
             }
         }
         // argmax: ties (first index wins), NaNs (passed over; x[0] NaN gives 0), infinities, every
@@ -129,17 +170,25 @@ TEST_CASE("dense SIMD kernels match the scalar reference") {
         }
         MESSAGE(argmax_cases << " argmax cases against ref::argmax");
         for (int32_t n : {1, 7, 64, 96, 101}) {
-            std::vector<float> gamma(v.rbegin(), v.rend()), want(static_cast<size_t>(n)), got(static_cast<size_t>(n));
+            const int32_t rows = 2;  // the second row a scaled copy of the first
+            std::vector<float> gamma(v.rbegin(), v.rend()), x(static_cast<size_t>(rows * n)), want(x.size()),
+                got(x.size());
+            for (int32_t i = 0; i < n; i++) {
+                x[static_cast<size_t>(i)] = v[static_cast<size_t>(i)];
+                x[static_cast<size_t>(n + i)] = 3.0f * v[static_cast<size_t>(i)] + 1.0f;
+            }
             const Weight gw{DType::f32, 1, n, gamma.data()}, bw{DType::f32, 1, n, v.data()};
-            ref::layer_norm(v.data(), gw, bw, 1e-5f, n, want.data());
-            dense_path::layer_norm(path, v.data(), gw, bw, 1e-5f, n, got.data());
+            for (int32_t r = 0; r < rows; r++) ref::layer_norm(x.data() + r * n, gw, bw, 1e-5f, n, want.data() + r * n);
+            dense_path::layer_norm(path, x.data(), gw, bw, 1e-5f, rows, n, got.data());
             CHECK(max_abs_diff(got, want) < 1e-5f * 30);  // values up to |gamma| ~ 30
         }
     }
-    MESSAGE(checked << " matvecs (f32, f16; rows 1..40 x cols 1..130) on " << simd_paths().size()
-                    << " SIMD paths: max |simd - scalar| / sum|wx| = " << worst
-                    << " (limit 1e-5); silu, gelu, gate, softplus mean, layer norm, conv step (and ref::conv_step's "
-                       "math), SSM output within a few ulp; argmax exact");
+    MESSAGE(
+        checked << " matvecs (f32, f16, f32 rows16 (" << rows16_checked << " of them, the scalar path bit for bit "
+                << "the row_major twin's); rows 1..40 x cols 1..130) on " << simd_paths().size()
+                << " SIMD paths: max |simd - scalar| / sum|wx| = " << worst
+                << " (limit 1e-5); exp, gelu, step sizes (3 rows, bias), layer norm (2 rows), conv + SiLU (and "
+                   "ref::conv_step's math), SSM output (3 rows, against the formula) within a few ulp; argmax exact");
 }
 
 TEST_CASE("prefill (a prompt as one block of rows) equals token-by-token decode") {
@@ -193,13 +242,13 @@ TEST_CASE("eval_all (every position's logits from one prefill) equals token-by-t
         "refuses past the window, empty input and unknown ids");
 }
 
-TEST_CASE("q4 and q8 models in layout rows16 run as their row_major twins: decode, prefill, batch") {
+TEST_CASE("fp32, q4 and q8 models in layout rows16 run as their row_major twins: decode, prefill, batch") {
     // The kernels differ only in FP32 summation order (~1e-7 relative). A logit vector may still
     // move further when an activation lies within that distance of a q8 rounding boundary and the
     // next product quantizes it to the other side (seen: 9e-3 on one position of 11); a wrong
     // nibble, scale or row moves logits by their own size. So: every position within 2e-2 x (1 +
-    // max |logit|), and nearly all within 1e-5 x (1 + max |logit|).
-    for (DType dtype : {DType::q4_0, DType::q8_0}) {
+    // max |logit|), and nearly all within 1e-5 x (1 + max |logit|); fp32 all of them.
+    for (DType dtype : {DType::f32, DType::q4_0, DType::q8_0}) {
         const ModelSpec spec = random_spec(shipped_widths(48, 8), dtype, 21);  // tied head, 48 rows
         ModelSpec spec16 = spec;
         choose_layouts(spec16, Layout::rows16);
@@ -228,7 +277,7 @@ TEST_CASE("q4 and q8 models in layout rows16 run as their row_major twins: decod
         ba.eval(tokens);
         bb.eval(tokens);
         for (int32_t i = 0; i < 3; i++) compare(ba.logits(i), bb.logits(i));
-        CHECK(tight >= compared - 2);
+        CHECK(tight >= compared - (dtype == DType::f32 ? 0 : 2));
         MESSAGE(dtype_name(dtype) << ": " << interleaved
                                   << " rows16 tensors; token by token past the window, a prefill "
                                   << "and a batch of 3: " << tight << " of " << compared

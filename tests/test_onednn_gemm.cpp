@@ -204,6 +204,29 @@ TEST_CASE("onednn gemm: every batch 1..130 on one odd shape, primitives made onc
         if (is_quantized(dtype)) CHECK((copy >= 45u * 70u + 45u * 8u && copy < 45u * 70u * 2u + 4096u));
         CHECK(copy < 2u * 45u * 70u * 4u + 4096u);
     }
+    // fp32 in layout rows16 (two groups of 16 rows and a row_major tail of 13) goes in as an FP32 copy
+    // of its rows; the native path reads it in place. Both give the exact product's bound.
+    Matrix m = make_matrix(DType::f32, 45, 70, 8);
+    std::vector<uint8_t> inter(m.bytes.size());
+    to_rows16(DType::f32, m.bytes.data(), 45, 70, inter.data());
+    m.bytes = inter;
+    m.weight.data = m.bytes.data();
+    m.weight.layout = Layout::rows16;
+    const size_t copies_before = onednn.cached_bytes();
+    double worst = 0.0;
+    for (int32_t batch : {1, 2, 7, 64, 130}) {
+        const std::vector<float> x = gaussian(static_cast<size_t>(batch) * 70, 2000 + batch);
+        std::vector<float> y(static_cast<size_t>(batch) * 45, -1.0f), y_native = y;
+        onednn.run(m.weight, x.data(), batch, y.data());
+        gemm_native(m.weight, x.data(), batch, y_native.data());
+        worst =
+            std::max(worst, check_product(m, x, batch, y, Bound::fp32, "onednn rows16 " + name_of(m.weight, batch)));
+        worst = std::max(
+            worst, check_product(m, x, batch, y_native, Bound::fp32, "native rows16 " + name_of(m.weight, batch)));
+    }
+    CHECK(onednn.cached_bytes() - copies_before >= 45u * 70u * 4u);
+    MESSAGE("fp32 rows16 45x70, batches 1, 2, 7, 64, 130: onednn (an FP32 copy of "
+            << onednn.cached_bytes() - copies_before << " bytes) and native, largest |dy| / bound " << worst);
 }
 
 TEST_CASE("onednn gemm: edge cases") {

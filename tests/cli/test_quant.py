@@ -16,7 +16,7 @@ distributions are far from flat. Then checks:
   4. vocabulary trimming: kept columns unchanged, vocab_ids, --no-trim-vocab, --ids of a trimmed id;
   5. calibration (--calib, --report): calibrated errors, and a lower held-out KL for calibrated q4, q3, q2;
   6. --keep overrides and the errors of bad --keep / --calib use;
-  7. --layout: rows16 on the multiplied q4 / q8 matrices by default, row_major on request, same logits.
+  7. --layout: rows16 on the multiplied fp32 / q4 / q8 matrices by default, row_major on request, same logits.
 Prints one line per check and `N passed, N failed`; exits 1 on any failure.
 
 Windows, as `ppl` scores text (upstream): the text's ids are cut into non-overlapping windows
@@ -545,8 +545,8 @@ def keep(t, files):
 # ---- 7: layouts ---------------------------------------------------------------------------------------
 
 def layouts(t, files):
-    """q4 and q8 matrices of >= 16 rows that are multiplied are stored rows16 by default; --layout row_major
-    stores ggml's rows. Same sizes, logits within FP32 summation order."""
+    """fp32, q4 and q8 matrices of >= 16 rows that are multiplied are stored rows16 by default; --layout
+    row_major stores C order (ggml's rows for q4 / q8). Same sizes, logits within FP32 summation order."""
     p = t.p
     default = t.info(files["q4"])["tensors"]
     plain_itl = t.convert("q4_row_major", ["--tokenizer", p["tok"], "--quant", "q4", "--layout", "row_major"],
@@ -571,6 +571,23 @@ def layouts(t, files):
     b, _ = t.logits(plain_itl, ids)
     err = float(np.abs(a - b).max() / (1 + np.abs(b).max()))
     check(err <= 1e-5, f"rows16 vs row_major q4 logits over 24 positions: max |d| / (1 + max |logit|) = {err:.2e} "
+                       f"(<= 1e-5: only FP32 summation order differs)")
+    # FP32: the multiplied matrices rows16 too; C (read element by element at load) stays row_major.
+    f32 = t.info(files["fp32"])["tensors"]
+    plain_f32 = t.convert("fp32_row_major", ["--tokenizer", p["tok"], "--quant", "fp32", "--layout", "row_major"],
+                          label="fp32 --layout row_major")
+    if plain_f32 is None:
+        return
+    f32_rows16 = sorted(e["name"] for e in f32 if e["layout"] == "rows16")
+    f32_want = sorted(e["name"] for e in f32 if len(e["shape"]) == 2 and e["shape"][0] >= 16
+                      and not e["name"].endswith(".C") and e["name"] != "position_embedding.weight"
+                      and (e["name"] != "embedding.weight" or "lm_head.weight" not in [x["name"] for x in f32]))
+    check(f32_rows16 == f32_want and len(f32_rows16) >= 6,
+          f"default fp32 file: {len(f32_rows16)} of {len(f32)} tensors rows16 (every multiplied matrix of >= 16 rows)")
+    a, _ = t.logits(files["fp32"], ids)
+    b, _ = t.logits(plain_f32, ids)
+    err = float(np.abs(a - b).max() / (1 + np.abs(b).max()))
+    check(err <= 1e-5, f"rows16 vs row_major fp32 logits over 24 positions: max |d| / (1 + max |logit|) = {err:.2e} "
                        f"(<= 1e-5: only FP32 summation order differs)")
     t.expect_error("--layout diagonal (usage)", [t.args.convert, p["ck"], "-o", t.path("bad.itl"), "--layout", "diagonal"],
                    codes=(2,))
