@@ -1,6 +1,6 @@
 // GEMV timings of the quantized kernels: every format on every kernel path this CPU has, for the
 // shapes of the Itera-Lite projections (q8 and q4 also in layout rows16, "q8x16", "q4x16"), plus the activation
-// quantizer. Single thread; each figure
+// quantizer and, for scale, the FP32 kernels (dense_ops; "f32x16" is rows16). Single thread; each figure
 // is the median over repeats of a timed batch of calls. Usage: bench_quant_kernels [repeats]
 #include <algorithm>
 #include <cstdio>
@@ -12,8 +12,8 @@
 #include "bench/median_ns.h"
 #include "common/error.h"
 #include "format/quant_blocks.h"
+#include "kernels_cpu/dense_ops.h"
 #include "kernels_cpu/quant_ops.h"
-#include "kernels_cpu/ref_ops.h"
 
 using namespace itera;
 
@@ -106,11 +106,25 @@ int run(int argc, char** argv) {
             }
             std::printf("\n");
         }
-        // for scale: the FP32 scalar reference kernel on the unquantized weights
-        const Weight wf = {DType::f32, s.rows, s.cols, w.data()};
-        const double ns = median_ns([&] { ref::matvec(wf, x.data(), y.data()); g_sink = y[0]; }, repeats);
-        const double size = static_cast<double>(w.size() * sizeof(float));
-        std::printf("%-12s %-6s %9.0f  ref::matvec %.1f ns, %.2f GB/s\n", shape, "fp32", size, ns, size / ns);
+        // FP32 on the same paths (dense_ops), row_major and rows16, for scale
+        std::vector<float> w16(w.size());
+        to_rows16(DType::f32, reinterpret_cast<const uint8_t*>(w.data()), s.rows, s.cols,
+                  reinterpret_cast<uint8_t*>(w16.data()));
+        for (const Weight& wf : {Weight{DType::f32, s.rows, s.cols, w.data()},
+                                 Weight{DType::f32, s.rows, s.cols, w16.data(), Layout::rows16}}) {
+            const double size = static_cast<double>(w.size() * sizeof(float));
+            std::printf("%-12s %-6s %9.0f", shape, wf.layout == Layout::rows16 ? "f32x16" : "fp32", size);
+            for (KernelPath p : paths) {
+                const double ns = median_ns(
+                    [&] {
+                        dense_path::matvec(p, wf, x.data(), y.data());
+                        g_sink = y[0];
+                    },
+                    repeats);
+                std::printf(" %10.1f %6.2f", ns, size / ns);
+            }
+            std::printf("\n");
+        }
     }
     return 0;
 }
