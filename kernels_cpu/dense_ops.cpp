@@ -19,8 +19,9 @@ const DenseKernels kDenseScalar = {
     [](const uint16_t* w, int32_t rows, int32_t cols, const float* x, float* y) {
         ref::matvec({DType::f16, rows, cols, w}, x, y);
     },
-    [](const float* w, int32_t rows, int32_t cols, const float* x, float* y) {
-        ref::matvec({DType::f32, rows, cols, w, Layout::rows16}, x, y);
+    [](const float* w, int32_t rows, int32_t cols, const float* x, int32_t n, float* y) {
+        for (int64_t i = 0; i < n; i++)
+            ref::matvec({DType::f32, rows, cols, w, Layout::rows16}, x + i * cols, y + i * rows);
     },
     [](float* x, int32_t n) {
         for (int32_t i = 0; i < n; i++) x[i] = std::exp(x[i]);
@@ -80,16 +81,28 @@ const DenseKernels& active() {
     return k;
 }
 
-void run_matvec(const DenseKernels& k, const Weight& w, const float* x, float* y) {
+// y[b, :] = W x[b, :] for b < n: rows16 in one call (its kernel shares weight loads across rows),
+// row_major row by row (the weight stays in L1/L2 across rows for these model sizes; a
+// register-tiled GEMM lives in the oneDNN provider, gemm_provider.h).
+void run_matmul(const DenseKernels& k, const Weight& w, const float* x, int32_t n, float* y) {
     if (w.layout != Layout::row_major && (w.dtype != DType::f32 || w.rows < kRows16))
         throw Error(std::string("matvec_dense: layout ") + std::string(layout_name(w.layout)) + " on a " +
                     std::string(dtype_name(w.dtype)) + " weight of " + std::to_string(w.rows) + " rows");
-    switch (w.dtype) {
-        case DType::f32:
-            return (w.layout == Layout::rows16 ? k.matvec_f32_rows16 : k.matvec_f32)(static_cast<const float*>(w.data),
-                                                                                     w.rows, w.cols, x, y);
-        case DType::f16: return k.matvec_f16(static_cast<const uint16_t*>(w.data), w.rows, w.cols, x, y);
-        default: throw Error("matvec_dense: weight dtype " + std::string(dtype_name(w.dtype)) + " is not fp32 or fp16");
+    if (w.layout == Layout::rows16)
+        return k.matmul_f32_rows16(static_cast<const float*>(w.data), w.rows, w.cols, x, n, y);
+    for (int64_t b = 0; b < n; b++) {
+        const float* xb = x + b * w.cols;
+        float* yb = y + b * w.rows;
+        switch (w.dtype) {
+            case DType::f32:
+                k.matvec_f32(static_cast<const float*>(w.data), w.rows, w.cols, xb, yb);
+                break;
+            case DType::f16:
+                k.matvec_f16(static_cast<const uint16_t*>(w.data), w.rows, w.cols, xb, yb);
+                break;
+            default:
+                throw Error("matvec_dense: weight dtype " + std::string(dtype_name(w.dtype)) + " is not fp32 or fp16");
+        }
     }
 }
 
@@ -103,15 +116,8 @@ void run_layer_norm(const DenseKernels& k, const float* x, const Weight& gamma, 
 
 }  // namespace
 
-void matvec_dense(const Weight& w, const float* x, float* y) { run_matvec(active(), w, x, y); }
-
-void matmul_dense(const Weight& w, const float* x, int32_t batch, float* y) {
-    // The weight stays in L1/L2 across rows for these model sizes; a register-tiled GEMM lives in
-    // the oneDNN provider (gemm_provider.h).
-    const DenseKernels& k = active();
-    for (int32_t b = 0; b < batch; b++)
-        run_matvec(k, w, x + static_cast<int64_t>(b) * w.cols, y + static_cast<int64_t>(b) * w.rows);
-}
+void matvec_dense(const Weight& w, const float* x, float* y) { run_matmul(active(), w, x, 1, y); }
+void matmul_dense(const Weight& w, const float* x, int32_t batch, float* y) { run_matmul(active(), w, x, batch, y); }
 
 void conv_silu_step(const float* weight_t, const float* bias, int32_t channels, int32_t kernel, const float* u,
                     float* history, float* out) {
@@ -141,7 +147,10 @@ void ssm_output(KernelPath path, const float* c_t, const float* s, int32_t state
                 const float* z, int32_t z_stride, int32_t inner, int32_t rows, float* y) {
     dense(path).ssm_output(c_t, s, state, d, v, z, z_stride, inner, rows, y);
 }
-void matvec(KernelPath path, const Weight& w, const float* x, float* y) { run_matvec(dense(path), w, x, y); }
+void matvec(KernelPath path, const Weight& w, const float* x, float* y) { run_matmul(dense(path), w, x, 1, y); }
+void matmul(KernelPath path, const Weight& w, const float* x, int32_t n, float* y) {
+    run_matmul(dense(path), w, x, n, y);
+}
 void exp_inplace(KernelPath path, float* x, int32_t n) { dense(path).exp(x, n); }
 void gelu_inplace(KernelPath path, float* x, int32_t n) { dense(path).gelu(x, n); }
 void step_sizes(KernelPath path, const float* delta, const float* bias, int32_t rows, int32_t n, float* dt) {

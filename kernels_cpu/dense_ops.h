@@ -17,7 +17,8 @@ namespace itera {
 // y[r] = W[r, :] . x for an fp32 (row_major or rows16) or fp16 weight (throws itera::Error for
 // another dtype or layout).
 void matvec_dense(const Weight& w, const float* x, float* y);
-// y[b, :] = W x[b, :] for b < batch (x [batch, w.cols], y [batch, w.rows]).
+// y[b, :] = W x[b, :] for b < batch (x [batch, w.cols], y [batch, w.rows]); each row bit for bit
+// what matvec_dense gives it.
 void matmul_dense(const Weight& w, const float* x, int32_t batch, float* y);
 
 // x[i] = exp(x[i])  (the SSM's decays)
@@ -53,6 +54,7 @@ void conv_silu_step(KernelPath path, const float* weight_t, const float* bias, i
 void ssm_output(KernelPath path, const float* c_t, const float* s, int32_t state, const float* d, const float* v,
                 const float* z, int32_t z_stride, int32_t inner, int32_t rows, float* y);
 void matvec(KernelPath path, const Weight& w, const float* x, float* y);
+void matmul(KernelPath path, const Weight& w, const float* x, int32_t n, float* y);
 void exp_inplace(KernelPath path, float* x, int32_t n);
 void gelu_inplace(KernelPath path, float* x, int32_t n);
 void step_sizes(KernelPath path, const float* delta, const float* bias, int32_t rows, int32_t n, float* dt);

@@ -97,31 +97,51 @@ struct Dense {
     // Layout rows16 (format/quant_blocks.h): column c of a group is 16 consecutive floats, row r in
     // lane r, so 16 rows accumulate with one broadcast x[c] per column and no horizontal sum (the
     // row_major kernel above spends about as long reducing as multiplying at 64 columns). Four
-    // columns in flight cover the FMA latency; the rows % 16 tail rows are row_major.
-    static void matvec_rows16(const float* w, int32_t rows, int32_t cols, const float* x, float* y) {
+    // columns in flight cover the FMA latency. R activation rows share each weight load (AVX-512:
+    // four; AVX2 has too few registers for more than one), and every row gets the same operations
+    // in the same order whatever R, so a prefill gives decode's bits. x [n, cols], y [n, rows]; the
+    // rows % 16 tail rows are row_major.
+    template <int32_t R>
+    static void rows16_groups(const float* w, int32_t rows, int32_t cols, const float* x, float* y) {
         constexpr int32_t V = 16 / L;  // registers per column of a group
-        const int32_t grouped = rows - rows % 16;
-        for (int32_t g = 0; g < grouped; g += 16) {
+        for (int32_t g = 0; g + 16 <= rows; g += 16) {
             const float* b = w + static_cast<int64_t>(g) * cols;
-            F acc[4][V];
+            F acc[R][4][V];
             for (auto& a : acc)
-                for (F& v : a) v = F(0.0f);
+                for (auto& c : a)
+                    for (F& v : c) v = F(0.0f);
             int32_t c = 0;
             for (; c + 4 <= cols; c += 4)
-                for (int32_t j = 0; j < 4; j++) {
-                    const F xc(x[c + j]);
-                    for (int32_t v = 0; v < V; v++)
-                        acc[j][v] =
-                            xsimd::fma(F::load_unaligned(b + static_cast<int64_t>(c + j) * 16 + v * L), xc, acc[j][v]);
-                }
+                for (int32_t j = 0; j < 4; j++)
+                    for (int32_t v = 0; v < V; v++) {
+                        const F wv = F::load_unaligned(b + static_cast<int64_t>(c + j) * 16 + v * L);
+                        for (int32_t r = 0; r < R; r++)
+                            acc[r][j][v] = xsimd::fma(wv, F(x[static_cast<int64_t>(r) * cols + c + j]), acc[r][j][v]);
+                    }
             for (; c < cols; c++)
+                for (int32_t v = 0; v < V; v++) {
+                    const F wv = F::load_unaligned(b + static_cast<int64_t>(c) * 16 + v * L);
+                    for (int32_t r = 0; r < R; r++)
+                        acc[r][0][v] = xsimd::fma(wv, F(x[static_cast<int64_t>(r) * cols + c]), acc[r][0][v]);
+                }
+            for (int32_t r = 0; r < R; r++)
                 for (int32_t v = 0; v < V; v++)
-                    acc[0][v] =
-                        xsimd::fma(F::load_unaligned(b + static_cast<int64_t>(c) * 16 + v * L), F(x[c]), acc[0][v]);
-            for (int32_t v = 0; v < V; v++)
-                ((acc[0][v] + acc[1][v]) + (acc[2][v] + acc[3][v])).store_unaligned(y + g + v * L);
+                    ((acc[r][0][v] + acc[r][1][v]) + (acc[r][2][v] + acc[r][3][v]))
+                        .store_unaligned(y + static_cast<int64_t>(r) * rows + g + v * L);
         }
-        if (grouped < rows) matvec(w + static_cast<int64_t>(grouped) * cols, rows - grouped, cols, x, y + grouped);
+    }
+    static void matmul_rows16(const float* w, int32_t rows, int32_t cols, const float* x, int32_t n, float* y) {
+        int32_t i = 0;
+        if constexpr (L == 16)
+            for (; i + 4 <= n; i += 4)
+                rows16_groups<4>(w, rows, cols, x + static_cast<int64_t>(i) * cols, y + static_cast<int64_t>(i) * rows);
+        for (; i < n; i++)
+            rows16_groups<1>(w, rows, cols, x + static_cast<int64_t>(i) * cols, y + static_cast<int64_t>(i) * rows);
+        const int32_t grouped = rows - rows % 16;
+        if (grouped < rows)
+            for (i = 0; i < n; i++)
+                matvec(w + static_cast<int64_t>(grouped) * cols, rows - grouped, cols,
+                       x + static_cast<int64_t>(i) * cols, y + static_cast<int64_t>(i) * rows + grouped);
     }
 
     static F silu(F v) { return v / (F(1.0f) + xsimd::exp(-v)); }
@@ -152,8 +172,8 @@ constexpr DenseKernels dense_kernels() {
     k.matvec_f16 = [](const uint16_t* w, int32_t rows, int32_t cols, const float* x, float* y) {
         D::matvec(w, rows, cols, x, y);
     };
-    k.matvec_f32_rows16 = [](const float* w, int32_t rows, int32_t cols, const float* x, float* y) {
-        D::matvec_rows16(w, rows, cols, x, y);
+    k.matmul_f32_rows16 = [](const float* w, int32_t rows, int32_t cols, const float* x, int32_t n, float* y) {
+        D::matmul_rows16(w, rows, cols, x, n, y);
     };
     k.exp = [](float* x, int32_t n) { D::map(x, n, [](typename D::F v) { return xsimd::exp(v); }); };
     k.gelu = [](float* x, int32_t n) { D::map(x, n, [](typename D::F v) { return D::gelu(v); }); };

@@ -191,6 +191,38 @@ TEST_CASE("dense SIMD kernels match the scalar reference") {
                    "ref::conv_step's math), SSM output (3 rows, against the formula) within a few ulp; argmax exact");
 }
 
+TEST_CASE("matmul_dense == matvec_dense row by row, bit for bit: fp32 row_major and rows16, fp16, n 1..9") {
+    std::vector<KernelPath> paths = simd_paths();
+    paths.push_back(KernelPath::scalar);
+    int cases = 0;
+    for (KernelPath path : paths)
+        for (const auto& [rows, cols] : {std::pair{16, 64}, std::pair{45, 70}, std::pair{128, 3}}) {
+            const std::vector<float> w = gaussian(static_cast<size_t>(rows * cols), 61);
+            std::vector<float> w16(w.size());
+            to_rows16(DType::f32, reinterpret_cast<const uint8_t*>(w.data()), rows, cols,
+                      reinterpret_cast<uint8_t*>(w16.data()));
+            std::vector<uint16_t> h(w.size());
+            for (size_t i = 0; i < w.size(); i++) h[i] = fp32_to_fp16(w[i]);
+            for (const Weight& W :
+                 {Weight{DType::f32, rows, cols, w.data()}, Weight{DType::f32, rows, cols, w16.data(), Layout::rows16},
+                  Weight{DType::f16, rows, cols, h.data()}})
+                for (int32_t n = 1; n <= 9; n++) {
+                    const std::vector<float> x = gaussian(static_cast<size_t>(n * cols), 100 + n);
+                    std::vector<float> got(static_cast<size_t>(n * rows)), want(got.size());
+                    dense_path::matmul(path, W, x.data(), n, got.data());
+                    for (int32_t i = 0; i < n; i++)
+                        dense_path::matvec(path, W, x.data() + i * cols, want.data() + i * rows);
+                    CHECK_MESSAGE(got == want, kernel_path_name(path)
+                                                   << " " << dtype_name(W.dtype) << " " << layout_name(W.layout) << " "
+                                                   << rows << "x" << cols << " n " << n);
+                    cases++;
+                }
+        }
+    MESSAGE("matmul_dense == matvec_dense row by row, bit for bit: "
+            << cases << " cases (fp32 row_major and rows16, "
+            << "fp16; 16x64, 45x70, 128x3; n 1..9; every path)");
+}
+
 TEST_CASE("prefill (a prompt as one block of rows) equals token-by-token decode") {
     for (DType dtype : {DType::f32, DType::f16, DType::q8_0, DType::q4_0}) {
         const auto model = model_from(random_spec(small_config(), dtype, 11));
