@@ -18,7 +18,7 @@ struct QuantOptions {
     std::map<std::string, DType> dtypes;                 // per tensor (--precision, --target-size): wins over base
     std::vector<std::pair<std::string, DType>> keep;     // --keep GLOB=dtype, later rules win over all
     bool trim_vocab = true;                              // drop rows no tokenizer string can produce
-    Layout layout = Layout::rows16;                      // --layout: of the fp32 / q4 / q8 matrices that can take it
+    Layout layout = Layout::rows16;  // --layout: of the fp32 / fp16 / q4 / q8 matrices that can take it
 };
 
 struct TensorReport {
@@ -49,7 +49,7 @@ DType choose_dtype(const std::string& name, size_t rank, const QuantOptions& opt
 std::vector<TensorReport> quantize_spec(ModelSpec& spec, const QuantOptions& options,
                                         const std::map<std::string, ActivationStats>* stats);
 
-// Sets every tensor's layout: `layout` for the fp32, q4 and q8 matrices of at least 16 rows that
+// Sets every tensor's layout: `layout` for the fp32, fp16, q4 and q8 matrices of at least 16 rows that
 // the runtime multiplies (projections, experts, router, the untied head, the tied embedding, which
 // is the head too), row_major for the rest (position and untied embeddings: row lookups only; C:
 // read element by element into a table at load).

@@ -93,8 +93,8 @@ std::string layout_refusal(Layout layout, DType dtype, const std::vector<int64_t
         case Layout::row_major:
             return "";
         case Layout::rows16:
-            if (dtype != DType::f32 && dtype != DType::q4_0 && dtype != DType::q8_0)
-                return "layout rows16 needs dtype fp32, q4 or q8, not " + std::string(dtype_name(dtype));
+            if (dtype != DType::f32 && dtype != DType::f16 && dtype != DType::q4_0 && dtype != DType::q8_0)
+                return "layout rows16 needs dtype fp32, fp16, q4 or q8, not " + std::string(dtype_name(dtype));
             if (shape.size() != 2 || shape[0] < kRows16) return "layout rows16 needs a matrix of at least 16 rows";
             return "";
     }

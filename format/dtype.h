@@ -14,7 +14,7 @@ enum class DType : int32_t { f32 = 0, f16 = 1, q8_0 = 2, q4_0 = 3, nf4 = 4, q3_0
 // Order of a tensor's blocks in its bytes (format/itera.fbs `Layout`). rows16 interleaves the
 // blocks of each whole group of 16 rows (format/quant_blocks.h) for the matrix-vector kernels, the
 // last rows % 16 rows following row_major; it holds the same bytes, reordered, and needs an fp32,
-// q4_0 or q8_0 matrix of at least 16 rows.
+// fp16, q4_0 or q8_0 matrix of at least 16 rows.
 enum class Layout : int8_t { row_major = 0, rows16 = 1 };
 constexpr int kRows16 = 16;
 

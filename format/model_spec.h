@@ -34,7 +34,7 @@ struct SpecTensor {
     // verbatim (reordered for rows16); when empty the writer encodes `values` (round-to-nearest
     // for block formats).
     std::vector<uint8_t> packed;
-    Layout layout = Layout::row_major;  // rows16: fp32 / q4_0 / q8_0 matrices of >= 16 rows (quant_blocks.h)
+    Layout layout = Layout::row_major;  // rows16: fp32 / fp16 / q4_0 / q8_0 matrices of >= 16 rows (quant_blocks.h)
 };
 
 struct ModelSpec {

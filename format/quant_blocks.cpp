@@ -261,8 +261,8 @@ void to_rows16(DType dtype, const uint8_t* row_major, int64_t rows, int64_t cols
             const uint8_t* blk = row_major + static_cast<size_t>(r * nb + b) * block;
             uint8_t* group = out + static_cast<size_t>((r / kRows16) * nb + b) * group_block;
             const int lane = static_cast<int>(r % kRows16);
-            if (dtype == DType::f32) {  // a "block" is one element: lane r at 4 r
-                std::memcpy(group + 4 * lane, blk, 4);
+            if (!is_quantized(dtype)) {  // fp32 / fp16: a "block" is one element, lane r at r * its bytes
+                std::memcpy(group + block * lane, blk, block);
                 continue;
             }
             std::memcpy(group + 2 * lane, blk, 2);  // the fp16 scale
@@ -286,9 +286,10 @@ void row_from_rows16(DType dtype, const uint8_t* rows16, int64_t rows, int64_t c
     // A row's four elements of column group g are one 32-bit word of the group block: copied
     // (q8_0) or masked to their nibbles (q4_0), whose words k and k + 4 then make qs word k.
     const int lane = static_cast<int>(row % kRows16);
-    if (dtype == DType::f32) {  // element c of the row: float c * 16 + lane of its group
-        const uint8_t* group = rows16 + static_cast<size_t>((row / kRows16) * nb) * group_block + 4 * lane;
-        for (int64_t c = 0; c < nb; c++) std::memcpy(out + 4 * c, group + static_cast<size_t>(c) * group_block, 4);
+    if (!is_quantized(dtype)) {  // element c of the row: element c * 16 + lane of its group
+        const uint8_t* group = rows16 + static_cast<size_t>((row / kRows16) * nb) * group_block + block * lane;
+        for (int64_t c = 0; c < nb; c++)
+            std::memcpy(out + block * c, group + static_cast<size_t>(c) * group_block, block);
         return;
     }
     for (int64_t b = 0; b < nb; b++) {

@@ -17,11 +17,11 @@
 //   q2_0  B = 64, 18 bytes (2.25 bits/weight): fp16 d | uint8 qs[16]   x[i] = d * (n[i] - 1.5)
 //         n[i], the 2-bit field at bits 2k..2k+1 of qs[j] for i = j + 16k (k = 0..3)
 //
-// Layout rows16 (fp32, q4_0 and q8_0 matrices of at least 16 rows): the same blocks, reordered so
-// that a 512-bit register holds one column group of 16 rows, row r in 32-bit lane r. The first
+// Layout rows16 (fp32, fp16, q4_0 and q8_0 matrices of at least 16 rows): the same blocks, reordered
+// so that a 512-bit register holds one column group of 16 rows, row r in 32-bit lane r. The first
 // 16 * floor(rows / 16) rows go in groups of 16; for group G and block column b (nb = ceil(cols /
-// block), an fp32 "block" being one element), at byte (G * nb + b) * 16 * (block bytes):
-//   fp32: float w[16]     column b of the 16 rows, row r at w[r] (16 x 4 = 64 bytes)
+// block), an fp32 or fp16 "block" being one element), at byte (G * nb + b) * 16 * (block bytes):
+//   fp32 / fp16: w[16]    column b of the 16 rows, row r at w[r] (16 x 4 = 64 or 16 x 2 = 32 bytes)
 //   q4_0 and q8_0: fp16 d[16]  the 16 rows' scales of block b, then
 //   q4_0: uint8 q[8][32]  column group g = 0..7 (elements 4g..4g+3 of the block): byte j holds row
 //                    j / 4, element 4g + j % 4 in its low nibble and row 8 + j / 4, same element,
@@ -119,10 +119,10 @@ void dequantize_row_q2_0(const BlockQ2* in, int64_t cols, float* out);
 void quantize_row(DType dtype, const float* x, int64_t cols, void* out);
 void dequantize_row(DType dtype, const void* in, int64_t cols, float* out);
 
-// rows16 <-> row_major for an fp32, q4_0 or q8_0 matrix of `rows` x `cols`: whole tensors, and one
-// row (its blocks as row_major stores them, into dtype_row_bytes(dtype, cols) bytes).
+// rows16 <-> row_major for an fp32, fp16, q4_0 or q8_0 matrix of `rows` x `cols`: whole tensors, and
+// one row (its blocks as row_major stores them, into dtype_row_bytes(dtype, cols) bytes).
 constexpr int kRows16Block = 32;               // q4_0's and q8_0's block
-size_t rows16_group_block_bytes(DType dtype);  // 64 (fp32), 288 (q4_0), 544 (q8_0)
+size_t rows16_group_block_bytes(DType dtype);  // 64 (fp32), 32 (fp16), 288 (q4_0), 544 (q8_0)
 void to_rows16(DType dtype, const uint8_t* row_major, int64_t rows, int64_t cols, uint8_t* out);
 void row_from_rows16(DType dtype, const uint8_t* rows16, int64_t rows, int64_t cols, int64_t row, uint8_t* out);
 

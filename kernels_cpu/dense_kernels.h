@@ -10,6 +10,7 @@ struct DenseKernels {
     void (*matvec_f32)(const float* w, int32_t rows, int32_t cols, const float* x, float* y);
     void (*matvec_f16)(const uint16_t* w, int32_t rows, int32_t cols, const float* x, float* y);
     void (*matmul_f32_rows16)(const float* w, int32_t rows, int32_t cols, const float* x, int32_t n, float* y);
+    void (*matmul_f16_rows16)(const uint16_t* w, int32_t rows, int32_t cols, const float* x, int32_t n, float* y);
     void (*exp)(float* x, int32_t n);
     void (*gelu)(float* x, int32_t n);
     void (*step_sizes)(const float* delta, const float* bias, int32_t rows, int32_t n, float* dt);

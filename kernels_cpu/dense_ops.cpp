@@ -23,6 +23,10 @@ const DenseKernels kDenseScalar = {
         for (int64_t i = 0; i < n; i++)
             ref::matvec({DType::f32, rows, cols, w, Layout::rows16}, x + i * cols, y + i * rows);
     },
+    [](const uint16_t* w, int32_t rows, int32_t cols, const float* x, int32_t n, float* y) {
+        for (int64_t i = 0; i < n; i++)
+            ref::matvec({DType::f16, rows, cols, w, Layout::rows16}, x + i * cols, y + i * rows);
+    },
     [](float* x, int32_t n) {
         for (int32_t i = 0; i < n; i++) x[i] = std::exp(x[i]);
     },
@@ -85,11 +89,13 @@ const DenseKernels& active() {
 // row_major row by row (the weight stays in L1/L2 across rows for these model sizes; a
 // register-tiled GEMM lives in the oneDNN provider, gemm_provider.h).
 void run_matmul(const DenseKernels& k, const Weight& w, const float* x, int32_t n, float* y) {
-    if (w.layout != Layout::row_major && (w.dtype != DType::f32 || w.rows < kRows16))
+    if (w.layout != Layout::row_major && ((w.dtype != DType::f32 && w.dtype != DType::f16) || w.rows < kRows16))
         throw Error(std::string("matvec_dense: layout ") + std::string(layout_name(w.layout)) + " on a " +
                     std::string(dtype_name(w.dtype)) + " weight of " + std::to_string(w.rows) + " rows");
-    if (w.layout == Layout::rows16)
+    if (w.layout == Layout::rows16 && w.dtype == DType::f32)
         return k.matmul_f32_rows16(static_cast<const float*>(w.data), w.rows, w.cols, x, n, y);
+    if (w.layout == Layout::rows16)
+        return k.matmul_f16_rows16(static_cast<const uint16_t*>(w.data), w.rows, w.cols, x, n, y);
     for (int64_t b = 0; b < n; b++) {
         const float* xb = x + b * w.cols;
         float* yb = y + b * w.rows;

@@ -14,7 +14,7 @@
 
 namespace itera {
 
-// y[r] = W[r, :] . x for an fp32 (row_major or rows16) or fp16 weight (throws itera::Error for
+// y[r] = W[r, :] . x for an fp32 or fp16 weight, row_major or rows16 (throws itera::Error for
 // another dtype or layout).
 void matvec_dense(const Weight& w, const float* x, float* y);
 // y[b, :] = W x[b, :] for b < batch (x [batch, w.cols], y [batch, w.rows]); each row bit for bit

@@ -94,18 +94,25 @@ struct Dense {
         }
     }
 
-    // Layout rows16 (format/quant_blocks.h): column c of a group is 16 consecutive floats, row r in
+    // Layout rows16 (format/quant_blocks.h): column c of a group is 16 consecutive weights, row r in
     // lane r, so 16 rows accumulate with one broadcast x[c] per column and no horizontal sum (the
     // row_major kernel above spends about as long reducing as multiplying at 64 columns). Four
     // columns in flight cover the FMA latency. R activation rows share each weight load (AVX-512:
     // four; AVX2 has too few registers for more than one), and every row gets the same operations
     // in the same order whatever R, so a prefill gives decode's bits. x [n, cols], y [n, rows]; the
     // rows % 16 tail rows are row_major.
-    template <int32_t R>
-    static void rows16_groups(const float* w, int32_t rows, int32_t cols, const float* x, float* y) {
+    template <int32_t R, class T>
+    static void rows16_groups(const T* w, int32_t rows, int32_t cols, const float* x, float* y) {
         constexpr int32_t V = 16 / L;  // registers per column of a group
+        auto wv = [](const T* p) {
+            if constexpr (sizeof(T) == 2) {
+                return load_f16(p);
+            } else {
+                return F::load_unaligned(p);
+            }
+        };
         for (int32_t g = 0; g + 16 <= rows; g += 16) {
-            const float* b = w + static_cast<int64_t>(g) * cols;
+            const T* b = w + static_cast<int64_t>(g) * cols;
             F acc[R][4][V];
             for (auto& a : acc)
                 for (auto& c : a)
@@ -114,15 +121,15 @@ struct Dense {
             for (; c + 4 <= cols; c += 4)
                 for (int32_t j = 0; j < 4; j++)
                     for (int32_t v = 0; v < V; v++) {
-                        const F wv = F::load_unaligned(b + static_cast<int64_t>(c + j) * 16 + v * L);
+                        const F wc = wv(b + static_cast<int64_t>(c + j) * 16 + v * L);
                         for (int32_t r = 0; r < R; r++)
-                            acc[r][j][v] = xsimd::fma(wv, F(x[static_cast<int64_t>(r) * cols + c + j]), acc[r][j][v]);
+                            acc[r][j][v] = xsimd::fma(wc, F(x[static_cast<int64_t>(r) * cols + c + j]), acc[r][j][v]);
                     }
             for (; c < cols; c++)
                 for (int32_t v = 0; v < V; v++) {
-                    const F wv = F::load_unaligned(b + static_cast<int64_t>(c) * 16 + v * L);
+                    const F wc = wv(b + static_cast<int64_t>(c) * 16 + v * L);
                     for (int32_t r = 0; r < R; r++)
-                        acc[r][0][v] = xsimd::fma(wv, F(x[static_cast<int64_t>(r) * cols + c]), acc[r][0][v]);
+                        acc[r][0][v] = xsimd::fma(wc, F(x[static_cast<int64_t>(r) * cols + c]), acc[r][0][v]);
                 }
             for (int32_t r = 0; r < R; r++)
                 for (int32_t v = 0; v < V; v++)
@@ -130,7 +137,8 @@ struct Dense {
                         .store_unaligned(y + static_cast<int64_t>(r) * rows + g + v * L);
         }
     }
-    static void matmul_rows16(const float* w, int32_t rows, int32_t cols, const float* x, int32_t n, float* y) {
+    template <class T>
+    static void matmul_rows16(const T* w, int32_t rows, int32_t cols, const float* x, int32_t n, float* y) {
         int32_t i = 0;
         if constexpr (L == 16)
             for (; i + 4 <= n; i += 4)
@@ -173,6 +181,9 @@ constexpr DenseKernels dense_kernels() {
         D::matvec(w, rows, cols, x, y);
     };
     k.matmul_f32_rows16 = [](const float* w, int32_t rows, int32_t cols, const float* x, int32_t n, float* y) {
+        D::matmul_rows16(w, rows, cols, x, n, y);
+    };
+    k.matmul_f16_rows16 = [](const uint16_t* w, int32_t rows, int32_t cols, const float* x, int32_t n, float* y) {
         D::matmul_rows16(w, rows, cols, x, n, y);
     };
     k.exp = [](float* x, int32_t n) { D::map(x, n, [](typename D::F v) { return xsimd::exp(v); }); };

@@ -52,11 +52,11 @@ const dnnl::engine& cpu_engine() {
     return engine;
 }
 
-// How a weight enters the matmul: fp32 row_major as it lies in the file; fp32 rows16 and fp16 as an
-// FP32 copy of its values in the primitive's preferred layout; the block formats (q8_0, q4_0, nf4, q3_0, q2_0) as s8
-// rows, since oneDNN 2.6 has neither per-block scales nor 4-bit weights. The s8 grid of a 4-, 3- or 2-bit row is finer
-// than the row's own (127 steps up to its largest value against 8, 4 or 1.5 up to a block's), so the second rounding
-// adds little to what the format already lost, and the int8 kernels run about twice the FP32 speed.
+// How a weight enters the matmul: fp32 row_major as it lies in the file; fp32 rows16 and fp16 (either
+// layout) as an FP32 copy of its values in the primitive's preferred layout; the block formats (q8_0, q4_0, nf4, q3_0,
+// q2_0) as s8 rows, since oneDNN 2.6 has neither per-block scales nor 4-bit weights. The s8 grid of a 4-, 3- or 2-bit
+// row is finer than the row's own (127 steps up to its largest value against 8, 4 or 1.5 up to a block's), so the
+// second rounding adds little to what the format already lost, and the int8 kernels run about twice the FP32 speed.
 enum class Kind { f32_in_place, f32_packed, u8s8 };
 
 Kind kind_of(const Weight& w) {

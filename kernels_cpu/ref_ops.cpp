@@ -10,11 +10,11 @@
 namespace itera::ref {
 
 float element(const Weight& w, int64_t i) {
-    if (w.dtype == DType::f16) return fp16_to_fp32(static_cast<const uint16_t*>(w.data)[i]);
     if (w.layout == Layout::rows16 && i / w.cols < w.rows / kRows16 * kRows16) {  // column c of r's group, lane r % 16
         const int64_t r = i / w.cols, c = i % w.cols;
         i = (r - r % kRows16) * w.cols + c * kRows16 + r % kRows16;
     }
+    if (w.dtype == DType::f16) return fp16_to_fp32(static_cast<const uint16_t*>(w.data)[i]);
     return static_cast<const float*>(w.data)[i];
 }
 

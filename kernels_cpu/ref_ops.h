@@ -12,7 +12,7 @@ namespace itera::ref {
 void matvec(const Weight& w, const float* x, float* y);
 // out[c] = W[row, c], for any dtype (block formats dequantize the row)
 void load_row(const Weight& w, int32_t row, float* out);
-// Element i (row * cols + col) of a weight stored in fp32 (either layout) or fp16.
+// Element i (row * cols + col) of a weight stored in fp32 or fp16, in either layout.
 float element(const Weight& w, int64_t i);
 
 // LayerNorm over n values: (x - mean) / sqrt(var_biased + eps) * gamma + beta.

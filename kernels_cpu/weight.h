@@ -13,7 +13,7 @@ struct Weight {
     int32_t rows = 0;  // [rows, cols]; a vector is [1, cols]
     int32_t cols = 0;
     const void* data = nullptr;
-    Layout layout = Layout::row_major;  // rows16: fp32 / q4_0 / q8_0, 16 rows interleaved (quant_blocks.h)
+    Layout layout = Layout::row_major;  // rows16: fp32 / fp16 / q4_0 / q8_0, 16 rows interleaved (quant_blocks.h)
 };
 
 // Row r's bytes as row_major stores them (dtype_row_bytes(w.dtype, w.cols)): a pointer into w.data,

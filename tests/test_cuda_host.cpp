@@ -448,7 +448,7 @@ TEST_CASE("cuda: emulated kernels at the shipped widths; thread counts and scrat
 }
 
 TEST_CASE("cuda: a rows16 model goes up as row_major: the same bits as its row_major twin") {
-    for (DType dtype : {DType::f32, DType::q4_0, DType::q8_0}) {
+    for (DType dtype : {DType::f32, DType::f16, DType::q4_0, DType::q8_0}) {
         const ModelSpec spec = random_spec(wide_config(), dtype, 31);
         ModelSpec spec16 = spec;
         choose_layouts(spec16, Layout::rows16);

@@ -651,10 +651,11 @@ TEST_CASE("corrupt headers, checksum and metadata are rejected with their messag
     MESSAGE("header/checksum/verifier corruptions rejected");
 }
 
-TEST_CASE("layout rows16: fp32 / q4 / q8 blocks of 16 rows interleaved, the same bytes reordered; misuse is refused") {
+TEST_CASE(
+    "layout rows16: fp32 / fp16 / q4 / q8 blocks of 16 rows interleaved, the same bytes reordered; misuse is refused") {
     std::mt19937 rng(41);
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    for (DType dtype : {DType::f32, DType::q4_0, DType::q8_0})
+    for (DType dtype : {DType::f32, DType::f16, DType::q4_0, DType::q8_0})
         for (int64_t rows : {16, 48, 20, 184})
             for (int64_t cols : {32, 70, 128}) {
                 const size_t row_bytes = dtype_row_bytes(dtype, cols);
@@ -680,8 +681,8 @@ TEST_CASE("layout rows16: fp32 / q4 / q8 blocks of 16 rows interleaved, the same
                         CHECK(std::memcmp(inter.data() + 16 * row_bytes + 4 * (2 * 16 + 3),
                                           plain.data() + 19 * row_bytes + 4 * 2, 4) == 0);
                 }
-                // The scales of group 0, block 0 lead, in row order (fp32: column 0); the last rows % 16 rows
-                // are row_major.
+                // The scales of group 0, block 0 lead, in row order (fp32, fp16: column 0); the last rows % 16
+                // rows are row_major.
                 const size_t lead = dtype == DType::f32 ? 4 : 2;
                 for (int lane = 0; lane < 16; lane++)
                     CHECK(std::memcmp(inter.data() + lead * lane, plain.data() + lane * row_bytes, lead) == 0);
@@ -707,8 +708,8 @@ TEST_CASE("layout rows16: fp32 / q4 / q8 blocks of 16 rows interleaved, the same
 
     // The writer refuses rows16 where it does not apply...
     for (auto [dtype, shape, why] :
-         {std::tuple{DType::nf4, std::vector<int64_t>{32, 64}, "needs dtype fp32, q4 or q8, not nf4"},
-          std::tuple{DType::f16, std::vector<int64_t>{32, 64}, "needs dtype fp32, q4 or q8, not fp16"},
+         {std::tuple{DType::nf4, std::vector<int64_t>{32, 64}, "needs dtype fp32, fp16, q4 or q8, not nf4"},
+          std::tuple{DType::q3_0, std::vector<int64_t>{32, 64}, "needs dtype fp32, fp16, q4 or q8, not q3"},
           std::tuple{DType::f32, std::vector<int64_t>{15, 64}, "at least 16 rows"},
           std::tuple{DType::q4_0, std::vector<int64_t>{15, 64}, "at least 16 rows"},
           std::tuple{DType::q4_0, std::vector<int64_t>{64}, "at least 16 rows"}}) {
@@ -728,10 +729,10 @@ TEST_CASE("layout rows16: fp32 / q4 / q8 blocks of 16 rows interleaved, the same
     };
     CHECK(contains(after(fb::Tensor::VT_LAYOUT, int8_t{2}), "tensor 'inter': unsupported layout 2"));
     CHECK(contains(after(fb::Tensor::VT_DTYPE, int32_t{6}),
-                   "tensor 'inter': layout rows16 needs dtype fp32, q4 or q8, not q2"));
+                   "tensor 'inter': layout rows16 needs dtype fp32, fp16, q4 or q8, not q2"));
     MESSAGE(
-        "rows16: fp32, q4 and q8, 12 shapes each (rows 16, 48, 20, 184) round-trip row by row; written and read "
-        "back; writer and reader refuse misuse (nf4, fp16, < 16 rows, a vector, unknown layout)");
+        "rows16: fp32, fp16, q4 and q8, 12 shapes each (rows 16, 48, 20, 184) round-trip row by row; written and "
+        "read back; writer and reader refuse misuse (nf4, q3, < 16 rows, a vector, unknown layout)");
 }
 
 TEST_CASE("bad tensor entries, config and tokenizer are rejected with their message") {

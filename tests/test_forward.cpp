@@ -46,13 +46,18 @@ TEST_CASE("dense SIMD kernels match the scalar reference") {
                 for (float& v : x) v = normal(rng);
                 std::vector<uint16_t> h(w.size());
                 for (size_t i = 0; i < w.size(); i++) h[i] = fp32_to_fp16(w[i]);
-                std::vector<float> w16(w.size());  // the same matrix in layout rows16
-                if (rows >= kRows16)
+                std::vector<float> w16(w.size());  // the same matrices in layout rows16
+                std::vector<uint16_t> h16(h.size());
+                if (rows >= kRows16) {
                     to_rows16(DType::f32, reinterpret_cast<const uint8_t*>(w.data()), rows, cols,
                               reinterpret_cast<uint8_t*>(w16.data()));
+                    to_rows16(DType::f16, reinterpret_cast<const uint8_t*>(h.data()), rows, cols,
+                              reinterpret_cast<uint8_t*>(h16.data()));
+                }
                 const Weight weights[] = {{DType::f32, rows, cols, w.data()},
                                           {DType::f16, rows, cols, h.data()},
-                                          {DType::f32, rows, cols, w16.data(), Layout::rows16}};
+                                          {DType::f32, rows, cols, w16.data(), Layout::rows16},
+                                          {DType::f16, rows, cols, h16.data(), Layout::rows16}};
                 for (const Weight& W : weights) {
                     if (W.layout == Layout::rows16 && rows < kRows16) continue;
                     std::vector<float> want(static_cast<size_t>(rows)), got(static_cast<size_t>(rows));
@@ -60,7 +65,7 @@ TEST_CASE("dense SIMD kernels match the scalar reference") {
                     dense_path::matvec(path, W, x.data(), got.data());
                     if (W.layout == Layout::rows16) {  // the reference reads rows16 as the row_major twin, bit for bit
                         std::vector<float> twin(static_cast<size_t>(rows)), scalar(static_cast<size_t>(rows));
-                        ref::matvec(weights[0], x.data(), twin.data());
+                        ref::matvec(weights[W.dtype == DType::f32 ? 0 : 1], x.data(), twin.data());
                         dense_path::matvec(KernelPath::scalar, W, x.data(), scalar.data());
                         CHECK(want == twin);
                         CHECK(scalar == twin);
@@ -184,14 +189,15 @@ TEST_CASE("dense SIMD kernels match the scalar reference") {
         }
     }
     MESSAGE(
-        checked << " matvecs (f32, f16, f32 rows16 (" << rows16_checked << " of them, the scalar path bit for bit "
+        checked << " matvecs (f32, f16, both also rows16 (" << rows16_checked
+                << " of them, the scalar path bit for bit "
                 << "the row_major twin's); rows 1..40 x cols 1..130) on " << simd_paths().size()
                 << " SIMD paths: max |simd - scalar| / sum|wx| = " << worst
                 << " (limit 1e-5); exp, gelu, step sizes (3 rows, bias), layer norm (2 rows), conv + SiLU (and "
                    "ref::conv_step's math), SSM output (3 rows, against the formula) within a few ulp; argmax exact");
 }
 
-TEST_CASE("matmul_dense == matvec_dense row by row, bit for bit: fp32 row_major and rows16, fp16, n 1..9") {
+TEST_CASE("matmul_dense == matvec_dense row by row, bit for bit: fp32 and fp16, row_major and rows16, n 1..9") {
     std::vector<KernelPath> paths = simd_paths();
     paths.push_back(KernelPath::scalar);
     int cases = 0;
@@ -201,11 +207,13 @@ TEST_CASE("matmul_dense == matvec_dense row by row, bit for bit: fp32 row_major 
             std::vector<float> w16(w.size());
             to_rows16(DType::f32, reinterpret_cast<const uint8_t*>(w.data()), rows, cols,
                       reinterpret_cast<uint8_t*>(w16.data()));
-            std::vector<uint16_t> h(w.size());
+            std::vector<uint16_t> h(w.size()), h16(w.size());
             for (size_t i = 0; i < w.size(); i++) h[i] = fp32_to_fp16(w[i]);
+            to_rows16(DType::f16, reinterpret_cast<const uint8_t*>(h.data()), rows, cols,
+                      reinterpret_cast<uint8_t*>(h16.data()));
             for (const Weight& W :
                  {Weight{DType::f32, rows, cols, w.data()}, Weight{DType::f32, rows, cols, w16.data(), Layout::rows16},
-                  Weight{DType::f16, rows, cols, h.data()}})
+                  Weight{DType::f16, rows, cols, h.data()}, Weight{DType::f16, rows, cols, h16.data(), Layout::rows16}})
                 for (int32_t n = 1; n <= 9; n++) {
                     const std::vector<float> x = gaussian(static_cast<size_t>(n * cols), 100 + n);
                     std::vector<float> got(static_cast<size_t>(n * rows)), want(got.size());
@@ -219,8 +227,7 @@ TEST_CASE("matmul_dense == matvec_dense row by row, bit for bit: fp32 row_major 
                 }
         }
     MESSAGE("matmul_dense == matvec_dense row by row, bit for bit: "
-            << cases << " cases (fp32 row_major and rows16, "
-            << "fp16; 16x64, 45x70, 128x3; n 1..9; every path)");
+            << cases << " cases (fp32 and fp16, row_major and rows16; 16x64, 45x70, 128x3; n 1..9; every path)");
 }
 
 TEST_CASE("prefill (a prompt as one block of rows) equals token-by-token decode") {
@@ -274,13 +281,13 @@ TEST_CASE("eval_all (every position's logits from one prefill) equals token-by-t
         "refuses past the window, empty input and unknown ids");
 }
 
-TEST_CASE("fp32, q4 and q8 models in layout rows16 run as their row_major twins: decode, prefill, batch") {
+TEST_CASE("fp32, fp16, q4 and q8 models in layout rows16 run as their row_major twins: decode, prefill, batch") {
     // The kernels differ only in FP32 summation order (~1e-7 relative). A logit vector may still
     // move further when an activation lies within that distance of a q8 rounding boundary and the
     // next product quantizes it to the other side (seen: 9e-3 on one position of 11); a wrong
     // nibble, scale or row moves logits by their own size. So: every position within 2e-2 x (1 +
-    // max |logit|), and nearly all within 1e-5 x (1 + max |logit|); fp32 all of them.
-    for (DType dtype : {DType::f32, DType::q4_0, DType::q8_0}) {
+    // max |logit|), and nearly all within 1e-5 x (1 + max |logit|); fp32 and fp16 all of them.
+    for (DType dtype : {DType::f32, DType::f16, DType::q4_0, DType::q8_0}) {
         const ModelSpec spec = random_spec(shipped_widths(48, 8), dtype, 21);  // tied head, 48 rows
         ModelSpec spec16 = spec;
         choose_layouts(spec16, Layout::rows16);
@@ -309,7 +316,7 @@ TEST_CASE("fp32, q4 and q8 models in layout rows16 run as their row_major twins:
         ba.eval(tokens);
         bb.eval(tokens);
         for (int32_t i = 0; i < 3; i++) compare(ba.logits(i), bb.logits(i));
-        CHECK(tight >= compared - (dtype == DType::f32 ? 0 : 2));
+        CHECK(tight >= compared - (is_quantized(dtype) ? 2 : 0));
         MESSAGE(dtype_name(dtype) << ": " << interleaved
                                   << " rows16 tensors; token by token past the window, a prefill "
                                   << "and a batch of 3: " << tight << " of " << compared

@@ -16,7 +16,7 @@ distributions are far from flat. Then checks:
   4. vocabulary trimming: kept columns unchanged, vocab_ids, --no-trim-vocab, --ids of a trimmed id;
   5. calibration (--calib, --report): calibrated errors, and a lower held-out KL for calibrated q4, q3, q2;
   6. --keep overrides and the errors of bad --keep / --calib use;
-  7. --layout: rows16 on the multiplied fp32 / q4 / q8 matrices by default, row_major on request, same logits.
+  7. --layout: rows16 on the multiplied fp32 / fp16 / q4 / q8 matrices by default, row_major on request, same logits.
 Prints one line per check and `N passed, N failed`; exits 1 on any failure.
 
 Windows, as `ppl` scores text (upstream): the text's ids are cut into non-overlapping windows
@@ -545,8 +545,9 @@ def keep(t, files):
 # ---- 7: layouts ---------------------------------------------------------------------------------------
 
 def layouts(t, files):
-    """fp32, q4 and q8 matrices of >= 16 rows that are multiplied are stored rows16 by default; --layout
-    row_major stores C order (ggml's rows for q4 / q8). Same sizes, logits within FP32 summation order."""
+    """fp32, fp16, q4 and q8 matrices of >= 16 rows that are multiplied are stored rows16 by default;
+    --layout row_major stores C order (ggml's rows for q4 / q8). Same sizes, logits within FP32 summation
+    order."""
     p = t.p
     default = t.info(files["q4"])["tensors"]
     plain_itl = t.convert("q4_row_major", ["--tokenizer", p["tok"], "--quant", "q4", "--layout", "row_major"],
@@ -554,12 +555,13 @@ def layouts(t, files):
     if plain_itl is None:
         return
     plain = t.info(plain_itl)["tensors"]
-    want = {e["name"]: "rows16" if e["dtype"] in ("q4", "q8") and len(e["shape"]) == 2 and e["shape"][0] >= 16
+    want = {e["name"]: "rows16" if e["dtype"] in ("fp32", "fp16", "q4", "q8") and len(e["shape"]) == 2
+            and e["shape"][0] >= 16 and not e["name"].endswith(".C")
             and e["name"] not in ("embedding.weight", "position_embedding.weight") else "row_major" for e in default}
     got = {e["name"]: e["layout"] for e in default}
     interleaved = sum(v == "rows16" for v in got.values())
     check(got == want and interleaved >= 6,
-          f"default q4 file: {interleaved} of {len(got)} tensors rows16 (the multiplied q4 / q8 matrices of >= 16 rows), "
+          f"default q4 file: {interleaved} of {len(got)} tensors rows16 (the multiplied matrices of >= 16 rows), "
           f"the rest row_major")
     check(all(e["layout"] == "row_major" for e in plain) and
           [(e["name"], e["bytes"]) for e in plain] == [(e["name"], e["bytes"]) for e in default] and
