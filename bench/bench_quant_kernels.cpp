@@ -1,7 +1,7 @@
 // GEMV timings of the quantized kernels: every format on every kernel path this CPU has, for the
 // shapes of the Itera-Lite projections (q8 and q4 also in layout rows16, "q8x16", "q4x16"), plus the activation
-// quantizer and, for scale, the FP32 kernels (dense_ops; "f32x16" is rows16). Single thread; each figure
-// is the median over repeats of a timed batch of calls. Usage: bench_quant_kernels [repeats]
+// quantizer and, for scale, the FP32 and FP16 kernels (dense_ops; "f32x16" and "f16x16" are rows16). Single thread;
+// each figure is the median over repeats of a timed batch of calls. Usage: bench_quant_kernels [repeats]
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -11,6 +11,7 @@
 
 #include "bench/median_ns.h"
 #include "common/error.h"
+#include "format/half.h"
 #include "format/quant_blocks.h"
 #include "kernels_cpu/dense_ops.h"
 #include "kernels_cpu/quant_ops.h"
@@ -106,14 +107,22 @@ int run(int argc, char** argv) {
             }
             std::printf("\n");
         }
-        // FP32 on the same paths (dense_ops), row_major and rows16, for scale
+        // FP32 and FP16 on the same paths (dense_ops), row_major and rows16, for scale
         std::vector<float> w16(w.size());
+        std::vector<uint16_t> h(w.size()), h16(w.size());
+        for (size_t i = 0; i < w.size(); i++) h[i] = fp32_to_fp16(w[i]);
         to_rows16(DType::f32, reinterpret_cast<const uint8_t*>(w.data()), s.rows, s.cols,
                   reinterpret_cast<uint8_t*>(w16.data()));
+        to_rows16(DType::f16, reinterpret_cast<const uint8_t*>(h.data()), s.rows, s.cols,
+                  reinterpret_cast<uint8_t*>(h16.data()));
         for (const Weight& wf : {Weight{DType::f32, s.rows, s.cols, w.data()},
-                                 Weight{DType::f32, s.rows, s.cols, w16.data(), Layout::rows16}}) {
-            const double size = static_cast<double>(w.size() * sizeof(float));
-            std::printf("%-12s %-6s %9.0f", shape, wf.layout == Layout::rows16 ? "f32x16" : "fp32", size);
+                                 Weight{DType::f32, s.rows, s.cols, w16.data(), Layout::rows16},
+                                 Weight{DType::f16, s.rows, s.cols, h.data()},
+                                 Weight{DType::f16, s.rows, s.cols, h16.data(), Layout::rows16}}) {
+            const double size = static_cast<double>(w.size() * (wf.dtype == DType::f32 ? 4 : 2));
+            const char* name = wf.dtype == DType::f32 ? (wf.layout == Layout::rows16 ? "f32x16" : "fp32")
+                                                      : (wf.layout == Layout::rows16 ? "f16x16" : "fp16");
+            std::printf("%-12s %-6s %9.0f", shape, name, size);
             for (KernelPath p : paths) {
                 const double ns = median_ns(
                     [&] {
