@@ -202,7 +202,9 @@ TEST_CASE("matmul_dense == matvec_dense row by row, bit for bit: fp32 and fp16, 
     paths.push_back(KernelPath::scalar);
     int cases = 0;
     for (KernelPath path : paths)
-        for (const auto& [rows, cols] : {std::pair{16, 64}, std::pair{45, 70}, std::pair{128, 3}}) {
+        for (const auto& shape : {std::pair{16, 64}, std::pair{45, 70}, std::pair{128, 3}}) {
+            // not a structured binding: clang 14 cannot capture one in CHECK_MESSAGE's lambda
+            const int32_t rows = shape.first, cols = shape.second;
             const std::vector<float> w = gaussian(static_cast<size_t>(rows * cols), 61);
             std::vector<float> w16(w.size());
             to_rows16(DType::f32, reinterpret_cast<const uint8_t*>(w.data()), rows, cols,
