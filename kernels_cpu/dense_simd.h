@@ -154,7 +154,6 @@ struct Dense {
 
     static F silu(F v) { return v / (F(1.0f) + xsimd::exp(-v)); }
     static F gelu(F v) { return F(0.5f) * v * (F(1.0f) + xsimd::erf(v * F(0.70710678118654752f))); }
-    static F softplus(F v) { return xsimd::select(v > F(20.0f), v, xsimd::log1p(xsimd::exp(v))); }
 
     template <class Op>
     static void map(float* x, int32_t n, Op op) {

@@ -184,15 +184,15 @@ void Forward::ssm_block(size_t layer, const SequenceState* states, int32_t n, in
         float* hs = hs_.data() + r * static_cast<size_t>(N);
         for (int32_t k = 0; k < N; k++) hs[k] = s[k] = decay[k] * s[k] + dt * bv[k];
     }
-    const int32_t k = n - out_from;  // rows whose output is used
-    if (k <= 0) return;
+    const int32_t used = n - out_from;  // rows whose output is used
+    if (used <= 0) return;
     const size_t f = static_cast<size_t>(out_from);
     ssm_output(w.c_t.data(), hs_.data() + f * N, N, w.d_skip.data(), v_.data() + f * D, uz_.data() + f * 2 * D + D,
-               2 * Di, Di, k, y_.data());
-    const ActQ8* yq = reads_q8(w.out_proj, k) ? quantize_rows(y_.data(), k, Di, xq_) : nullptr;
-    matmul(w.out_proj, y_.data(), yq, k, mix_.data());
+               2 * Di, Di, used, y_.data());
+    const ActQ8* yq = reads_q8(w.out_proj, used) ? quantize_rows(y_.data(), used, Di, xq_) : nullptr;
+    matmul(w.out_proj, y_.data(), yq, used, mix_.data());
     float* x = x_.data() + f * H;
-    for (size_t i = 0; i < static_cast<size_t>(k) * H; i++) x[i] += mix_[i];
+    for (size_t i = 0; i < static_cast<size_t>(used) * H; i++) x[i] += mix_[i];
 }
 
 void Forward::channel_block(size_t layer, int32_t from, int32_t n) {

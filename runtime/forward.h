@@ -69,7 +69,8 @@ private:
     StateLayout layout_;
     int32_t H_ = 0, inner_ = 0, width_ = 0, experts_ = 0, top_k_ = 0, vocab_ = 0, rows_ = 0;
     ActivationObserver* observer_ = nullptr;
-    // Scratch, [rows, width] each, grown to the largest n seen.
+    // Scratch, [rows, width] each, grown to the largest n seen (dt_: each row's step size, decay_:
+    // its exp(dt A), hs_: its SSM state after the update).
     std::vector<float> x_, a_, uz_, v_, delta_, dt_, decay_, bv_, hs_, y_, mix_, hidden_, router_, logits_;
     std::vector<float> gathered_, gathered_out_, route_weight_;
     std::vector<int32_t> chosen_, route_rows_;
