@@ -90,8 +90,9 @@ const DenseKernels& active() {
 // register-tiled GEMM lives in the oneDNN provider, gemm_provider.h).
 void run_matmul(const DenseKernels& k, const Weight& w, const float* x, int32_t n, float* y) {
     if (w.layout != Layout::row_major && ((w.dtype != DType::f32 && w.dtype != DType::f16) || w.rows < kRows16))
-        throw Error(std::string("matvec_dense: layout ") + std::string(layout_name(w.layout)) + " on a " +
-                    std::string(dtype_name(w.dtype)) + " weight of " + std::to_string(w.rows) + " rows");
+        throw Error("matvec_dense: layout " + std::string(layout_name(w.layout)) +
+                    " needs an fp32 or fp16 weight of at least 16 rows (got " + std::string(dtype_name(w.dtype)) +
+                    ", " + std::to_string(w.rows) + " rows)");
     if (w.layout == Layout::rows16 && w.dtype == DType::f32)
         return k.matmul_f32_rows16(static_cast<const float*>(w.data), w.rows, w.cols, x, n, y);
     if (w.layout == Layout::rows16)

@@ -228,6 +228,15 @@ TEST_CASE("matmul_dense == matvec_dense row by row, bit for bit: fp32 and fp16, 
                     cases++;
                 }
         }
+    // A hand-made rows16 weight the layout does not fit is refused, not read past its end.
+    const std::vector<float> small(8 * 64, 1.0f), in(64, 1.0f);
+    std::vector<float> out(8);
+    CHECK_THROWS_WITH_AS(
+        matvec_dense({DType::f32, 8, 64, small.data(), Layout::rows16}, in.data(), out.data()),
+        "matvec_dense: layout rows16 needs an fp32 or fp16 weight of at least 16 rows (got fp32, 8 rows)", Error);
+    CHECK_THROWS_WITH_AS(
+        matvec_dense({DType::q4_0, 32, 64, small.data(), Layout::rows16}, in.data(), out.data()),
+        "matvec_dense: layout rows16 needs an fp32 or fp16 weight of at least 16 rows (got q4, 32 rows)", Error);
     MESSAGE("matmul_dense == matvec_dense row by row, bit for bit: "
             << cases << " cases (fp32 and fp16, row_major and rows16; 16x64, 45x70, 128x3; n 1..9; every path)");
 }
