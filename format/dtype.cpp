@@ -88,7 +88,7 @@ bool parse_layout(std::string_view name, Layout* out) {
     return false;
 }
 
-std::string layout_refusal(Layout layout, DType dtype, const std::vector<int64_t>& shape) {
+std::string layout_refusal(Layout layout, DType dtype, std::span<const int64_t> shape) {
     switch (layout) {
         case Layout::row_major:
             return "";

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string_view>
 #include <vector>
 
@@ -29,7 +30,8 @@ size_t dtype_row_bytes(DType dtype, int64_t cols);
 std::string_view layout_name(Layout layout);  // "row_major", "rows16"
 bool parse_layout(std::string_view name, Layout* out);
 // Empty when a tensor of this dtype and shape may take the layout, else why not.
-std::string layout_refusal(Layout layout, DType dtype, const std::vector<int64_t>& shape);
+// (A span, not a vector: the kernels check hand-made weights per product without allocating.)
+std::string layout_refusal(Layout layout, DType dtype, std::span<const int64_t> shape);
 // Bytes of a tensor: rows of its last dimension (a scalar is one row of one element). Throws
 // itera::Error on overflow.
 size_t tensor_bytes(DType dtype, const std::vector<int64_t>& shape);

@@ -61,9 +61,10 @@ void check_weight(const Weight& w) {
         throw Error("matvec_quant: weight dtype " + std::string(dtype_name(w.dtype)) + " is not a block format");
     if (w.rows < 0 || w.cols < 0 || (w.data == nullptr && w.rows > 0 && w.cols > 0))
         throw Error("matvec_quant: bad weight shape or data");
-    // Files are checked when read; this catches a hand-made Weight, without building anything per call.
+    // Files are checked when read; this catches a hand-made Weight, without allocating per call.
     if (w.layout != Layout::row_major) {
-        if (const std::string why = layout_refusal(w.layout, w.dtype, {w.rows, w.cols}); !why.empty())
+        const int64_t shape[] = {w.rows, w.cols};
+        if (const std::string why = layout_refusal(w.layout, w.dtype, shape); !why.empty())
             throw Error("matvec_quant: " + why);
     }
 }
