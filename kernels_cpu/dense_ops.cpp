@@ -11,6 +11,12 @@ namespace itera {
 
 namespace {
 
+// rows16 on the scalar path: ref::matvec, which reads either layout, row by row.
+template <DType D, class T>
+void scalar_rows16(const T* w, int32_t rows, int32_t cols, const float* x, int32_t n, float* y) {
+    for (int64_t i = 0; i < n; i++) ref::matvec({D, rows, cols, w, Layout::rows16}, x + i * cols, y + i * rows);
+}
+
 // The scalar path is the reference code itself.
 const DenseKernels kDenseScalar = {
     [](const float* w, int32_t rows, int32_t cols, const float* x, float* y) {
@@ -19,14 +25,8 @@ const DenseKernels kDenseScalar = {
     [](const uint16_t* w, int32_t rows, int32_t cols, const float* x, float* y) {
         ref::matvec({DType::f16, rows, cols, w}, x, y);
     },
-    [](const float* w, int32_t rows, int32_t cols, const float* x, int32_t n, float* y) {
-        for (int64_t i = 0; i < n; i++)
-            ref::matvec({DType::f32, rows, cols, w, Layout::rows16}, x + i * cols, y + i * rows);
-    },
-    [](const uint16_t* w, int32_t rows, int32_t cols, const float* x, int32_t n, float* y) {
-        for (int64_t i = 0; i < n; i++)
-            ref::matvec({DType::f16, rows, cols, w, Layout::rows16}, x + i * cols, y + i * rows);
-    },
+    scalar_rows16<DType::f32, float>,
+    scalar_rows16<DType::f16, uint16_t>,
     [](float* x, int32_t n) {
         for (int32_t i = 0; i < n; i++) x[i] = std::exp(x[i]);
     },
@@ -89,27 +89,24 @@ const DenseKernels& active() {
 // row_major row by row (the weight stays in L1/L2 across rows for these model sizes; a
 // register-tiled GEMM lives in the oneDNN provider, gemm_provider.h).
 void run_matmul(const DenseKernels& k, const Weight& w, const float* x, int32_t n, float* y) {
-    if (w.layout != Layout::row_major && ((w.dtype != DType::f32 && w.dtype != DType::f16) || w.rows < kRows16))
-        throw Error("matvec_dense: layout " + std::string(layout_name(w.layout)) +
-                    " needs an fp32 or fp16 weight of at least 16 rows (got " + std::string(dtype_name(w.dtype)) +
-                    ", " + std::to_string(w.rows) + " rows)");
-    if (w.layout == Layout::rows16 && w.dtype == DType::f32)
-        return k.matmul_f32_rows16(static_cast<const float*>(w.data), w.rows, w.cols, x, n, y);
+    if (w.dtype != DType::f32 && w.dtype != DType::f16)
+        throw Error("matvec_dense: weight dtype " + std::string(dtype_name(w.dtype)) + " is not fp32 or fp16");
+    if (w.layout != Layout::row_major) {  // files are checked when read; this catches a hand-made Weight
+        const int64_t shape[] = {w.rows, w.cols};
+        if (const std::string why = layout_refusal(w.layout, w.dtype, shape); !why.empty())
+            throw Error("matvec_dense: " + why);
+    }
+    const bool f32 = w.dtype == DType::f32;
+    const auto* f32_data = static_cast<const float*>(w.data);
+    const auto* f16_data = static_cast<const uint16_t*>(w.data);
     if (w.layout == Layout::rows16)
-        return k.matmul_f16_rows16(static_cast<const uint16_t*>(w.data), w.rows, w.cols, x, n, y);
+        return f32 ? k.matmul_f32_rows16(f32_data, w.rows, w.cols, x, n, y)
+                   : k.matmul_f16_rows16(f16_data, w.rows, w.cols, x, n, y);
     for (int64_t b = 0; b < n; b++) {
-        const float* xb = x + b * w.cols;
-        float* yb = y + b * w.rows;
-        switch (w.dtype) {
-            case DType::f32:
-                k.matvec_f32(static_cast<const float*>(w.data), w.rows, w.cols, xb, yb);
-                break;
-            case DType::f16:
-                k.matvec_f16(static_cast<const uint16_t*>(w.data), w.rows, w.cols, xb, yb);
-                break;
-            default:
-                throw Error("matvec_dense: weight dtype " + std::string(dtype_name(w.dtype)) + " is not fp32 or fp16");
-        }
+        if (f32)
+            k.matvec_f32(f32_data, w.rows, w.cols, x + b * w.cols, y + b * w.rows);
+        else
+            k.matvec_f16(f16_data, w.rows, w.cols, x + b * w.cols, y + b * w.rows);
     }
 }
 

@@ -27,6 +27,11 @@ struct Dense {
         }
     }
     static float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
+    // L weights (fp32 or fp16) as FP32, and one of them
+    static F load_w(const float* p) { return F::load_unaligned(p); }
+    static F load_w(const uint16_t* p) { return load_f16(p); }
+    static float scalar_w(float v) { return v; }
+    static float scalar_w(uint16_t v) { return f16_scalar(v); }
 
     // Lane i = the sum of acc[i]'s lanes. xsimd 8.1's haddp is right for AVX2 and wrong for
     // AVX-512 (tests/test_dense_kernels.cpp caught it): halve each AVX-512 register to AVX2 first.
@@ -49,27 +54,14 @@ struct Dense {
     template <class T>
     static void matvec(const T* w, int32_t rows, int32_t cols, const float* x, float* y) {
         const int32_t body = cols - cols % L;
-        auto wv = [](const T* p) {
-            if constexpr (sizeof(T) == 2) {
-                return load_f16(p);
-            } else {
-                return F::load_unaligned(p);
-            }
-        };
-        auto ws = [](T v) {
-            if constexpr (sizeof(T) == 2) {
-                return f16_scalar(v);
-            } else {
-                return v;
-            }
-        };
         int32_t r = 0;
         for (; r + L <= rows; r += L) {
             F acc[L];
             for (int32_t i = 0; i < L; i++) acc[i] = F(0.0f);
             for (int32_t c = 0; c < body; c += L) {
                 const F xv = F::load_unaligned(x + c);
-                for (int32_t i = 0; i < L; i++) acc[i] = xsimd::fma(wv(w + static_cast<int64_t>(r + i) * cols + c), xv, acc[i]);
+                for (int32_t i = 0; i < L; i++)
+                    acc[i] = xsimd::fma(load_w(w + static_cast<int64_t>(r + i) * cols + c), xv, acc[i]);
             }
             F sums = reduce_rows(acc);
             if (body < cols) {
@@ -77,7 +69,7 @@ struct Dense {
                 for (int32_t i = 0; i < L; i++) {
                     float t = 0.0f;
                     const T* row = w + static_cast<int64_t>(r + i) * cols;
-                    for (int32_t c = body; c < cols; c++) t += ws(row[c]) * x[c];
+                    for (int32_t c = body; c < cols; c++) t += scalar_w(row[c]) * x[c];
                     tail[i] = t;
                 }
                 sums += F::load_aligned(tail);
@@ -87,9 +79,9 @@ struct Dense {
         for (; r < rows; r++) {
             const T* row = w + static_cast<int64_t>(r) * cols;
             F acc(0.0f);
-            for (int32_t c = 0; c < body; c += L) acc = xsimd::fma(wv(row + c), F::load_unaligned(x + c), acc);
+            for (int32_t c = 0; c < body; c += L) acc = xsimd::fma(load_w(row + c), F::load_unaligned(x + c), acc);
             float sum = xsimd::hadd(acc);
-            for (int32_t c = body; c < cols; c++) sum += ws(row[c]) * x[c];
+            for (int32_t c = body; c < cols; c++) sum += scalar_w(row[c]) * x[c];
             y[r] = sum;
         }
     }
@@ -104,13 +96,6 @@ struct Dense {
     template <int32_t R, class T>
     static void rows16_groups(const T* w, int32_t rows, int32_t cols, const float* x, float* y) {
         constexpr int32_t V = 16 / L;  // registers per column of a group
-        auto wv = [](const T* p) {
-            if constexpr (sizeof(T) == 2) {
-                return load_f16(p);
-            } else {
-                return F::load_unaligned(p);
-            }
-        };
         for (int32_t g = 0; g + 16 <= rows; g += 16) {
             const T* b = w + static_cast<int64_t>(g) * cols;
             F acc[R][4][V];
@@ -121,13 +106,13 @@ struct Dense {
             for (; c + 4 <= cols; c += 4)
                 for (int32_t j = 0; j < 4; j++)
                     for (int32_t v = 0; v < V; v++) {
-                        const F wc = wv(b + static_cast<int64_t>(c + j) * 16 + v * L);
+                        const F wc = load_w(b + static_cast<int64_t>(c + j) * 16 + v * L);
                         for (int32_t r = 0; r < R; r++)
                             acc[r][j][v] = xsimd::fma(wc, F(x[static_cast<int64_t>(r) * cols + c + j]), acc[r][j][v]);
                     }
             for (; c < cols; c++)
                 for (int32_t v = 0; v < V; v++) {
-                    const F wc = wv(b + static_cast<int64_t>(c) * 16 + v * L);
+                    const F wc = load_w(b + static_cast<int64_t>(c) * 16 + v * L);
                     for (int32_t r = 0; r < R; r++)
                         acc[r][0][v] = xsimd::fma(wc, F(x[static_cast<int64_t>(r) * cols + c]), acc[r][0][v]);
                 }

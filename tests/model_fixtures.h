@@ -10,6 +10,7 @@
 
 #include "format/itl_file.h"
 #include "format/model_spec.h"
+#include "format/quant_blocks.h"
 #include "format/tensor_names.h"
 #include "runtime/model.h"
 
@@ -37,6 +38,15 @@ inline ModelConfig shipped_widths(int32_t vocab, int32_t max_seq) {
     c.tied_head = true;
     c.layers = {{192, 16, 4, ChannelKind::ffn, 0, {128}}, {192, 16, 4, ChannelKind::moe, 2, {128, 128, 128, 128}}};
     return c;
+}
+
+// A row_major matrix (fp32 floats, fp16 bits or block bytes) reordered into layout rows16.
+template <class T>
+std::vector<T> rows16_copy(DType dtype, const std::vector<T>& row_major, int64_t rows, int64_t cols) {
+    std::vector<T> out(row_major.size());
+    to_rows16(dtype, reinterpret_cast<const uint8_t*>(row_major.data()), rows, cols,
+              reinterpret_cast<uint8_t*>(out.data()));
+    return out;
 }
 
 // n values from N(0, 1).

@@ -40,6 +40,7 @@ using namespace itera;
 namespace {
 
 using test::gaussian;
+using test::rows16_copy;
 
 // A weight in `dtype` made from Gaussian values, and its exact FP32 values (what it decodes to).
 struct Matrix {
@@ -207,9 +208,7 @@ TEST_CASE("onednn gemm: every batch 1..130 on one odd shape, primitives made onc
     // fp32 in layout rows16 (two groups of 16 rows and a row_major tail of 13) goes in as an FP32 copy
     // of its rows; the native path reads it in place. Both give the exact product's bound.
     Matrix m = make_matrix(DType::f32, 45, 70, 8);
-    std::vector<uint8_t> inter(m.bytes.size());
-    to_rows16(DType::f32, m.bytes.data(), 45, 70, inter.data());
-    m.bytes = inter;
+    m.bytes = rows16_copy(DType::f32, m.bytes, 45, 70);
     m.weight.data = m.bytes.data();
     m.weight.layout = Layout::rows16;
     const size_t copies_before = onednn.cached_bytes();

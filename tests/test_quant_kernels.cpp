@@ -22,6 +22,7 @@ using namespace itera;
 namespace {
 
 using test::gaussian;
+using test::rows16_copy;
 
 constexpr DType kFormats[] = {DType::q8_0, DType::q4_0, DType::nf4, DType::q3_0, DType::q2_0};
 
@@ -390,8 +391,7 @@ TEST_CASE("q4_0 / q8_0 rows16: every path gives the row_major result of the same
                 std::vector<ActQ8> x(static_cast<size_t>(act_blocks(cols)));
                 quantize_activation(KernelPath::scalar, xf.data(), cols, x.data());
                 const QMatrix m = quantize_matrix(dtype, wf, rows, cols, 0);
-                std::vector<uint8_t> inter(m.bytes.size());
-                to_rows16(dtype, m.bytes.data(), rows, cols, inter.data());
+                const std::vector<uint8_t> inter = rows16_copy(dtype, m.bytes, rows, cols);
                 Weight w16 = m.weight;
                 w16.data = inter.data();
                 w16.layout = Layout::rows16;
@@ -426,8 +426,7 @@ TEST_CASE("q4_0 / q8_0 rows16: every path gives the row_major result of the same
         for (Layout layout : {Layout::rows16, Layout::row_major}) {
             const int32_t rows = 40, cols = 96;
             const QMatrix m = quantize_matrix(dtype, gaussian(static_cast<size_t>(rows) * cols, 77), rows, cols, 0);
-            std::vector<uint8_t> inter(m.bytes.size());
-            to_rows16(dtype, m.bytes.data(), rows, cols, inter.data());
+            const std::vector<uint8_t> inter = rows16_copy(dtype, m.bytes, rows, cols);
             Weight w = m.weight;
             if (layout == Layout::rows16) {
                 w.data = inter.data();
