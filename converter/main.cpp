@@ -94,8 +94,9 @@ int run(int argc, char** argv) {
                  "keep embedding / LM head rows that no tokenizer string can produce (trimmed by default when a "
                  "tokenizer is given; token ids stay the checkpoint's either way)");
     app.add_option("--layout", layout_name,
-                   "order of the fp32, fp16, q4 and q8 matrices' elements: rows16 (default; 16 rows interleaved for the "
-                   "CPU's 512-bit kernels, docs/format.md) or row_major (C order; ggml's Q4_0 / Q8_0 rows)")
+                   "order of the fp32, fp16, q4 and q8 matrices' elements: rows16 (default; 16 rows "
+                   "interleaved for the CPU's 512-bit kernels, docs/format.md) or row_major (C order; ggml's "
+                   "Q4_0 / Q8_0 rows)")
         ->check(CLI::IsMember({"rows16", "row_major"}));
     app.add_option("--moe-empty", moe_empty, "a MoE layer with 0 experts: 'error' (default) or 'identity'")
         ->check(CLI::IsMember({"error", "identity"}));
