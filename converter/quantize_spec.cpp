@@ -122,7 +122,7 @@ void choose_layouts(ModelSpec& spec, Layout layout) {
         const bool lookup_only =
             t.name == "position_embedding.weight" || (t.name == "embedding.weight" && !spec.config.tied_head);
         const bool multiplied = !lookup_only && !read_elementwise(t.name, t.shape.size());
-        t.layout = multiplied && layout_refusal(layout, t.dtype, t.shape).empty() ? layout : Layout::row_major;
+        t.layout = multiplied && layout_allows(layout, t.dtype, t.shape) ? layout : Layout::row_major;
     }
 }
 

@@ -12,6 +12,10 @@ namespace {
 
 constexpr DType kAll[] = {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4, DType::q3_0, DType::q2_0};
 
+bool rows16_dtype(DType dtype) {
+    return dtype == DType::f32 || dtype == DType::f16 || dtype == DType::q4_0 || dtype == DType::q8_0;
+}
+
 }  // namespace
 
 std::string_view dtype_name(DType dtype) {
@@ -88,17 +92,22 @@ bool parse_layout(std::string_view name, Layout* out) {
     return false;
 }
 
-std::string layout_refusal(Layout layout, DType dtype, std::span<const int64_t> shape) {
+bool layout_allows(Layout layout, DType dtype, std::span<const int64_t> shape) {
     switch (layout) {
         case Layout::row_major:
-            return "";
+            return true;
         case Layout::rows16:
-            if (dtype != DType::f32 && dtype != DType::f16 && dtype != DType::q4_0 && dtype != DType::q8_0)
-                return "layout rows16 needs dtype fp32, fp16, q4 or q8, not " + std::string(dtype_name(dtype));
-            if (shape.size() != 2 || shape[0] < kRows16) return "layout rows16 needs a matrix of at least 16 rows";
-            return "";
+            return rows16_dtype(dtype) && shape.size() == 2 && shape[0] >= kRows16;
     }
-    return "unknown layout " + std::to_string(static_cast<int32_t>(layout));
+    return false;
+}
+
+std::string layout_refusal(Layout layout, DType dtype, std::span<const int64_t> shape) {
+    if (layout_allows(layout, dtype, shape)) return "";
+    if (layout != Layout::rows16) return "unknown layout " + std::to_string(static_cast<int32_t>(layout));
+    if (!rows16_dtype(dtype))
+        return "layout rows16 needs dtype fp32, fp16, q4 or q8, not " + std::string(dtype_name(dtype));
+    return "layout rows16 needs a matrix of at least 16 rows";
 }
 
 size_t dtype_row_bytes(DType dtype, int64_t cols) {

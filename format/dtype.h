@@ -29,8 +29,9 @@ size_t dtype_block_bytes(DType dtype);                // bytes per block (per el
 size_t dtype_row_bytes(DType dtype, int64_t cols);
 std::string_view layout_name(Layout layout);  // "row_major", "rows16"
 bool parse_layout(std::string_view name, Layout* out);
-// Empty when a tensor of this dtype and shape may take the layout, else why not.
-// (A span, not a vector: the kernels check hand-made weights per product without allocating.)
+// Whether a tensor of this dtype and shape may take the layout (the kernels ask per product, so it
+// builds no string), and when not, why not (empty when it may).
+bool layout_allows(Layout layout, DType dtype, std::span<const int64_t> shape);
 std::string layout_refusal(Layout layout, DType dtype, std::span<const int64_t> shape);
 // Bytes of a tensor: rows of its last dimension (a scalar is one row of one element). Throws
 // itera::Error on overflow.

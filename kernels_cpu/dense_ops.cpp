@@ -93,8 +93,8 @@ void run_matmul(const DenseKernels& k, const Weight& w, const float* x, int32_t 
         throw Error("matvec_dense: weight dtype " + std::string(dtype_name(w.dtype)) + " is not fp32 or fp16");
     if (w.layout != Layout::row_major) {  // files are checked when read; this catches a hand-made Weight
         const int64_t shape[] = {w.rows, w.cols};
-        if (const std::string why = layout_refusal(w.layout, w.dtype, shape); !why.empty())
-            throw Error("matvec_dense: " + why);
+        if (!layout_allows(w.layout, w.dtype, shape))
+            throw Error("matvec_dense: " + layout_refusal(w.layout, w.dtype, shape));
     }
     const bool f32 = w.dtype == DType::f32;
     const auto* f32_data = static_cast<const float*>(w.data);

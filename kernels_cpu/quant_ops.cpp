@@ -64,8 +64,8 @@ void check_weight(const Weight& w) {
     // Files are checked when read; this catches a hand-made Weight, without allocating per call.
     if (w.layout != Layout::row_major) {
         const int64_t shape[] = {w.rows, w.cols};
-        if (const std::string why = layout_refusal(w.layout, w.dtype, shape); !why.empty())
-            throw Error("matvec_quant: " + why);
+        if (!layout_allows(w.layout, w.dtype, shape))
+            throw Error("matvec_quant: " + layout_refusal(w.layout, w.dtype, shape));
     }
 }
 

@@ -718,7 +718,12 @@ TEST_CASE(
         b.layout = Layout::rows16;
         bad.tensors.push_back(b);
         CHECK_THROWS_WITH_AS(serialize_plain(bad), doctest::Contains(why), Error);
+        CHECK_FALSE(layout_allows(Layout::rows16, dtype, shape));  // the kernels' per-product test agrees
     }
+    CHECK(layout_allows(Layout::rows16, DType::q4_0, t.shape));
+    CHECK(layout_allows(Layout::row_major, DType::q3_0, std::vector<int64_t>{64}));
+    CHECK_FALSE(layout_allows(static_cast<Layout>(2), DType::f32, t.shape));
+    CHECK(layout_refusal(static_cast<Layout>(2), DType::f32, t.shape) == "unknown layout 2");
     // ... and so does the reader, for an unknown layout or one that does not fit the tensor.
     const size_t k = spec.tensors.size() - 1;
     auto after = [&](auto field, auto value) {
@@ -732,7 +737,7 @@ TEST_CASE(
                    "tensor 'inter': layout rows16 needs dtype fp32, fp16, q4 or q8, not q2"));
     MESSAGE(
         "rows16: fp32, fp16, q4 and q8, 12 shapes each (rows 16, 48, 20, 184) round-trip row by row; written and "
-        "read back; writer and reader refuse misuse (nf4, q3, < 16 rows, a vector, unknown layout)");
+        "read back; writer, reader and layout_allows refuse misuse (nf4, q3, < 16 rows, a vector, unknown layout)");
 }
 
 TEST_CASE("bad tensor entries, config and tokenizer are rejected with their message") {
