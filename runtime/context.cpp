@@ -189,6 +189,7 @@ void Context::restore(const uint8_t* data, size_t size) {
         if (model_.row_of(token(i)) < 0)
             throw Error("corrupt saved state: token id " + std::to_string(token(i)) +
                         " is not in the model's vocabulary");
+    restored_logits_.resize(logits);  // the one allocation, before anything changes
     // Everything is checked: from here on nothing throws (window_ has max_seq_length reserved).
     window_.resize(window);
     for (uint64_t i = 0; i < window; i++) window_[i] = token(i);
@@ -204,7 +205,6 @@ void Context::restore(const uint8_t* data, size_t size) {
                 conv_[conv_index(l, d, j)] = get();
     for (float& v : ssm_) v = get();
     has_logits_ = logits != 0;
-    restored_logits_.resize(logits);
     for (float& v : restored_logits_) v = get();
     logits_ = has_logits_ ? restored_logits_.data() : nullptr;
 }

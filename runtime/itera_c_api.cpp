@@ -2,8 +2,6 @@
 // guarded(), which turns any exception into an error code and the thread's last-error message:
 // itera::Error -> the code that entry point documents, std::bad_alloc -> OUT_OF_MEMORY, anything
 // else -> INTERNAL.
-#include "itera.h"
-
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -21,6 +20,7 @@
 
 #include "common/error.h"
 #include "format/itl_file.h"
+#include "itera.h"
 #include "runtime/batch.h"
 #include "runtime/context.h"
 #include "runtime/model.h"
@@ -79,7 +79,15 @@ int fail(int code, const char* message) {
     return code;
 }
 
-int fail(int code, const std::string& message) { return fail(code, message.c_str()); }
+// The same, formatted into that buffer: the messages that name a value build no std::string, so
+// an error path cannot throw std::bad_alloc out of an entry point.
+[[gnu::format(printf, 2, 3)]] int failf(int code, const char* format, ...) {
+    va_list args;
+    va_start(args, format);
+    std::vsnprintf(last_error, sizeof last_error, format, args);
+    va_end(args);
+    return code;
+}
 
 // Runs `body` (which returns an error code) and maps what it throws; `error_code` is the code of
 // an itera::Error in this entry point.
@@ -92,14 +100,14 @@ int guarded(int error_code, Body&& body) noexcept {
     } catch (const std::bad_alloc&) {
         return fail(ITERA_ERR_OUT_OF_MEMORY, "out of memory");
     } catch (const std::exception& e) {
-        return fail(ITERA_ERR_INTERNAL, std::string("internal error: ") + e.what());
+        return failf(ITERA_ERR_INTERNAL, "internal error: %s", e.what());
     } catch (...) {
         return fail(ITERA_ERR_INTERNAL, "internal error: unknown exception");
     }
 }
 
 int null_argument(const char* function, const char* names) {
-    return fail(ITERA_ERR_INVALID_ARGUMENT, std::string(function) + ": " + names + " must not be NULL");
+    return failf(ITERA_ERR_INVALID_ARGUMENT, "%s: %s must not be NULL", function, names);
 }
 
 itera::LoadOptions load_options(const itera_model_params* params) {
@@ -111,15 +119,15 @@ itera::LoadOptions load_options(const itera_model_params* params) {
 // Token ids the model can evaluate (all of [0, vocab_size) unless its vocabulary was trimmed).
 int check_token(const itera::Model& model, int32_t token) {
     if (model.row_of(token) < 0)
-        return fail(ITERA_ERR_INVALID_ARGUMENT, "token id " + std::to_string(token) + " is not in the model's vocabulary");
+        return failf(ITERA_ERR_INVALID_ARGUMENT, "token id %d is not in the model's vocabulary", token);
     return ITERA_OK;
 }
 
 // Token ids that have text: [0, vocab_size).
 int check_text_token(const itera::Model& model, int32_t token) {
     if (token < 0 || token >= model.id_limit())
-        return fail(ITERA_ERR_INVALID_ARGUMENT, "token id " + std::to_string(token) + " is outside the vocabulary [0, " +
-                                                    std::to_string(model.id_limit()) + ")");
+        return failf(ITERA_ERR_INVALID_ARGUMENT, "token id %d is outside the vocabulary [0, %d)", token,
+                     model.id_limit());
     return ITERA_OK;
 }
 
@@ -129,8 +137,7 @@ int no_tokenizer() { return fail(ITERA_ERR_NO_TOKENIZER, "the model has no token
 int write_text(const std::string& s, char* text, size_t capacity, size_t* len_out) {
     *len_out = s.size();
     if (capacity < s.size() + 1)
-        return fail(ITERA_ERR_BUFFER_TOO_SMALL, "text needs " + std::to_string(s.size() + 1) + " bytes, the buffer has " +
-                                                    std::to_string(capacity));
+        return failf(ITERA_ERR_BUFFER_TOO_SMALL, "text needs %zu bytes, the buffer has %zu", s.size() + 1, capacity);
     std::memcpy(text, s.c_str(), s.size() + 1);
     return ITERA_OK;
 }
@@ -196,11 +203,11 @@ int itera_model_load_file(const char* path, const itera_model_params* params, it
     // Opening is tried here first so that a missing, unreadable or non-regular file is an IO
     // error; anything the reader refuses after that is the file's content.
     const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fail(ITERA_ERR_IO, std::string("cannot open '") + path + "': " + std::strerror(errno));
+    if (fd < 0) return failf(ITERA_ERR_IO, "cannot open '%s': %s", path, std::strerror(errno));
     struct stat st;
     const bool regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
     ::close(fd);
-    if (!regular) return fail(ITERA_ERR_IO, std::string("'") + path + "' is not a regular file");
+    if (!regular) return failf(ITERA_ERR_IO, "'%s' is not a regular file", path);
     return guarded(ITERA_ERR_FORMAT, [&]() -> int {
         auto m = std::make_unique<itera_model>();
         m->model = itera::load_model(itera::ItlFile::open(path, load_options(params)));
@@ -246,20 +253,19 @@ int itera_tokenize(const itera_model* model, const char* text, int32_t* ids, int
     if (capacity < 0 || (capacity > 0 && !ids))
         return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_tokenize: capacity must be >= 0, and ids not NULL when it is > 0");
     if (flags & ~ITERA_TOKENIZE_ALLOW_UNKNOWN)
-        return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_tokenize: unknown flags " + std::to_string(flags));
+        return failf(ITERA_ERR_INVALID_ARGUMENT, "itera_tokenize: unknown flags %d", flags);
     if (!model->model->has_tokenizer) return no_tokenizer();
     // The tokenizer throws only for a piece it cannot map (no <UNK> in its vocabulary).
     return guarded(ITERA_ERR_UNKNOWN_TOKEN, [&]() -> int {
         std::vector<std::string> unknown;
         const std::vector<int32_t> tokens = model->model->tokenizer.encode(text, &unknown);
         if (!unknown.empty() && !(flags & ITERA_TOKENIZE_ALLOW_UNKNOWN))
-            return fail(ITERA_ERR_UNKNOWN_TOKEN, "'" + unknown[0] + "' is not in the model's vocabulary");
+            return failf(ITERA_ERR_UNKNOWN_TOKEN, "'%s' is not in the model's vocabulary", unknown[0].c_str());
         if (tokens.size() > static_cast<size_t>(INT32_MAX))
             return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_tokenize: text has more than INT32_MAX tokens");
         *n_out = static_cast<int32_t>(tokens.size());
         if (*n_out > capacity)
-            return fail(ITERA_ERR_BUFFER_TOO_SMALL, "text has " + std::to_string(*n_out) + " tokens, capacity is " +
-                                                        std::to_string(capacity));
+            return failf(ITERA_ERR_BUFFER_TOO_SMALL, "text has %d tokens, capacity is %d", *n_out, capacity);
         std::copy(tokens.begin(), tokens.end(), ids);
         return ITERA_OK;
     });
@@ -349,8 +355,7 @@ int itera_context_save(const itera_context* ctx, void* buffer, size_t capacity, 
         return null_argument("itera_context_save", "ctx, written and buffer (when capacity > 0)");
     *written = ctx->ctx.saved_size();
     if (*written > capacity)
-        return fail(ITERA_ERR_BUFFER_TOO_SMALL, "the state needs " + std::to_string(*written) + " bytes, the buffer has " +
-                                                    std::to_string(capacity));
+        return failf(ITERA_ERR_BUFFER_TOO_SMALL, "the state needs %zu bytes, the buffer has %zu", *written, capacity);
     return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
         ctx->ctx.save(static_cast<uint8_t*>(buffer));
         return ITERA_OK;
@@ -364,9 +369,12 @@ int itera_context_restore(itera_context* ctx, const void* buffer, size_t size) {
         const uint64_t fingerprint = itera::saved_state_fingerprint(data, size);
         const uint64_t mine = ctx->ctx.model().file->checksum();
         if (fingerprint != mine)
-            return fail(ITERA_ERR_MODEL_MISMATCH, "the state was saved from a different model (fingerprint " +
-                                                      std::to_string(fingerprint) + ", this model " +
-                                                      std::to_string(mine) + ")");
+            return failf(ITERA_ERR_MODEL_MISMATCH,
+                         "the state was saved from a different model (fingerprint %llu, this model %llu)",
+                         static_cast<unsigned long long>(fingerprint), static_cast<unsigned long long>(mine));
+        const itera::Model& model = ctx->ctx.model();
+        if (model.id_limit() != model.vocab_rows())  // update_logits() then allocates nothing
+            ctx->by_id.reserve(static_cast<size_t>(model.id_limit()));
         ctx->ctx.restore(data, size);
         ctx->update_logits();
         return ITERA_OK;
@@ -497,7 +505,7 @@ const float* itera_batch_logits(const itera_batch* batch, int32_t i) {
 int itera_batch_reset(itera_batch* batch, int32_t i) {
     if (!batch) return null_argument("itera_batch_reset", "batch");
     if (i < 0 || i >= batch->batch.size())
-        return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_batch_reset: sequence " + std::to_string(i) + " is out of range");
+        return failf(ITERA_ERR_INVALID_ARGUMENT, "itera_batch_reset: sequence %d is out of range", i);
     batch->batch.reset(i);
     batch->fresh[static_cast<size_t>(i)] = false;
     return ITERA_OK;

@@ -7,8 +7,10 @@
  *   itera_batch    many sequences decoded in lockstep (one matrix product per weight for all)
  *
  * Every function that can fail returns an int: ITERA_OK (0) or an ITERA_ERR_* code, and then
- * itera_last_error() tells what went wrong. Out-parameters are written only on success unless a
- * function says otherwise. No C++ exception ever leaves this API. C99 and C++ compatible. */
+ * itera_last_error() tells what went wrong. On failure a handle out-parameter is set to NULL
+ * (when the other arguments were valid), a size or count out-parameter where a function says so
+ * (BUFFER_TOO_SMALL), and no other out-parameter is written. No C++ exception ever leaves this
+ * API. C99 and C++ compatible. */
 #ifndef ITERA_H
 #define ITERA_H
 
@@ -41,7 +43,7 @@ typedef struct itera_batch itera_batch;
 enum itera_error {
     ITERA_OK = 0,
     ITERA_ERR_INVALID_ARGUMENT = 1, /* NULL pointer, value out of range, unknown flag */
-    ITERA_ERR_IO = 2,               /* the model file cannot be opened or read */
+    ITERA_ERR_IO = 2,               /* the model file cannot be opened (FORMAT: what it holds) */
     ITERA_ERR_FORMAT = 3,           /* corrupt or unsupported model file or saved state */
     ITERA_ERR_UNKNOWN_TOKEN = 4,    /* text has a piece the vocabulary lacks */
     ITERA_ERR_OUT_OF_MEMORY = 5,
@@ -106,7 +108,8 @@ ITERA_API int itera_tokenize(const itera_model* model, const char* text, int32_t
                              int32_t* n_out, int flags);
 /* Writes the text of `n` ids, NUL-terminated, to `text`. *len_out receives its length without the
  * NUL; when capacity < length + 1 nothing is written and BUFFER_TOO_SMALL is returned. Ids must be
- * in [0, vocab_size) (INVALID_ARGUMENT otherwise); ids past the tokenizer's list read "<UNK>". */
+ * in [0, vocab_size) (INVALID_ARGUMENT otherwise); ids past the tokenizer's list read "<UNK>".
+ * NO_TOKENIZER when the model has none. */
 ITERA_API int itera_detokenize(const itera_model* model, const int32_t* ids, int32_t n, char* text, size_t capacity,
                                size_t* len_out);
 /* The text token `id` adds when streamed: word-level models put a space before every word but
