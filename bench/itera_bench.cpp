@@ -124,7 +124,8 @@ int run(int argc, char** argv) {
     app.add_option("-n,--tokens", args.tokens, "tokens decoded per measurement")->check(CLI::Range(1, 1 << 24));
     app.add_option("--prompt", args.prompt, "prompt length of the prefill measurement")->check(CLI::Range(1, 1 << 16));
     app.add_option("-r,--repeat", args.repeat, "repetitions; medians are reported")->check(CLI::Range(1, 1000));
-    app.add_option("--peak-gflops", args.peak_gflops, "one core's FMA peak, GFLOP/s (default: measured at start)");
+    app.add_option("--peak-gflops", args.peak_gflops, "one core's FMA peak, GFLOP/s (default: measured at start)")
+        ->check(itera::number_in(0.001, 1e6));
     app.add_option("--kernels", args.kernels, "products over many rows: native, onednn or auto (the faster per shape)")
         ->check(CLI::IsMember({"native", "onednn", "auto"}));
     app.add_flag("--json", args.json, "print one JSON object");

@@ -4,7 +4,9 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <optional>
+#include <string>
 
 namespace itera {
 
@@ -23,6 +25,22 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
         return 2;
     }
     return std::nullopt;
+}
+
+// A floating-point option in [min, max]. CLI::Range lets NaN through (every comparison with it is
+// false); this refuses it, as a usage error like any other value out of range.
+inline CLI::Validator number_in(double min, double max) {
+    char range[64];
+    std::snprintf(range, sizeof range, "in [%g, %g]", min, max);
+    return CLI::Validator(
+        [min, max, description = std::string(range)](std::string& text) -> std::string {
+            char* end = nullptr;
+            const double value = std::strtod(text.c_str(), &end);
+            if (end == text.c_str() || *end != '\0' || !(value >= min && value <= max))
+                return "must be a number " + description + ", got '" + text + "'";
+            return "";
+        },
+        range);
 }
 
 // Runs a tool's body, turning any exception that escapes it into its one-line error.

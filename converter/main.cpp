@@ -76,7 +76,7 @@ int run(int argc, char** argv) {
     app.add_option("--prune", prune_ratio,
                    "structured pruning: remove this fraction of the weights in --prune-scope, as whole units (expert "
                    "and FFN neurons, whole experts, SSM channels), leaving smaller dense tensors")
-        ->check(CLI::Range(0.0, 0.95));
+        ->check(itera::number_in(0.0, 0.95));
     app.add_option("--prune-scope", prune_scope,
                    "what --prune may remove, comma-separated: moe (expert neurons, whole experts), ffn (dense FFN "
                    "neurons), ssm (SSM inner channels), vocab (rows no text can produce; not counted in the ratio); "

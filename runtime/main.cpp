@@ -427,7 +427,7 @@ int info(const Args& args) {
     const uint64_t other = f.file_size() - part_bytes;
     std::printf("%-14s %-30s %10s %10ju %5.1f%%\n", "other", "header, metadata, tokenizer, padding", "",
                 static_cast<uintmax_t>(other), 100.0 * static_cast<double>(other) / static_cast<double>(f.file_size()));
-    std::printf("kernels     %s (block formats; ITERA_KERNELS=scalar|avx2|avx512 to choose)\n", itera::kernel_path_name());
+    std::printf("kernels     %s (ITERA_KERNELS=scalar|avx2|avx512 to choose)\n", itera::kernel_path_name());
     return 0;
 }
 
@@ -439,10 +439,22 @@ int run(int argc, char** argv) {
     app.add_option("-p,--prompt", a.prompt, "prompt text");
     app.add_option("--ids", a.ids_text, "prompt as comma-separated token ids (instead of -p)");
     app.add_option("-n,--n-predict", a.n_predict, "tokens to generate (default 64)")->check(CLI::Range(0, 1 << 30));
-    app.add_option("--temp", a.sampling.temperature, "sampling temperature (default 0.8; 0 = greedy)")->check(CLI::Range(0.0, 100.0));
+    app.add_option("--temp", a.sampling.temperature, "sampling temperature (default 0.8; 0 = greedy)")
+        ->check(itera::number_in(0.0, 100.0));
     app.add_option("--top-k", a.sampling.top_k, "keep the k most likely tokens (default 40; 0 = all)")->check(CLI::Range(0, 1 << 30));
-    app.add_option("--top-p", a.sampling.top_p, "nucleus sampling mass (default 0.95; 1 = off)")->check(CLI::Range(0.0, 1.0));
-    app.add_option("--seed", a.sampling.seed, "random seed (same seed, same text; default: random)");
+    app.add_option("--top-p", a.sampling.top_p, "nucleus sampling mass (default 0.95; 1 = off)")
+        ->check(itera::number_in(0.0, 1.0));
+    // CLI11 2.1 reads "-1" as 2^64 - 1 and an overflow as the largest value: the digits are checked first.
+    app.add_option("--seed", a.sampling.seed, "random seed (same seed, same text; default: random)")
+        ->check(CLI::Validator(
+            [](std::string& text) -> std::string {
+                uint64_t value = 0;
+                const char* end = text.data() + text.size();
+                const auto [stop, error] = std::from_chars(text.data(), end, value);
+                return error == std::errc() && stop == end ? ""
+                                                           : "must be an integer in [0, 2^64 - 1], got '" + text + "'";
+            },
+            "UINT64"));
     app.add_flag("--greedy", a.sampling.greedy, "always take the most likely token");
     app.add_flag("--print-ids", a.print_ids, "print only the generated token ids, space-separated");
     app.add_flag("--allow-unk", a.allow_unk, "map prompt words missing from the vocabulary to <UNK> instead of failing");

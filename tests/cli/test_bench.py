@@ -104,7 +104,8 @@ def main():
         for label, extra, want in (("a missing model", ["-m", os.path.join(args.workdir, "none.itl")], 1),
                                    ("a truncated model", ["-m", truncated], 1),
                                    ("--kernels bogus", ["-m", itl, "--kernels", "bogus"], 2),
-                                   ("--batch 0", ["-m", itl, "--batch", "0"], 2)):
+                                   ("--batch 0", ["-m", itl, "--batch", "0"], 2),
+                                   ("--peak-gflops nan", ["-m", itl, "--peak-gflops", "nan"], 2)):
             rc, out, err = run([args.bench] + extra)
             lines = err.strip().splitlines()
             check(rc == want and len(lines) == 1 and lines[0].startswith("error:") and not out,

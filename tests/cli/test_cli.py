@@ -509,6 +509,7 @@ def bad_convert(args, w, p):
     expect_error("itera-convert without arguments (usage)", [conv], codes=(2,))
     expect_error("itera-convert --dtype fp8 (usage)", [conv, p["word.pt"], "-o", out, "--dtype", "fp8"], codes=(2,))
     expect_error("itera-convert --bogus (usage)", [conv, p["word.pt"], "-o", out, "--bogus"], codes=(2,))
+    expect_error("itera-convert --prune nan (usage)", [conv, p["word.pt"], "-o", out, "--prune", "nan"], codes=(2,))
 
 
 def find_tensor(blob, state, name):
@@ -559,6 +560,10 @@ def bad_run(args, w, p):
         expect_error(f"ppl --ctx {ctx}", [rn, "ppl", "-m", word, "--file", os.path.join(w, "words.txt"),
                                           "--ctx", ctx], codes=(1, 2))
     expect_error("-n -1 (usage)", [rn, "-m", word, "-p", "the cat", "-n", "-1"], codes=(2,))
+    expect_error("--seed -1 (usage)", [rn, "-m", word, "-p", "the cat", "--seed", "-1"], codes=(2,))
+    expect_error("--seed 2^64 (usage)", [rn, "-m", word, "-p", "the cat", "--seed", "18446744073709551616"], codes=(2,))
+    expect_error("--temp nan (usage)", [rn, "-m", word, "-p", "the cat", "--temp", "nan"], codes=(2,))
+    expect_error("--top-p nan (usage)", [rn, "-m", word, "-p", "the cat", "--top-p", "nan"], codes=(2,))
     expect_error("--bogus option (usage)", [rn, "-m", word, "-p", "the cat", "--bogus"], codes=(2,))
     expect_error("unknown subcommand (usage)", [rn, "bogus", "-m", word], codes=(2,))
 
