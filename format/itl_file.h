@@ -1,7 +1,8 @@
 // Writing and reading .itl files. Layout (docs/format.md has the byte-level description):
 //   [0, 64)            fixed header: magic, version, section offsets, checksum
 //   [64, ...)          FlatBuffer metadata (format/itera.fbs), verified on load
-//   page-aligned       data region: each tensor 64-byte aligned, used in place from the mmap
+//   4096-aligned       data region (64-aligned under 1 MiB): each tensor 64-byte aligned, used in
+//                      place from the mmap
 #pragma once
 
 #include <cstddef>

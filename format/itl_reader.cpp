@@ -144,6 +144,10 @@ uint64_t zstd_blocks_bound(const uint8_t* src, size_t size) {
     return 0;
 }
 
+// Whether [src, src + size) is exactly one zstd frame: ZSTD_decompress would also take frames
+// after it (a skippable one decodes to nothing), bytes that no declared size accounts for.
+bool one_zstd_frame(const uint8_t* src, size_t size) { return ZSTD_findFrameCompressedSize(src, size) == size; }
+
 // Decompresses (at most raw_length bytes) and verifies the token list.
 TokenizerSpec read_tokenizer(const fb::Tokenizer& t, const uint8_t* data, uint64_t data_length, int32_t id_limit) {
     TokenizerSpec tokenizer;
@@ -174,6 +178,7 @@ TokenizerSpec read_tokenizer(const fb::Tokenizer& t, const uint8_t* data, uint64
         if (raw_length > zstd_blocks_bound(stored, s.length()))
             throw Error("tokenizer: zstd frame declares " + std::to_string(raw_length) +
                         " bytes, more than its blocks hold");
+        if (!one_zstd_frame(stored, s.length())) throw Error("tokenizer: bytes after its zstd frame");
         decompressed.resize(raw_length);
         const size_t n = ZSTD_decompress(decompressed.data(), decompressed.size(), stored, s.length());
         if (ZSTD_isError(n)) throw Error(std::string("tokenizer: zstd decompression failed: ") + ZSTD_getErrorName(n));
@@ -239,6 +244,7 @@ void ItlFile::parse(LoadOptions options) {
         if (h.reserved > zstd_blocks_bound(meta, h.meta_length))
             throw Error("corrupt metadata: compressed frame declares " + std::to_string(h.reserved) +
                         " bytes, more than its blocks hold");
+        if (!one_zstd_frame(meta, h.meta_length)) throw Error("corrupt metadata: bytes after its zstd frame");
         meta_.resize((h.reserved + 7) / 8);
         const size_t n = ZSTD_decompress(meta_.data(), h.reserved, meta, h.meta_length);
         if (ZSTD_isError(n) || n != h.reserved) throw Error("corrupt metadata: zstd decompression failed");

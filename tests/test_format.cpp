@@ -147,6 +147,9 @@ uint64_t u64_at(const std::vector<uint8_t>& b, size_t at) {
     return v;
 }
 
+// An empty zstd skippable frame (RFC 8878 3.1.2: magic 0x184D2A50, little-endian, and size 0).
+constexpr uint8_t kSkippableFrame[8] = {0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0};
+
 void put_u64(std::vector<uint8_t>* b, size_t at, uint64_t v) {
     for (int i = 0; i < 8; i++) (*b)[at + i] = static_cast<uint8_t>(v >> (8 * i));
 }
@@ -580,8 +583,17 @@ TEST_CASE("compressed metadata: round trip, and damaged frames are rejected") {
     bad = packed;
     bad[56] = 2;  // unknown flag
     CHECK_THROWS_WITH_AS(load(bad), doctest::Contains("unknown flags"), Error);
-    MESSAGE("metadata ", u64_at(plain, 24), " -> ", u64_at(packed, 24), " bytes compressed; wrong length, damaged frame "
-            "and unknown flags rejected");
+    // One frame only: an empty skippable frame after it would decompress to the same bytes.
+    bad = packed;
+    const uint64_t meta_length = u64_at(packed, 24);
+    REQUIRE(64 + meta_length + sizeof kSkippableFrame <= u64_at(packed, 32));  // room before the data region
+    std::copy(std::begin(kSkippableFrame), std::end(kSkippableFrame),
+              bad.begin() + static_cast<ptrdiff_t>(64 + meta_length));
+    put_u64(&bad, 24, meta_length + sizeof kSkippableFrame);
+    CHECK_THROWS_WITH_AS(load(bad), doctest::Contains("corrupt metadata: bytes after its zstd frame"), Error);
+    MESSAGE("metadata ", u64_at(plain, 24), " -> ", u64_at(packed, 24),
+            " bytes compressed; wrong length, damaged frame, "
+            "a second (skippable) frame and unknown flags rejected");
 }
 
 TEST_CASE("every truncation of a file is rejected") {
@@ -893,7 +905,20 @@ TEST_CASE("zstd tokenizer: bombs, wrong raw_length and broken frames are rejecte
     CHECK((contains(cut, "tokenizer: zstd decompression failed") || contains(cut, "more than its blocks hold")));
     std::vector<uint8_t> garbage(64, 0x55);
     CHECK(with_section(garbage, raw_length) == "tokenizer: not a zstd frame with a declared size");
-    MESSAGE("zstd: ", bomb.size(), "-byte bomb declaring 70 MiB rejected; truncated/garbage frames rejected");
+    // One frame only: an empty skippable frame appended to the section (the file's last bytes).
+    {
+        std::vector<uint8_t> b = good;
+        REQUIRE(at + stored == b.size());
+        b.insert(b.end(), std::begin(kSkippableFrame), std::end(kSkippableFrame));
+        put_u64(&b, 40, u64_at(b, 40) + sizeof kSkippableFrame);  // data_length
+        REQUIRE(table(metadata(b)->tokenizer()->tokens())
+                    ->SetField(fb::Section::VT_LENGTH, stored + sizeof kSkippableFrame));
+        reseal(&b);
+        CHECK(load_error(b) == "tokenizer: bytes after its zstd frame");
+    }
+    MESSAGE("zstd: ", bomb.size(),
+            "-byte bomb declaring 70 MiB rejected; truncated/garbage frames and a frame followed "
+            "by a skippable one rejected");
 }
 
 TEST_CASE("every single-byte corruption of metadata and tokenizer is loaded safely or rejected") {
