@@ -43,14 +43,27 @@ inline CLI::Validator number_in(double min, double max) {
         range);
 }
 
-// Runs a tool's body, turning any exception that escapes it into its one-line error.
+// A path option given as "": an error, not the same as leaving the option out.
+inline CLI::Validator non_empty() {
+    return CLI::Validator([](std::string& text) -> std::string { return text.empty() ? "must not be empty" : ""; },
+                          "PATH");
+}
+
+// Runs a tool's body, turning any exception that escapes it into its one-line error, and output
+// that could not be written (a full disk, a closed pipe) into one too.
 inline int run_reporting_errors(int (*body)(int, char**), int argc, char** argv) {
+    int status = 0;
     try {
-        return body(argc, argv);
+        status = body(argc, argv);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;
     }
+    if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+        std::fprintf(stderr, "error: cannot write to standard output\n");
+        return 1;
+    }
+    return status;
 }
 
 }  // namespace itera

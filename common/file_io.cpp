@@ -1,33 +1,52 @@
 #include "common/file_io.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <sys/stat.h>
 
 #include "common/error.h"
 
 namespace itera {
 
+int open_regular_file(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) throw Error("cannot open '" + path + "': " + std::strerror(errno));
+    struct stat st {};
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ::close(fd);
+        throw Error("'" + path + "' is not a regular file");
+    }
+    return fd;
+}
+
 namespace {
 
 template <class Buffer>
 Buffer read_all(const std::string& path, uint64_t max_bytes) {
-    FILE* f = std::fopen(path.c_str(), "rb");
-    if (!f) throw Error("cannot open '" + path + "': " + std::strerror(errno));
+    const int fd = open_regular_file(path);
     struct stat st {};
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        std::fclose(f);
-        throw Error("'" + path + "' is not a regular file");
+    if (fstat(fd, &st) != 0) {
+        ::close(fd);
+        throw Error("cannot read '" + path + "'");
     }
     const uint64_t size = static_cast<uint64_t>(st.st_size);
     if (size > max_bytes) {
-        std::fclose(f);
+        ::close(fd);
         throw Error("'" + path + "' is larger than " + std::to_string(max_bytes) + " bytes");
     }
     Buffer out(static_cast<size_t>(size), 0);
-    const size_t got = size ? std::fread(out.data(), 1, out.size(), f) : 0;
-    std::fclose(f);
+    size_t got = 0;
+    while (got < out.size()) {
+        const ssize_t n = ::read(fd, out.data() + got, out.size() - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += static_cast<size_t>(n);
+    }
+    ::close(fd);
     if (got != out.size()) throw Error("cannot read '" + path + "'");
     return out;
 }

@@ -1,5 +1,6 @@
 #include "converter/checkpoint_to_spec.h"
 
+#include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -245,9 +246,27 @@ Value json_to_value(const std::string& json_text, const std::string& what) {
     return from_json(j, what, 0);
 }
 
+namespace {
+
+// A NaN or an infinity in a weight makes every logit NaN: refused here, whatever dtype follows.
+void check_finite(const ModelSpec& spec) {
+    for (const SpecTensor& t : spec.tensors)
+        for (size_t i = 0; i < t.values.size(); i++)
+            if (!std::isfinite(t.values[i]))
+                throw Error("tensor '" + t.name + "': element " + std::to_string(i) + " is " +
+                            (std::isnan(t.values[i]) ? "NaN" : "infinite"));
+}
+
+}  // namespace
+
 ModelSpec checkpoint_to_spec(const pt::Checkpoint& checkpoint, const ConvertOptions& options) {
-    if (!has_prune_masks(checkpoint)) return convert_state_dict(checkpoint, options);
+    if (!has_prune_masks(checkpoint)) {
+        ModelSpec spec = convert_state_dict(checkpoint, options);
+        check_finite(spec);
+        return spec;
+    }
     ModelSpec spec = convert_state_dict(fold_prune_masks(checkpoint), options);
+    check_finite(spec);
     const PrunePlan plan = zero_unit_plan(spec);
     apply_pruning(spec, plan);
     if (options.masked_units) *options.masked_units = plan;

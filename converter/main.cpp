@@ -22,6 +22,17 @@ namespace {
 constexpr uint64_t kMaxCheckpointBytes = uint64_t{4} << 30;
 constexpr uint64_t kMaxJsonBytes = uint64_t{256} << 20;
 
+// Whether two paths name one file: existing files by device and inode (hard links, symlinks), a path
+// not yet created by its absolute, normalized form.
+bool same_file(const std::string& a, const std::string& b) {
+    std::error_code ec;
+    if (std::filesystem::equivalent(a, b, ec)) return true;
+    std::error_code ea, eb;
+    const std::filesystem::path pa = std::filesystem::weakly_canonical(a, ea),
+                                pb = std::filesystem::weakly_canonical(b, eb);
+    return !ea && !eb && pa == pb;
+}
+
 int run(int argc, char** argv) {
     CLI::App app{"itera-convert: convert an Itera-Lite PyTorch checkpoint (.pt) into a .itl model file.\n"
                  "The checkpoint is read natively: pickle globals are resolved against an allowlist and\n"
@@ -38,7 +49,7 @@ int run(int argc, char** argv) {
     std::string prune_scope = "moe,ffn", prune_importance;
     bool prune_uniform = false;
     app.add_option("checkpoint", checkpoint_path, "PyTorch checkpoint (.pt, torch.save zip format)")->required();
-    app.add_option("-o,--output", output, "output .itl file")->required();
+    app.add_option("-o,--output", output, "output .itl file")->required()->check(itera::non_empty());
     app.add_option("--tokenizer", tokenizer_path, "tokenizer JSON (upstream word or char layout), stored in the file");
     app.add_option("--config", config_path,
                    "config JSON (upstream IteraLiteConfig keys); wins over the checkpoint's own config");
@@ -89,7 +100,8 @@ int run(int argc, char** argv) {
     app.add_flag("--prune-uniform", prune_uniform,
                  "remove the same fraction of every unit group instead of per-group fractions chosen by the "
                  "measured loss of pruning each group on the --calib text");
-    app.add_option("--report", report_path, "write a JSON report: every tensor's dtype, bytes and relative error");
+    app.add_option("--report", report_path, "write a JSON report: every tensor's dtype, bytes and relative error")
+        ->check(itera::non_empty());
     app.add_flag("--no-trim-vocab", no_trim,
                  "keep embedding / LM head rows that no tokenizer string can produce (trimmed by default when a "
                  "tokenizer is given; token ids stay the checkpoint's either way)");
@@ -102,6 +114,22 @@ int run(int argc, char** argv) {
         ->check(CLI::IsMember({"error", "identity"}));
     app.set_version_flag("--version", ITERA_VERSION);
     if (const auto status = itera::parse_command_line(app, argc, argv, "itera-convert")) return *status;
+    std::error_code exists_error;
+    if (std::filesystem::exists(output, exists_error) && !std::filesystem::is_regular_file(output, exists_error))
+        throw itera::Error("cannot write '" + output + "': not a regular file");
+    // Nothing this run reads may be what it writes.
+    const std::pair<const char*, const std::string*> inputs[] = {{"the checkpoint", &checkpoint_path},
+                                                                 {"--tokenizer", &tokenizer_path},
+                                                                 {"--config", &config_path},
+                                                                 {"--calib", &calib_path}};
+    for (const auto& [what, path] : inputs) {
+        if (path->empty()) continue;
+        if (same_file(output, *path)) throw itera::Error("-o '" + output + "' is " + what + ": choose another output");
+        if (!report_path.empty() && same_file(report_path, *path))
+            throw itera::Error("--report '" + report_path + "' is " + what + ": choose another report file");
+    }
+    if (!report_path.empty() && same_file(report_path, output))
+        throw itera::Error("--report '" + report_path + "' is the -o file: choose another report file");
 
     const std::vector<uint8_t> bytes = itera::read_file_bytes(checkpoint_path, kMaxCheckpointBytes);
     const itera::pt::Checkpoint checkpoint = itera::pt::read_checkpoint_bytes(bytes.data(), bytes.size());

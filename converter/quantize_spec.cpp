@@ -86,6 +86,13 @@ std::vector<TensorReport> quantize_spec(ModelSpec& spec, const QuantOptions& opt
         r.dtype = t.dtype;
         r.bytes = tensor_bytes(t.dtype, t.shape);
         if (t.dtype == DType::f16) {
+            for (size_t i = 0; i < t.values.size(); i++)
+                if (!(std::fabs(t.values[i]) < 65520.0f))  // rounds to infinity (fp16's largest is 65504)
+                    throw Error("tensor '" + t.name + "': element " + std::to_string(i) + " = " +
+                                std::to_string(t.values[i]) +
+                                " is beyond fp16's range (65504): keep it fp32 "
+                                "(--keep '" +
+                                t.name + "=fp32')");
             std::vector<float> rounded(t.values.size());
             for (size_t i = 0; i < rounded.size(); i++) rounded[i] = fp16_to_fp32(fp32_to_fp16(t.values[i]));
             r.rms_error_rtn = relative_rms(t.values, rounded);

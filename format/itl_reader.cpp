@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "common/error.h"
+#include "common/file_io.h"
 #include "format/itl_file.h"
 #include "format/itl_layout.h"
 #include "itera_generated.h"
@@ -28,17 +29,12 @@ int64_t TensorView::elements() const {
 }
 
 std::unique_ptr<ItlFile> ItlFile::open(const std::string& path, LoadOptions options) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw Error("cannot open '" + path + "': " + std::strerror(errno));
+    const int fd = open_regular_file(path);
     struct stat st;
     if (fstat(fd, &st) != 0) {
         const int err = errno;
         close(fd);
         throw Error("cannot open '" + path + "': " + std::strerror(err));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        throw Error("'" + path + "' is not a regular file");
     }
     std::unique_ptr<ItlFile> file(new ItlFile());
     file->size_ = static_cast<size_t>(st.st_size);

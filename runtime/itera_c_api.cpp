@@ -202,7 +202,7 @@ int itera_model_load_file(const char* path, const itera_model_params* params, it
     *out = nullptr;
     // Opening is tried here first so that a missing, unreadable or non-regular file is an IO
     // error; anything the reader refuses after that is the file's content.
-    const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+    const int fd = ::open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);  // a FIFO must not block
     if (fd < 0) return failf(ITERA_ERR_IO, "cannot open '%s': %s", path, std::strerror(errno));
     struct stat st;
     const bool regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);

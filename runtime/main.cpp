@@ -54,10 +54,18 @@ std::vector<int32_t> parse_ids(const std::string& text) {
         if (ec != std::errc() || id < 0) throw Error("--ids must be a comma-separated list of token ids, got '" + text + "'");
         ids.push_back(id);
         p = next;
-        if (p < end && *p != ',') throw Error("--ids must be a comma-separated list of token ids, got '" + text + "'");
+        if (p < end && (*p != ',' || p + 1 == end))  // a separator, and an id after it
+            throw Error("--ids must be a comma-separated list of token ids, got '" + text + "'");
         if (p < end) p++;
     }
     return ids;
+}
+
+// Logits that are not all finite come from broken weights (a NaN or an overflow): an error here,
+// as in sampling, rather than "nan" in the JSON or the perplexity.
+void check_finite(const float* logits, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!std::isfinite(logits[i])) throw Error("the model produced non-finite logits (corrupt weights?)");
 }
 
 // One sequence's forward on the CPU (itera::Context) or, with --device cuda, on the GPU
@@ -160,6 +168,7 @@ int logits(const Args& args) {
         throw Error(std::to_string(ids.size()) + " ids exceed max_seq_length " + std::to_string(model->config.max_seq_length));
     Evaluator ctx(*model, args.device);
     const float* rows = ctx.eval_all(ids.data(), ids.size());
+    check_finite(rows, ids.size() * static_cast<size_t>(model->vocab_rows()));
     // With a trimmed vocabulary the columns are the kept ids, listed in "vocab_ids".
     std::string out = "{\"logits\": [";
     char buf[32];
@@ -219,7 +228,9 @@ int perplexity(const Args& args) {
         if (ref_ctx) ref_ctx->reset();
         const size_t end = std::min(start + static_cast<size_t>(n), ids.size() - 1);
         const float* rows = ctx.eval_all(ids.data() + start, end - start);
+        check_finite(rows, (end - start) * static_cast<size_t>(model->vocab_rows()));
         const float* ref_all = ref_ctx ? ref_ctx->eval_all(ids.data() + start, end - start) : nullptr;
+        if (ref_all) check_finite(ref_all, (end - start) * static_cast<size_t>(ref->vocab_rows()));
         for (size_t t = start; t < end; t++) {
             const float* row = rows + (t - start) * static_cast<size_t>(model->vocab_rows());
             itera::log_softmax(row, model->vocab_rows(), logp.data());
@@ -435,7 +446,8 @@ int run(int argc, char** argv) {
     CLI::App app{"itera-run: generate text with an Itera-Lite model (.itl); without -m it uses the built-in model.\n"
                  "Subcommands: generate (default), logits, ppl, info."};
     Args a;
-    app.add_option("-m,--model", a.model_path, "model file (.itl); default: the built-in model");
+    app.add_option("-m,--model", a.model_path, "model file (.itl); default: the built-in model")
+        ->check(itera::non_empty());
     app.add_option("-p,--prompt", a.prompt, "prompt text");
     app.add_option("--ids", a.ids_text, "prompt as comma-separated token ids (instead of -p)");
     app.add_option("-n,--n-predict", a.n_predict, "tokens to generate (default 64)")->check(CLI::Range(0, 1 << 30));
@@ -468,11 +480,13 @@ int run(int argc, char** argv) {
     app.add_subcommand("generate", "generate text (the default)")->fallthrough();
     auto* lg = app.add_subcommand("logits", "print JSON logits for every position of --ids/-p (one forward from zero state)")->fallthrough();
     auto* ppl = app.add_subcommand("ppl", "perplexity of a text file: non-overlapping windows from zero state")->fallthrough();
-    ppl->add_option("--file", a.file, "text file to score")->required();
+    ppl->add_option("--file", a.file, "text file to score")->required()->check(itera::non_empty());
     ppl->add_option("--ctx", a.ctx, "window length in tokens (default max_seq_length)");
-    ppl->add_option("--kld-ref", a.kld_ref,
-                    "reference model (e.g. the FP32 file): also report the mean KL divergence of this model's next-token "
-                    "distribution from the reference's, and their top-1 agreement, on the same windows");
+    ppl->add_option(
+           "--kld-ref", a.kld_ref,
+           "reference model (e.g. the FP32 file): also report the mean KL divergence of this model's next-token "
+           "distribution from the reference's, and their top-1 agreement, on the same windows")
+        ->check(itera::non_empty());
     ppl->add_flag("--json", a.json, "print {\"ppl\", \"tokens\", \"scored\", \"unk_fraction\"[, \"kld\", \"top1\"]}");
     auto* inf = app.add_subcommand("info", "describe the model: config, tensors, sizes")->fallthrough();
     inf->add_flag("--json", a.json, "print JSON");

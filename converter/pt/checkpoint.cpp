@@ -3,11 +3,11 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <set>
 
 #include "common/error.h"
+#include "common/file_io.h"
 #include "converter/pt/pickle_machine.h"
 #include "converter/pt/zip_archive.h"
 
@@ -24,6 +24,7 @@ const Value* Value::get(const std::string& key) const {
 namespace {
 
 constexpr int kMaxDepth = 100;           // nesting of config values
+constexpr uint64_t kMaxCheckpointBytes = uint64_t{4} << 30;  // what a zip without zip64 extensions can address
 constexpr int64_t kElementsPerByte = 8;  // materialized elements allowed per archive byte (tied weights reuse storage)
 const std::string kPacked = "._packed_params._packed_params";
 
@@ -322,13 +323,7 @@ Checkpoint read_checkpoint_bytes(const uint8_t* data, size_t size) {
 }
 
 Checkpoint read_checkpoint(const std::string& path) {
-    std::ifstream in(path, std::ios::binary | std::ios::ate);
-    if (!in) throw Error("cannot open '" + path + "'");
-    const std::streamoff length = in.tellg();
-    if (length < 0) throw Error("cannot read '" + path + "'");
-    std::vector<uint8_t> bytes(static_cast<size_t>(length));
-    in.seekg(0);
-    if (!in.read(reinterpret_cast<char*>(bytes.data()), length)) throw Error("cannot read '" + path + "'");
+    const std::vector<uint8_t> bytes = read_file_bytes(path, kMaxCheckpointBytes);
     return read_checkpoint_bytes(bytes.data(), bytes.size());
 }
 

@@ -511,6 +511,35 @@ def bad_convert(args, w, p):
     expect_error("itera-convert --bogus (usage)", [conv, p["word.pt"], "-o", out, "--bogus"], codes=(2,))
     expect_error("itera-convert --prune nan (usage)", [conv, p["word.pt"], "-o", out, "--prune", "nan"], codes=(2,))
 
+    # what a run reads or cannot replace is never written over
+    fifo = os.path.join(w, "fifo")
+    os.mkfifo(fifo)  # opening one for reading would wait for a writer: refused, not a hang
+    expect_error("checkpoint is a FIFO", [conv, fifo, "-o", out])
+    expect_error("--tokenizer is a FIFO", [conv, p["word.pt"], "-o", out, "--tokenizer", fifo])
+    expect_error("--config is a FIFO", [conv, p["word.pt"], "-o", out, "--config", fifo])
+    expect_error("-o is a directory", [conv, p["word.pt"], "-o", w])
+    same = write(os.path.join(w, "same.pt"), read(p["word.pt"]))
+    expect_error("-o is the checkpoint", [conv, same, "-o", same])
+    check(read(same) == read(p["word.pt"]), "-o naming the checkpoint left it unchanged")
+    expect_error("--report is the -o file", [conv, p["word.pt"], "-o", out, "--report", out])
+    expect_error("--report is the checkpoint", [conv, same, "-o", out, "--report", same])
+    expect_error("--report '' (usage)", [conv, p["word.pt"], "-o", out, "--report", ""], codes=(2,))
+
+    # weights no storage type can hold
+    for label, value in (("NaN", float("nan")), ("infinite", float("inf"))):
+        state = dict(base, **{"embedding.weight": base["embedding.weight"].clone()})
+        state["embedding.weight"][3, 5] = value
+        path = os.path.join(w, "nonfinite.pt")
+        save_pt(path, state, p["word_cfg"])
+        expect_error(f"checkpoint with weight {label}", [conv, path, "-o", out], mention=(label,))
+    state = dict(base, **{"embedding.weight": base["embedding.weight"].clone()})
+    state["embedding.weight"][3, 5] = 1e5
+    path = os.path.join(w, "big.pt")
+    save_pt(path, state, p["word_cfg"])
+    expect_error("weight 1e5 stored fp16", [conv, path, "-o", out, "--quant", "fp16"], mention=("fp16",))
+    r = run([conv, path, "-o", out])
+    check(r.rc == 0, "the same weight stored fp32 converts" + ("" if r.rc == 0 else " " + r.why()))
+
 
 def find_tensor(blob, state, name):
     """Offset of a tensor's FP32 bytes inside a .itl file (stored in place), or -1."""
@@ -538,6 +567,35 @@ def bad_run(args, w, p):
     expect_error("model path is a directory", [rn, "-m", w, "-p", "the cat"])
     expect_error("ppl of a nonexistent file",
                  [rn, "ppl", "-m", p["word.itl"], "--file", os.path.join(w, "nope.txt")])
+    fifo = os.path.join(w, "fifo-run")
+    os.mkfifo(fifo)
+    expect_error("model is a FIFO", [rn, "-m", fifo, "info"])
+    expect_error("ppl --file is a FIFO", [rn, "ppl", "-m", p["word.itl"], "--file", fifo])
+    expect_error("ppl --kld-ref is a FIFO", [rn, "ppl", "-m", p["word.itl"], "--file", os.path.join(w, "words.txt"),
+                                             "--kld-ref", fifo])
+    expect_error("-m '' (usage)", [rn, "-m", "", "-p", "the cat"], codes=(2,))
+    expect_error("ppl --file '' (usage)", [rn, "ppl", "-m", p["word.itl"], "--file", ""], codes=(2,))
+    with open("/dev/full", "wb") as full:  # output that cannot be written is an error, not exit 0
+        r = subprocess.run([rn, "info", "-m", p["word.itl"]], stdout=full, stderr=subprocess.PIPE, timeout=TIMEOUT_S)
+    lines = r.stderr.decode(errors="replace").splitlines()
+    check(r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:"),
+          f"info > /dev/full: exit {r.returncode}, {lines[-1] if lines else 'no message'!r}")
+
+    # finite weights whose products overflow: the logits are not all finite, an error in every command
+    state = dict(p["word_state"])
+    state["embedding.weight"] = state["embedding.weight"].clone()
+    state["embedding.weight"][5] = torch.tensor([3e38, -3e38] * (state["embedding.weight"].shape[1] // 2))
+    huge_pt, huge = os.path.join(w, "huge.pt"), os.path.join(w, "huge.itl")
+    save_pt(huge_pt, state, p["word_cfg"])
+    r = run([args.convert, huge_pt, "-o", huge, "--tokenizer", p["word.json"]])
+    if check(r.rc == 0, "a model with weights of 3e38 converts (they are finite)" + ("" if r.rc == 0 else " " + r.why())):
+        expect_error("logits that overflow: logits", [rn, "logits", "-m", huge, "--ids", "4,5"], mention=("finite",))
+        expect_error("logits that overflow: ppl", [rn, "ppl", "-m", huge, "--file", os.path.join(w, "words.txt")],
+                     mention=("finite",))
+        expect_error("logits that overflow: ppl --kld-ref", [rn, "ppl", "-m", p["word.itl"], "--file",
+                                                             os.path.join(w, "words.txt"), "--kld-ref", huge],
+                     mention=("finite",))
+        expect_error("logits that overflow: generate", [rn, "-m", huge, "--ids", "4,5", "-n", "3"])
 
     word, char, bare = p["word.itl"], p["char.itl"], p["bare.itl"]
     vocab = len(SPECIALS) + len(WORDS)
@@ -553,6 +611,7 @@ def bad_run(args, w, p):
     expect_error(f"logits --ids with id {vocab} >= vocab", [rn, "logits", "-m", word, "--ids", f"{vocab}"])
     expect_error("logits --ids with id 2^31", [rn, "logits", "-m", word, "--ids", "4,2147483648"], codes=(1, 2))
     expect_error("logits --ids '4,,x'", [rn, "logits", "-m", word, "--ids", "4,,x"], codes=(1, 2))
+    expect_error("logits --ids '4,5,' (trailing comma)", [rn, "logits", "-m", word, "--ids", "4,5,"], codes=(1, 2))
     expect_error("logits --ids with a negative id", [rn, "logits", "-m", word, "--ids", "4,-3"], codes=(1, 2))
     expect_error("logits of more ids than max_seq_length",
                  [rn, "logits", "-m", word, "--ids", ",".join(["4"] * 17)], codes=(1, 2))
