@@ -237,8 +237,8 @@ void add_tensor(Checkpoint& ck, const std::string& name, Tensor t) {
 
 }  // namespace
 
-Checkpoint read_checkpoint_bytes(const uint8_t* data, size_t size) {
-    const std::vector<ZipEntry> entries = read_zip(data, size);
+Checkpoint read_checkpoint_bytes(const uint8_t* data, size_t size, bool verify_crc) {
+    const std::vector<ZipEntry> entries = read_zip(data, size, verify_crc);
     const ZipEntry* pkl = nullptr;
     for (const ZipEntry& e : entries) {
         if (e.name != "data.pkl" && !ends_with(e.name, "/data.pkl")) continue;

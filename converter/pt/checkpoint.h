@@ -55,6 +55,7 @@ struct Checkpoint {
 // Accepts a bare state_dict or a dict holding `model_state_dict` (+ optional `config`).
 // Throws itera::Error with a one-line message on anything malformed or not allowed.
 Checkpoint read_checkpoint(const std::string& path);
-Checkpoint read_checkpoint_bytes(const uint8_t* data, size_t size);
+// verify_crc: check every zip entry against its CRC-32 (the fuzzers turn it off).
+Checkpoint read_checkpoint_bytes(const uint8_t* data, size_t size, bool verify_crc = true);
 
 }  // namespace itera::pt

@@ -1,5 +1,6 @@
 #include "converter/pt/zip_archive.h"
 
+#include <array>
 #include <set>
 
 #include "common/error.h"
@@ -30,7 +31,22 @@ size_t find_end_record(const uint8_t* data, size_t size) {
 
 }  // namespace
 
-std::vector<ZipEntry> read_zip(const uint8_t* data, size_t size) {
+uint32_t zip_crc32(const uint8_t* data, size_t size) {
+    static const auto table = [] {
+        std::array<uint32_t, 256> t{};
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            t[i] = c;
+        }
+        return t;
+    }();
+    uint32_t crc = ~0u;
+    for (size_t i = 0; i < size; i++) crc = table[(crc ^ data[i]) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+std::vector<ZipEntry> read_zip(const uint8_t* data, size_t size, bool verify_crc) {
     const size_t end = find_end_record(data, size);
     const uint8_t* e = data + end;
     const uint16_t disk = le16(e + 4), cd_disk = le16(e + 6), n_disk = le16(e + 8), n_total = le16(e + 10);
@@ -51,7 +67,7 @@ std::vector<ZipEntry> read_zip(const uint8_t* data, size_t size) {
             throw Error("corrupt zip: bad central directory entry " + std::to_string(k));
         const uint8_t* c = cd + pos;
         const uint16_t flags = le16(c + 8), method = le16(c + 10);
-        const uint32_t csize = le32(c + 20), usize = le32(c + 24);
+        const uint32_t crc = le32(c + 16), csize = le32(c + 20), usize = le32(c + 24);
         const size_t name_len = le16(c + 28), extra_len = le16(c + 30), comment_len = le16(c + 32);
         const uint32_t local = le32(c + 42);
         if (kCentralSize + name_len + extra_len + comment_len > cd_size - pos)
@@ -84,6 +100,8 @@ std::vector<ZipEntry> read_zip(const uint8_t* data, size_t size) {
             throw Error("corrupt zip: local header name differs for " + quoted);
         entry.data = data + start;
         entry.size = usize;
+        if (verify_crc && zip_crc32(entry.data, entry.size) != crc)
+            throw Error("corrupt zip: " + quoted + " does not match its CRC-32");
         entries.push_back(std::move(entry));
     }
     return entries;
