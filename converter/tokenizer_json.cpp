@@ -2,6 +2,8 @@
 
 #include <charconv>
 #include <nlohmann/json.hpp>
+#include <string_view>
+#include <unordered_map>
 
 #include "common/error.h"
 
@@ -55,8 +57,17 @@ TokenizerSpec parse_tokenizer_json(const std::string& json_text) {
         if (!it.value().is_string()) throw Error("tokenizer JSON: token " + it.key() + " is not a string");
         if (seen[static_cast<size_t>(id)]) throw Error("tokenizer JSON: id " + it.key() + " appears twice");
         seen[static_cast<size_t>(id)] = true;
-        spec.tokens[static_cast<size_t>(id)] = it.value().get<std::string>();
+        std::string token = it.value().get<std::string>();
+        if (token.empty() || token.find('\0') != std::string::npos)
+            throw Error("tokenizer JSON: token " + it.key() + " is empty or holds a NUL byte");
+        spec.tokens[static_cast<size_t>(id)] = std::move(token);
     }
+    // One id per token: text encodes one way, and the forward map below can agree.
+    std::unordered_map<std::string_view, size_t> id_of;
+    for (size_t id = 0; id < spec.tokens.size(); id++)
+        if (const auto [at, fresh] = id_of.emplace(spec.tokens[id], id); !fresh)
+            throw Error("tokenizer JSON: token '" + spec.tokens[id] + "' has two ids, " + std::to_string(at->second) +
+                        " and " + std::to_string(id));
     // The forward map, when present, must agree: a mismatch means the file is not what it claims.
     if (j.contains(forward_key)) {
         const nlohmann::json& forward = j[forward_key];
@@ -68,6 +79,9 @@ TokenizerSpec parse_tokenizer_json(const std::string& json_text) {
                 throw Error("tokenizer JSON: '" + std::string(forward_key) + "' and '" + backward_key +
                             "' disagree about '" + it.key() + "'");
         }
+        if (forward.size() != spec.tokens.size())
+            throw Error("tokenizer JSON: '" + std::string(forward_key) + "' has " + std::to_string(forward.size()) +
+                        " tokens, '" + backward_key + "' " + std::to_string(spec.tokens.size()));
     }
     return spec;
 }

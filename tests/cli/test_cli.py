@@ -494,6 +494,15 @@ def bad_convert(args, w, p):
         "tokenizer JSON that is a list": json.dumps(["the", "cat"]),
         "tokenizer with a string id": json.dumps(dict(word_tokenizer(), token_to_id={"the": "x"})),
     }
+    wt = word_tokenizer()
+    dup = dict(wt, id_to_token=dict(wt["id_to_token"], **{"5": wt["id_to_token"]["4"]}))
+    dup["token_to_id"] = {t: int(i) for i, t in dup["id_to_token"].items()}
+    tok_cases["tokenizer with one token at two ids"] = json.dumps(dup)
+    tok_cases["tokenizer whose token_to_id lacks a token"] = json.dumps(
+        dict(wt, token_to_id={t: i for t, i in wt["token_to_id"].items() if i != 7}))
+    empty = dict(wt, id_to_token=dict(wt["id_to_token"], **{"5": ""}))
+    del empty["token_to_id"]
+    tok_cases["tokenizer with an empty token"] = json.dumps(empty)
     for label, text in tok_cases.items():
         path = write(os.path.join(w, "tok.json"), text)
         expect_error(label, [conv, p["word.pt"], "-o", out, "--tokenizer", path])
