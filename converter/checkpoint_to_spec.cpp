@@ -55,8 +55,7 @@ const Value* config_field(const pt::Checkpoint& ck, const ConvertOptions& o, con
 }
 
 int64_t as_int(const Value& v, const std::string& key) {
-    if (v.kind == Value::Kind::integer) return v.i;
-    if (v.kind == Value::Kind::boolean) return v.b;
+    if (v.kind == Value::Kind::integer) return v.i;  // not a boolean: `true` is no layer count
     throw Error("config field '" + key + "' must be an integer");
 }
 
@@ -147,6 +146,8 @@ Value from_json(const nlohmann::json& j, const std::string& what, int depth) {
         v.kind = Value::Kind::boolean;
         v.b = j.get<bool>();
     } else if (j.is_number_integer() || j.is_number_unsigned()) {
+        if (j.is_number_unsigned() && j.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+            throw Error(what + ": the integer " + std::to_string(j.get<uint64_t>()) + " is out of range");
         v.kind = Value::Kind::integer;
         v.i = j.get<int64_t>();
     } else if (j.is_number_float()) {

@@ -508,6 +508,11 @@ def bad_convert(args, w, p):
         expect_error(label, [conv, p["word.pt"], "-o", out, "--tokenizer", path])
     path = write(os.path.join(w, "cfg.json"), '{"vocab_size": 40, "hidden_size": ')
     expect_error("malformed --config JSON", [conv, p["word.pt"], "-o", out, "--config", path])
+    for label, text in (("top_k_experts true", '{"top_k_experts": true}'),
+                        ("vocab_size 2^63", '{"vocab_size": 9223372036854775808}'),
+                        ("num_layers 2.0", '{"num_layers": 2.0}')):
+        path = write(os.path.join(w, "cfg.json"), text)
+        expect_error(f"--config with {label}", [conv, p["word.pt"], "-o", out, "--config", path])
 
     # missing files and bad options
     nowhere = os.path.join(w, "does-not-exist")
