@@ -27,6 +27,12 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
     return std::nullopt;
 }
 
+// A usage error found after parsing (options that need each other): the same line and status 2.
+inline int usage_error(const std::string& message, const char* program) {
+    std::fprintf(stderr, "error: %s (see %s --help)\n", message.c_str(), program);
+    return 2;
+}
+
 // A floating-point option in [min, max]. CLI::Range lets NaN through (every comparison with it is
 // false); this refuses it, as a usage error like any other value out of range.
 inline CLI::Validator number_in(double min, double max) {

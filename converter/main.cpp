@@ -114,6 +114,15 @@ int run(int argc, char** argv) {
         ->check(CLI::IsMember({"error", "identity"}));
     app.set_version_flag("--version", ITERA_VERSION);
     if (const auto status = itera::parse_command_line(app, argc, argv, "itera-convert")) return *status;
+    // An option that only refines another one does nothing alone: say so instead of ignoring it.
+    const bool pruning = app.count("--prune") > 0 || app.count("--prune-scope") > 0;
+    const std::pair<const char*, bool> refinements[] = {
+        {"--calib-tokens needs --calib", app.count("--calib-tokens") > 0 && calib_path.empty()},
+        {"--score-tokens needs --target-size", app.count("--score-tokens") > 0 && target_size == 0},
+        {"--prune-importance needs --prune or --prune-scope", app.count("--prune-importance") > 0 && !pruning},
+        {"--prune-uniform needs --prune or --prune-scope", prune_uniform && !pruning}};
+    for (const auto& [message, refused] : refinements)
+        if (refused) return itera::usage_error(message, "itera-convert");
     std::error_code exists_error;
     if (std::filesystem::exists(output, exists_error) && !std::filesystem::is_regular_file(output, exists_error))
         throw itera::Error("cannot write '" + output + "': not a regular file");
@@ -172,6 +181,9 @@ int run(int argc, char** argv) {
         prune.ratio = prune_ratio;
         prune.scope = itera::parse_prune_scope(prune_scope);
         if (prune.scope.vocab && no_trim) throw itera::Error("--prune-scope vocab contradicts --no-trim-vocab");
+        if (prune_ratio > 0 && !prune.scope.moe && !prune.scope.ffn && !prune.scope.ssm)
+            throw itera::Error("--prune counts moe, ffn or ssm weights, and --prune-scope '" + prune_scope +
+                               "' has none of them (vocab rows are not counted in the ratio)");
         prune.by_sensitivity = !prune_uniform;
         prune.calib_tokens = calib_tokens;
         if (prune_importance.empty()) prune_importance = calib_path.empty() ? "magnitude" : "activation";

@@ -524,6 +524,11 @@ def bad_convert(args, w, p):
     expect_error("itera-convert --dtype fp8 (usage)", [conv, p["word.pt"], "-o", out, "--dtype", "fp8"], codes=(2,))
     expect_error("itera-convert --bogus (usage)", [conv, p["word.pt"], "-o", out, "--bogus"], codes=(2,))
     expect_error("itera-convert --prune nan (usage)", [conv, p["word.pt"], "-o", out, "--prune", "nan"], codes=(2,))
+    for option in (["--calib-tokens", "5"], ["--score-tokens", "5"], ["--prune-uniform"],
+                   ["--prune-importance", "magnitude"]):
+        expect_error(f"itera-convert {option[0]} alone (usage)", [conv, p["word.pt"], "-o", out] + option, codes=(2,))
+    expect_error("itera-convert --prune 0.5 --prune-scope vocab (nothing the ratio counts)",
+                 [conv, p["word.pt"], "-o", out, "--tokenizer", p["word.json"], "--prune", "0.5", "--prune-scope", "vocab"])
 
     # what a run reads or cannot replace is never written over
     fifo = os.path.join(w, "fifo")

@@ -232,7 +232,7 @@ def budget(t):
               f"{r['measured_kld']:.6f}" in out,
               f"--target-size {target}: printed KLD {r['measured_kld']:.6f} on {SCORE_TOKENS} tokens, "
               f"ppl --kld-ref on them {ppl['kld']:.6f}")
-        again, _, _ = t.convert(f"budget-{frac}-again", ["--precision", r["precision"]] + calib)
+        again, _, _ = t.convert(f"budget-{frac}-again", ["--precision", r["precision"], "--calib", p["calib"]])
         if again:
             same = [(a["name"], a["bytes"]) for a in t.info(again)["tensors"]] == \
                    [(a["name"], a["bytes"]) for a in info["tensors"]] and dtypes_of(t.info(again)) == file_dtypes
