@@ -217,10 +217,13 @@ void ItlFile::parse(LoadOptions options) {
         throw Error("corrupt header: header_bytes " + std::to_string(h.header_bytes) + ", meta_offset " +
                     std::to_string(h.meta_offset) + " (both must be 64)");
     const bool meta_zstd = h.flags == kItlFlagMetaZstd;
-    if ((h.flags != 0 && !meta_zstd) || (!meta_zstd && h.reserved != 0))
-        throw Error("corrupt header: unknown flags " + std::to_string(h.flags));
-    if (h.meta_length == 0 || h.meta_length > kItlMaxMetaBytes || (meta_zstd && h.reserved > kItlMaxMetaBytes))
+    if (h.flags != 0 && !meta_zstd) throw Error("corrupt header: unknown flags " + std::to_string(h.flags));
+    if (!meta_zstd && h.reserved != 0)
+        throw Error("corrupt header: reserved " + std::to_string(h.reserved) + " without compressed metadata");
+    if (h.meta_length == 0 || h.meta_length > kItlMaxMetaBytes)
         throw Error("corrupt header: meta_length " + std::to_string(h.meta_length));
+    if (meta_zstd && (h.reserved == 0 || h.reserved > kItlMaxMetaBytes))
+        throw Error("corrupt header: metadata raw length (reserved) " + std::to_string(h.reserved));
     const uint64_t data_align = h.data_length < kItlSmallData ? kItlTensorAlign : kItlDataAlign;
     if (h.data_offset % data_align != 0 || h.data_offset < h.meta_offset + h.meta_length)
         throw Error("corrupt header: data_offset " + std::to_string(h.data_offset));

@@ -583,6 +583,10 @@ TEST_CASE("compressed metadata: round trip, and damaged frames are rejected") {
     bad = packed;
     bad[56] = 2;  // unknown flag
     CHECK_THROWS_WITH_AS(load(bad), doctest::Contains("unknown flags"), Error);
+    bad = packed;
+    std::fill(bad.begin() + 60, bad.begin() + 64, uint8_t{0xff});  // a raw length over 256 MiB
+    CHECK_THROWS_WITH_AS(load(bad), doctest::Contains("corrupt header: metadata raw length (reserved) 4294967295"),
+                         Error);
     // One frame only: an empty skippable frame after it would decompress to the same bytes.
     bad = packed;
     const uint64_t meta_length = u64_at(packed, 24);
@@ -634,7 +638,8 @@ TEST_CASE("corrupt headers, checksum and metadata are rejected with their messag
           "unsupported .itl format version 0 (this reader supports version 1)");
     CHECK(contains(load_error(edited([](auto& b) { b[12] = 128; })), "corrupt header: header_bytes 128"));
     CHECK(contains(load_error(edited([](auto& b) { b[56] = 2; })), "corrupt header: unknown flags 2"));
-    CHECK(contains(load_error(edited([](auto& b) { b[60] = 1; })), "corrupt header: unknown flags 0"));  // reserved
+    CHECK(contains(load_error(edited([](auto& b) { b[60] = 1; })),
+                   "corrupt header: reserved 1 without compressed metadata"));
     CHECK(contains(load_error(edited([](auto& b) { put_u64(&b, 24, 0); })), "corrupt header: meta_length 0"));
     CHECK(contains(load_error(edited([&](auto& b) { put_u64(&b, 24, data_offset); })), "corrupt header: data_offset"));
     CHECK(contains(load_error(edited([&](auto& b) { put_u64(&b, 32, data_offset + 1); })),
