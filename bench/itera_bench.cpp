@@ -118,7 +118,8 @@ int run(int argc, char** argv) {
     Args args;
     CLI::App app{"itera-bench: load, prefill and decode speed of an Itera model (.itl)"};
     app.set_version_flag("--version", "itera-bench " ITERA_VERSION);
-    app.add_option("-m,--model", args.model_path, "model file (.itl); default: the built-in model");
+    app.add_option("-m,--model", args.model_path, "model file (.itl); default: the built-in model")
+        ->check(itera::non_empty());
     app.add_option("-t,--threads", args.threads, "threads for the batch measurement")->check(CLI::Range(1, 256));
     app.add_option("-b,--batch", args.batch, "sequences decoded in lockstep for batch_tok_s")->check(CLI::Range(1, 65536));
     app.add_option("-n,--tokens", args.tokens, "tokens decoded per measurement")->check(CLI::Range(1, 1 << 24));

@@ -7,8 +7,30 @@
 #include <cstdlib>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace itera {
+
+// A message as one printable line: control characters a user's value carried in (a newline in a
+// path or an id list) are escaped, so an error is always exactly one line.
+inline std::string one_line(std::string_view message) {
+    std::string out;
+    for (const char c : message) {
+        const unsigned char u = static_cast<unsigned char>(c);
+        if (c == '\n') {
+            out += "\\n";
+        } else if (c == '\t') {
+            out += "\\t";
+        } else if (u < 0x20 || u == 0x7f) {
+            char hex[8];
+            std::snprintf(hex, sizeof hex, "\\x%02x", u);
+            out += hex;
+        } else {
+            out += c;
+        }
+    }
+    return out;
+}
 
 // Returns the exit status when the program should stop now, nothing when it should go on.
 inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** argv, const char* program) {
@@ -21,7 +43,7 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
     } catch (const CLI::CallForVersion& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
-        std::fprintf(stderr, "error: %s (see %s --help)\n", e.what(), program);
+        std::fprintf(stderr, "error: %s (see %s --help)\n", one_line(e.what()).c_str(), program);
         return 2;
     }
     return std::nullopt;
@@ -29,7 +51,7 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
 
 // A usage error found after parsing (options that need each other): the same line and status 2.
 inline int usage_error(const std::string& message, const char* program) {
-    std::fprintf(stderr, "error: %s (see %s --help)\n", message.c_str(), program);
+    std::fprintf(stderr, "error: %s (see %s --help)\n", one_line(message).c_str(), program);
     return 2;
 }
 
@@ -62,7 +84,7 @@ inline int run_reporting_errors(int (*body)(int, char**), int argc, char** argv)
     try {
         status = body(argc, argv);
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "error: %s\n", e.what());
+        std::fprintf(stderr, "error: %s\n", one_line(e.what()).c_str());
         return 1;
     }
     if (std::fflush(stdout) != 0 || std::ferror(stdout)) {

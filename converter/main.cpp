@@ -1,7 +1,10 @@
 // itera-convert: PyTorch checkpoint (.pt) -> packed .itl file, natively (no Python, no pickle code run).
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <memory>
 
 #include "common/cli_parse.h"
 #include "common/error.h"
@@ -50,9 +53,11 @@ int run(int argc, char** argv) {
     bool prune_uniform = false;
     app.add_option("checkpoint", checkpoint_path, "PyTorch checkpoint (.pt, torch.save zip format)")->required();
     app.add_option("-o,--output", output, "output .itl file")->required()->check(itera::non_empty());
-    app.add_option("--tokenizer", tokenizer_path, "tokenizer JSON (upstream word or char layout), stored in the file");
+    app.add_option("--tokenizer", tokenizer_path, "tokenizer JSON (upstream word or char layout), stored in the file")
+        ->check(itera::non_empty());
     app.add_option("--config", config_path,
-                   "config JSON (upstream IteraLiteConfig keys); wins over the checkpoint's own config");
+                   "config JSON (upstream IteraLiteConfig keys); wins over the checkpoint's own config")
+        ->check(itera::non_empty());
     app.add_option("--top-k", top_k, "experts mixed per token in MoE layers (not recoverable from weights; default: "
                                      "config's top_k_experts, else 2)")
         ->check(CLI::Range(1, 1 << 20));
@@ -81,7 +86,8 @@ int run(int argc, char** argv) {
         ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
     app.add_option("--calib", calib_path,
                    "calibration text: run the model over it and round block formats with GPTQ error compensation "
-                   "instead of round-to-nearest (needs --tokenizer)");
+                   "instead of round-to-nearest (needs --tokenizer)")
+        ->check(itera::non_empty());
     app.add_option("--calib-tokens", calib_tokens, "at most this many calibration tokens (default 16384)")
         ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
     app.add_option("--prune", prune_ratio,
@@ -123,6 +129,11 @@ int run(int argc, char** argv) {
         {"--prune-uniform needs --prune or --prune-scope", prune_uniform && !pruning}};
     for (const auto& [message, refused] : refinements)
         if (refused) return itera::usage_error(message, "itera-convert");
+    if (app.count("--prune-scope") > 0 && app.count("--prune") == 0 && target_size == 0 &&
+        !itera::parse_prune_scope(prune_scope).vocab)
+        return itera::usage_error("--prune-scope '" + prune_scope +
+                                      "' prunes nothing without --prune or --target-size (only vocab rows go alone)",
+                                  "itera-convert");
     std::error_code exists_error;
     if (std::filesystem::exists(output, exists_error) && !std::filesystem::is_regular_file(output, exists_error))
         throw itera::Error("cannot write '" + output + "': not a regular file");
@@ -244,6 +255,13 @@ int run(int argc, char** argv) {
     const std::vector<itera::TensorReport> report =
         itera::quantize_spec(spec, quant, calib_path.empty() ? nullptr : &stats);
     itera::choose_layouts(spec, quant.layout);
+    // The report's file is opened before the model is written: a report that cannot be written
+    // fails the run while an existing -o file is still untouched.
+    std::unique_ptr<FILE, int (*)(FILE*)> report_file(nullptr, std::fclose);
+    if (!report_path.empty()) {
+        report_file.reset(std::fopen(report_path.c_str(), "w"));
+        if (!report_file) throw itera::Error("cannot write report '" + report_path + "': " + std::strerror(errno));
+    }
     itera::write_itl(spec, output);
 
     const uintmax_t file_bytes = std::filesystem::file_size(output);
@@ -253,9 +271,9 @@ int run(int argc, char** argv) {
         // Units removed (prune masks, --prune): a top-level "pruning" member.
         if (!prune_plan.groups.empty() || !prune_plan.vocab_keep_rows.empty())
             json.insert(json.find('{') + 1, "\n  \"pruning\": " + itera::prune_report_json(prune_plan) + ",");
-        FILE* f = std::fopen(report_path.c_str(), "w");
-        if (!f || std::fwrite(json.data(), 1, json.size(), f) != json.size() || std::fclose(f) != 0)
-            throw itera::Error("cannot write report '" + report_path + "'");
+        if (std::fwrite(json.data(), 1, json.size(), report_file.get()) != json.size() ||
+            std::fclose(report_file.release()) != 0)
+            throw itera::Error("cannot write report '" + report_path + "': " + std::strerror(errno));
     }
     int64_t params = 0;
     for (const auto& t : spec.tensors) params += static_cast<int64_t>(t.values.size());

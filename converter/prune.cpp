@@ -397,10 +397,15 @@ double mean_kld(const std::vector<float>& ref, const std::vector<float>& got, in
     return kld / static_cast<double>(ref.size() / static_cast<size_t>(V));
 }
 
-// "--prune 0.9 asks for more than the scope allows (at most 0.875)"
+// "--prune 0.9 asks for more than the scope allows (at most 0.875)": both with enough digits that
+// the ratio differs from the limit, the limit rounded down so that it is itself accepted.
 Error too_much(double ratio, double most) {
-    char buf[128];
-    std::snprintf(buf, sizeof buf, "--prune %.3g asks for more than the scope allows (at most %.3g)", ratio, most);
+    int digits = 3;
+    while (digits < 9 && std::floor(most * std::pow(10.0, digits)) / std::pow(10.0, digits) >= ratio) digits++;
+    const double shown = std::floor(most * std::pow(10.0, digits)) / std::pow(10.0, digits);
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "--prune %.*g asks for more than the scope allows (at most %.*f)", digits + 1, ratio,
+                  digits, shown);
     return Error(buf);
 }
 

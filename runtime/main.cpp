@@ -449,7 +449,8 @@ int run(int argc, char** argv) {
     app.add_option("-m,--model", a.model_path, "model file (.itl); default: the built-in model")
         ->check(itera::non_empty());
     app.add_option("-p,--prompt", a.prompt, "prompt text");
-    app.add_option("--ids", a.ids_text, "prompt as comma-separated token ids (instead of -p)");
+    app.add_option("--ids", a.ids_text, "prompt as comma-separated token ids (instead of -p)")
+        ->check(itera::non_empty());
     app.add_option("-n,--n-predict", a.n_predict, "tokens to generate (default 64)")->check(CLI::Range(0, 1 << 30));
     app.add_option("--temp", a.sampling.temperature, "sampling temperature (default 0.8; 0 = greedy)")
         ->check(itera::number_in(0.0, 100.0));

@@ -527,6 +527,15 @@ def bad_convert(args, w, p):
     for option in (["--calib-tokens", "5"], ["--score-tokens", "5"], ["--prune-uniform"],
                    ["--prune-importance", "magnitude"]):
         expect_error(f"itera-convert {option[0]} alone (usage)", [conv, p["word.pt"], "-o", out] + option, codes=(2,))
+    expect_error("itera-convert --prune-scope moe,ffn alone (usage)",
+                 [conv, p["word.pt"], "-o", out, "--prune-scope", "moe,ffn"], codes=(2,))
+    for option in ("--tokenizer", "--config", "--calib"):
+        expect_error(f"itera-convert {option} '' (usage)", [conv, p["word.pt"], "-o", out, option, ""], codes=(2,))
+    expect_error("a newline in the checkpoint path (one error line)", [conv, p["word.pt"] + "\nx", "-o", out])
+    kept = write(os.path.join(w, "kept.itl"), "an earlier file")
+    expect_error("--report in a missing directory", [conv, p["word.pt"], "-o", kept, "--report",
+                                                     os.path.join(w, "nowhere", "r.json")])
+    check(read(kept) == b"an earlier file", "a run whose report cannot be written left the -o file as it was")
     expect_error("itera-convert --prune 0.5 --prune-scope vocab (nothing the ratio counts)",
                  [conv, p["word.pt"], "-o", out, "--tokenizer", p["word.json"], "--prune", "0.5", "--prune-scope", "vocab"])
 
@@ -593,6 +602,9 @@ def bad_run(args, w, p):
     expect_error("ppl --kld-ref is a FIFO", [rn, "ppl", "-m", p["word.itl"], "--file", os.path.join(w, "words.txt"),
                                              "--kld-ref", fifo])
     expect_error("-m '' (usage)", [rn, "-m", "", "-p", "the cat"], codes=(2,))
+    expect_error("--ids '' (usage)", [rn, "-m", p["word.itl"], "--ids", "", "-p", "the cat"], codes=(2,))
+    expect_error("a newline in --ids (one error line)", [rn, "-m", p["word.itl"], "--ids", "4\n"], codes=(1, 2))
+    expect_error("a newline in the model path (one error line)", [rn, "-m", p["word.itl"] + "\n", "info"])
     expect_error("ppl --file '' (usage)", [rn, "ppl", "-m", p["word.itl"], "--file", ""], codes=(2,))
     with open("/dev/full", "wb") as full:  # output that cannot be written is an error, not exit 0
         r = subprocess.run([rn, "info", "-m", p["word.itl"]], stdout=full, stderr=subprocess.PIPE, timeout=TIMEOUT_S)
@@ -664,6 +676,10 @@ def device_cuda(args, p):
                          mention=["no CUDA device: "])
         env, where = {"ITERA_CUDA_EMULATE": "1"}, "emulated on the CPU"
         probe = run([args.run] + gen + ["--device", "cuda"], env=env)
+    bad_env = run([args.run] + gen + ["--device", "cuda"], env={"ITERA_CUDA_EMULATE": "yes"})
+    check(bad_env.rc == 1 and len(bad_env.lines) == 1 and bad_env.lines[0].startswith("error:") and
+          ("ITERA_CUDA_EMULATE" in bad_env.err or "no CUDA device" in bad_env.err),
+          f"ITERA_CUDA_EMULATE=yes: exit {bad_env.rc}, {bad_env.lines[-1] if bad_env.lines else 'no message'!r}")
     cpu = run([args.run] + gen)
     check(probe.rc == 0 and probe.out == cpu.out, f"--device cuda ({where}): 30 sampled ids (--seed 7, past "
           f"max_seq_length 16) equal the CPU's ({probe.out.strip()[:60]!r} vs {cpu.out.strip()[:60]!r})")
