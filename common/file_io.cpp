@@ -12,7 +12,7 @@
 
 namespace itera {
 
-int open_regular_file(const std::string& path) {
+RegularFile open_regular_file(const std::string& path) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) throw Error("cannot open '" + path + "': " + std::strerror(errno));
     struct stat st {};
@@ -20,20 +20,14 @@ int open_regular_file(const std::string& path) {
         ::close(fd);
         throw Error("'" + path + "' is not a regular file");
     }
-    return fd;
+    return {fd, static_cast<uint64_t>(st.st_size)};
 }
 
 namespace {
 
 template <class Buffer>
 Buffer read_all(const std::string& path, uint64_t max_bytes) {
-    const int fd = open_regular_file(path);
-    struct stat st {};
-    if (fstat(fd, &st) != 0) {
-        ::close(fd);
-        throw Error("cannot read '" + path + "'");
-    }
-    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    const auto [fd, size] = open_regular_file(path);
     if (size > max_bytes) {
         ::close(fd);
         throw Error("'" + path + "' is larger than " + std::to_string(max_bytes) + " bytes");

@@ -261,13 +261,11 @@ void check_finite(const ModelSpec& spec) {
 }  // namespace
 
 ModelSpec checkpoint_to_spec(const pt::Checkpoint& checkpoint, const ConvertOptions& options) {
-    if (!has_prune_masks(checkpoint)) {
-        ModelSpec spec = convert_state_dict(checkpoint, options);
-        check_finite(spec);
-        return spec;
-    }
-    ModelSpec spec = convert_state_dict(fold_prune_masks(checkpoint), options);
+    const bool masked = has_prune_masks(checkpoint);
+    ModelSpec spec =
+        masked ? convert_state_dict(fold_prune_masks(checkpoint), options) : convert_state_dict(checkpoint, options);
     check_finite(spec);
+    if (!masked) return spec;
     const PrunePlan plan = zero_unit_plan(spec);
     apply_pruning(spec, plan);
     if (options.masked_units) *options.masked_units = plan;

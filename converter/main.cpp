@@ -22,7 +22,6 @@
 
 namespace {
 
-constexpr uint64_t kMaxCheckpointBytes = uint64_t{4} << 30;
 constexpr uint64_t kMaxJsonBytes = uint64_t{256} << 20;
 
 // Whether two paths name one file: existing files by device and inode (hard links, symlinks), a path
@@ -134,9 +133,7 @@ int run(int argc, char** argv) {
         return itera::usage_error("--prune-scope '" + prune_scope +
                                       "' prunes nothing without --prune or --target-size (only vocab rows go alone)",
                                   "itera-convert");
-    std::error_code exists_error;
-    if (std::filesystem::exists(output, exists_error) && !std::filesystem::is_regular_file(output, exists_error))
-        throw itera::Error("cannot write '" + output + "': not a regular file");
+    itera::check_itl_target(output);
     // Nothing this run reads may be what it writes.
     const std::pair<const char*, const std::string*> inputs[] = {{"the checkpoint", &checkpoint_path},
                                                                  {"--tokenizer", &tokenizer_path},
@@ -151,7 +148,7 @@ int run(int argc, char** argv) {
     if (!report_path.empty() && same_file(report_path, output))
         throw itera::Error("--report '" + report_path + "' is the -o file: choose another report file");
 
-    const std::vector<uint8_t> bytes = itera::read_file_bytes(checkpoint_path, kMaxCheckpointBytes);
+    const std::vector<uint8_t> bytes = itera::read_file_bytes(checkpoint_path, itera::pt::kMaxCheckpointBytes);
     const itera::pt::Checkpoint checkpoint = itera::pt::read_checkpoint_bytes(bytes.data(), bytes.size());
     itera::ConvertOptions options;
     options.top_k = top_k;

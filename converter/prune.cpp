@@ -397,15 +397,12 @@ double mean_kld(const std::vector<float>& ref, const std::vector<float>& got, in
     return kld / static_cast<double>(ref.size() / static_cast<size_t>(V));
 }
 
-// "--prune 0.9 asks for more than the scope allows (at most 0.875)": both with enough digits that
-// the ratio differs from the limit, the limit rounded down so that it is itself accepted.
+// "--prune 0.9 asks for more than the scope allows (at most 0.875)": the ratio as given, the limit
+// rounded down, so that the number named is itself accepted.
 Error too_much(double ratio, double most) {
-    int digits = 3;
-    while (digits < 9 && std::floor(most * std::pow(10.0, digits)) / std::pow(10.0, digits) >= ratio) digits++;
-    const double shown = std::floor(most * std::pow(10.0, digits)) / std::pow(10.0, digits);
-    char buf[160];
-    std::snprintf(buf, sizeof buf, "--prune %.*g asks for more than the scope allows (at most %.*f)", digits + 1, ratio,
-                  digits, shown);
+    char buf[128];
+    std::snprintf(buf, sizeof buf, "--prune %g asks for more than the scope allows (at most %.3f)", ratio,
+                  std::floor(most * 1000.0) / 1000.0);
     return Error(buf);
 }
 

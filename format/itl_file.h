@@ -27,6 +27,9 @@ struct WriteOptions {
 };
 std::vector<uint8_t> serialize_itl(const ModelSpec& spec, const WriteOptions& options = {});
 void write_itl(const ModelSpec& spec, const std::string& path, const WriteOptions& options = {});
+// Throws when write_itl would refuse `path`: it exists and is not a regular file (a device or a
+// directory is never replaced). A caller with long work ahead checks first.
+void check_itl_target(const std::string& path);
 
 struct TensorView {
     std::string name;

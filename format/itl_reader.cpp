@@ -1,8 +1,6 @@
 // Loads an .itl file: maps it, checks every byte range and field before anything is used, and
 // exposes the tensors in place (docs/format.md).
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h>
 
@@ -29,15 +27,9 @@ int64_t TensorView::elements() const {
 }
 
 std::unique_ptr<ItlFile> ItlFile::open(const std::string& path, LoadOptions options) {
-    const int fd = open_regular_file(path);
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        const int err = errno;
-        close(fd);
-        throw Error("cannot open '" + path + "': " + std::strerror(err));
-    }
+    const auto [fd, size] = open_regular_file(path);
     std::unique_ptr<ItlFile> file(new ItlFile());
-    file->size_ = static_cast<size_t>(st.st_size);
+    file->size_ = static_cast<size_t>(size);
     if (file->size_ > 0) {  // an empty file cannot be mapped; parse() rejects it
         void* p = mmap(nullptr, file->size_, PROT_READ, MAP_PRIVATE, fd, 0);
         if (p == MAP_FAILED) {

@@ -186,12 +186,16 @@ std::vector<uint8_t> serialize_itl(const ModelSpec& spec, const WriteOptions& op
     return out;
 }
 
+void check_itl_target(const std::string& path) {
+    struct stat target {};
+    if (stat(path.c_str(), &target) == 0 && !S_ISREG(target.st_mode))
+        throw Error("cannot write '" + path + "': not a regular file");
+}
+
 // Temp file in the same directory + rename: readers never see a half-written file.
 void write_itl(const ModelSpec& spec, const std::string& path, const WriteOptions& options) {
     const std::vector<uint8_t> bytes = serialize_itl(spec, options);
-    struct stat target {};
-    if (stat(path.c_str(), &target) == 0 && !S_ISREG(target.st_mode))  // a device or a directory is not replaced
-        throw Error("cannot write '" + path + "': not a regular file");
+    check_itl_target(path);
     std::string tmp = path + ".tmp-XXXXXX";
     const int fd = mkstemp(tmp.data());
     if (fd < 0) throw Error("cannot create a temporary file next to '" + path + "': " + std::strerror(errno));

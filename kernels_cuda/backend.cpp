@@ -49,9 +49,12 @@ struct Backend::Impl {
             throw Error("CUDA backend: max_seqs must be 1.." + std::to_string(1 << 20));
         // ITERA_CUDA_EMULATE=1: the kernels on host threads, to test this path without a GPU.
         const char* emulate = std::getenv("ITERA_CUDA_EMULATE");
-        if (emulate && *emulate && std::strcmp(emulate, "0") != 0 && std::strcmp(emulate, "1") != 0)
-            throw Error(std::string("ITERA_CUDA_EMULATE=") + emulate + ": expected 1 (emulate) or 0");
-        if (emulate && std::strcmp(emulate, "1") == 0) options.emulate = true;
+        if (emulate && *emulate) {
+            if (std::strcmp(emulate, "1") == 0)
+                options.emulate = true;
+            else if (std::strcmp(emulate, "0") != 0)
+                throw Error(std::string("ITERA_CUDA_EMULATE=") + emulate + ": expected 1 (emulate) or 0");
+        }
         std::string why;
         exec = options.emulate ? make_host_executor(options.emulate_threads, options.emulate_lanes,
                                                     {options.emulate_sm_count, options.emulate_smem_bytes})

@@ -2,12 +2,9 @@
 // guarded(), which turns any exception into an error code and the thread's last-error message:
 // itera::Error -> the code that entry point documents, std::bad_alloc -> OUT_OF_MEMORY, anything
 // else -> INTERNAL.
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
@@ -19,6 +16,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/file_io.h"
 #include "format/itl_file.h"
 #include "itera.h"
 #include "runtime/batch.h"
@@ -202,12 +200,11 @@ int itera_model_load_file(const char* path, const itera_model_params* params, it
     *out = nullptr;
     // Opening is tried here first so that a missing, unreadable or non-regular file is an IO
     // error; anything the reader refuses after that is the file's content.
-    const int fd = ::open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);  // a FIFO must not block
-    if (fd < 0) return failf(ITERA_ERR_IO, "cannot open '%s': %s", path, std::strerror(errno));
-    struct stat st;
-    const bool regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
-    ::close(fd);
-    if (!regular) return failf(ITERA_ERR_IO, "'%s' is not a regular file", path);
+    if (const int io = guarded(ITERA_ERR_IO, [&]() -> int {
+            ::close(itera::open_regular_file(path).fd);
+            return ITERA_OK;
+        }))
+        return io;
     return guarded(ITERA_ERR_FORMAT, [&]() -> int {
         auto m = std::make_unique<itera_model>();
         m->model = itera::load_model(itera::ItlFile::open(path, load_options(params)));

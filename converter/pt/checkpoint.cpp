@@ -24,7 +24,6 @@ const Value* Value::get(const std::string& key) const {
 namespace {
 
 constexpr int kMaxDepth = 100;           // nesting of config values
-constexpr uint64_t kMaxCheckpointBytes = uint64_t{4} << 30;  // what a zip without zip64 extensions can address
 constexpr int64_t kElementsPerByte = 8;  // materialized elements allowed per archive byte (tied weights reuse storage)
 const std::string kPacked = "._packed_params._packed_params";
 

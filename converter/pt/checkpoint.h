@@ -52,6 +52,9 @@ struct Checkpoint {
     Value config;                    // dict: from `config` (dict or pickled object)
 };
 
+// The largest checkpoint file read: what a zip without zip64 extensions can address.
+constexpr uint64_t kMaxCheckpointBytes = uint64_t{4} << 30;
+
 // Accepts a bare state_dict or a dict holding `model_state_dict` (+ optional `config`).
 // Throws itera::Error with a one-line message on anything malformed or not allowed.
 Checkpoint read_checkpoint(const std::string& path);
