@@ -21,6 +21,7 @@
 #include "itera.h"
 #include "runtime/batch.h"
 #include "runtime/context.h"
+#include "runtime/devices.h"
 #include "runtime/model.h"
 #include "runtime/sampler.h"
 
@@ -34,7 +35,7 @@ struct itera_model {
 // The C API indexes logits by token id. A model whose vocabulary was trimmed with gaps computes
 // fewer rows than ids; its logits are then spread out to one per id, -inf for the dropped ids.
 struct itera_context {
-    explicit itera_context(const itera::Model& model) : ctx(model) {}
+    itera_context(const itera::Model& model, std::unique_ptr<itera::Backend> backend) : ctx(model, std::move(backend)) {}
 
     // Call after anything that changes ctx.
     void update_logits() {
@@ -60,11 +61,26 @@ struct itera_sampler {
 };
 
 struct itera_batch {
-    itera_batch(const itera::Model& model, int32_t n, int32_t threads)
-        : batch(model, n, threads), fresh(static_cast<size_t>(n), false) {}
+    itera_batch(const itera::Model& model, std::unique_ptr<itera::Backend> backend)
+        : batch(model, std::move(backend)) {}
     itera::Batch batch;
-    std::vector<bool> fresh;  // sequence i has logits from the last eval
-    std::vector<float> by_id; // [n, id_limit] when the vocabulary was trimmed
+    std::vector<float> by_id;  // [n, id_limit] when the vocabulary was trimmed
+
+    // Call after anything that changes the batch: spreads each fed sequence's rows out to ids, as
+    // itera_context does.
+    void update_logits() {
+        const itera::Model& model = batch.model();
+        if (model.id_limit() == model.vocab_rows()) return;  // rows are ids
+        const size_t ids = static_cast<size_t>(model.id_limit());
+        by_id.resize(ids * static_cast<size_t>(batch.size()));
+        for (int32_t i = 0; i < batch.size(); i++) {
+            const float* rows = batch.logits(i);
+            if (!rows) continue;
+            float* out = by_id.data() + static_cast<size_t>(i) * ids;
+            std::fill(out, out + ids, -INFINITY);
+            for (int32_t r = 0; r < model.vocab_rows(); r++) out[model.id_of(r)] = rows[r];
+        }
+    }
 };
 
 namespace {
@@ -93,6 +109,8 @@ template <class Body>
 int guarded(int error_code, Body&& body) noexcept {
     try {
         return body();
+    } catch (const itera::DeviceUnavailable& e) {
+        return fail(e.not_built() ? ITERA_ERR_NO_CUDA : ITERA_ERR_NO_DEVICE, e.what());
     } catch (const itera::Error& e) {
         return fail(error_code, e.what());
     } catch (const std::bad_alloc&) {
@@ -127,6 +145,19 @@ int check_text_token(const itera::Model& model, int32_t token) {
         return failf(ITERA_ERR_INVALID_ARGUMENT, "token id %d is outside the vocabulary [0, %d)", token,
                      model.id_limit());
     return ITERA_OK;
+}
+
+int device_of(int device, itera::Device* out) {
+    switch (device) {
+        case ITERA_DEVICE_CPU: *out = itera::Device::cpu; return ITERA_OK;
+        case ITERA_DEVICE_CUDA: *out = itera::Device::cuda; return ITERA_OK;
+        case ITERA_DEVICE_AUTO: *out = itera::Device::automatic; return ITERA_OK;
+    }
+    return failf(ITERA_ERR_INVALID_ARGUMENT, "unknown device %d (ITERA_DEVICE_CPU, _CUDA or _AUTO)", device);
+}
+
+int device_code(const itera::Backend& backend) {
+    return backend.device() == itera::Device::cuda ? ITERA_DEVICE_CUDA : ITERA_DEVICE_CPU;
 }
 
 int no_tokenizer() { return fail(ITERA_ERR_NO_TOKENIZER, "the model has no tokenizer: use token ids"); }
@@ -180,11 +211,35 @@ const char* itera_error_name(int code) {
     case ITERA_ERR_BUFFER_TOO_SMALL: return "ITERA_ERR_BUFFER_TOO_SMALL";
     case ITERA_ERR_MODEL_MISMATCH: return "ITERA_ERR_MODEL_MISMATCH";
     case ITERA_ERR_NO_TOKENIZER: return "ITERA_ERR_NO_TOKENIZER";
+    case ITERA_ERR_NO_DEVICE: return "ITERA_ERR_NO_DEVICE";
+    case ITERA_ERR_NO_CUDA: return "ITERA_ERR_NO_CUDA";
     }
     return "ITERA_ERR_UNKNOWN_CODE";
 }
 
 const char* itera_version(void) { return ITERA_VERSION_STRING; }
+
+// ---- devices ----
+
+int itera_device_available(int device) {
+    itera::Device d = itera::Device::cpu;
+    if (const int rc = device_of(device, &d)) return rc;
+    return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
+        std::string why;
+        bool not_built = false;
+        if (itera::device_available(d, &why, &not_built)) return ITERA_OK;
+        return fail(not_built ? ITERA_ERR_NO_CUDA : ITERA_ERR_NO_DEVICE, ("no CUDA device: " + why).c_str());
+    });
+}
+
+const char* itera_device_name(int device) {
+    switch (device) {
+        case ITERA_DEVICE_CPU: return itera::device_name(itera::Device::cpu);
+        case ITERA_DEVICE_CUDA: return itera::device_name(itera::Device::cuda);
+        case ITERA_DEVICE_AUTO: return itera::device_name(itera::Device::automatic);
+    }
+    return nullptr;
+}
 
 // ---- model ----
 
@@ -294,21 +349,25 @@ int itera_token_piece(const itera_model* model, int32_t id, int first, char* tex
 
 itera_context_params itera_context_default_params(void) {
     itera_context_params p;
-    p.reserved = 0;
+    p.device = ITERA_DEVICE_CPU;
     return p;
 }
 
 int itera_context_new(const itera_model* model, const itera_context_params* params, itera_context** out) {
-    (void)params;  // no options yet
     if (!model || !out) return null_argument("itera_context_new", "model and out");
     *out = nullptr;
-    return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
-        *out = new itera_context(*model->model);
+    itera::BackendOptions options;
+    if (const int rc = device_of(params ? params->device : ITERA_DEVICE_CPU, &options.device)) return rc;
+    // An error here is a model the device cannot run (q3 / q2 weights on the GPU).
+    return guarded(ITERA_ERR_FORMAT, [&]() -> int {
+        *out = new itera_context(*model->model, itera::make_backend(*model->model, options));
         return ITERA_OK;
     });
 }
 
 void itera_context_free(itera_context* ctx) { delete ctx; }
+
+int itera_context_device(const itera_context* ctx) { return ctx ? device_code(ctx->ctx.backend()) : -1; }
 
 int itera_context_reset(itera_context* ctx) {
     if (!ctx) return null_argument("itera_context_reset", "ctx");
@@ -457,18 +516,33 @@ int itera_generate(itera_context* ctx, const int32_t* prompt, int32_t n_prompt, 
 
 // ---- batch ----
 
-int itera_batch_new(const itera_model* model, int32_t n_sequences, int32_t n_threads, itera_batch** out) {
+itera_batch_params itera_batch_default_params(void) {
+    itera_batch_params p;
+    p.n_threads = 1;
+    p.device = ITERA_DEVICE_CPU;
+    return p;
+}
+
+int itera_batch_new(const itera_model* model, int32_t n_sequences, const itera_batch_params* params,
+                    itera_batch** out) {
     if (!model || !out) return null_argument("itera_batch_new", "model and out");
     *out = nullptr;
-    if (n_sequences < 1 || n_sequences > (1 << 20) || n_threads < 1 || n_threads > 1024)
+    const itera_batch_params p = params ? *params : itera_batch_default_params();
+    if (n_sequences < 1 || n_sequences > (1 << 20) || p.n_threads < 1 || p.n_threads > 1024)
         return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_batch_new: n_sequences must be 1..1048576 and n_threads 1..1024");
-    return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
-        *out = new itera_batch(*model->model, n_sequences, n_threads);
+    itera::BackendOptions options;
+    if (const int rc = device_of(p.device, &options.device)) return rc;
+    options.slots = n_sequences;
+    options.threads = p.n_threads;
+    return guarded(ITERA_ERR_FORMAT, [&]() -> int {
+        *out = new itera_batch(*model->model, itera::make_backend(*model->model, options));
         return ITERA_OK;
     });
 }
 
 void itera_batch_free(itera_batch* batch) { delete batch; }
+
+int itera_batch_device(const itera_batch* batch) { return batch ? device_code(batch->batch.backend()) : -1; }
 
 int itera_batch_eval(itera_batch* batch, const int32_t* tokens) {
     if (!batch || !tokens) return null_argument("itera_batch_eval", "batch and tokens");
@@ -477,26 +551,35 @@ int itera_batch_eval(itera_batch* batch, const int32_t* tokens) {
         if (const int rc = check_token(batch->batch.model(), tokens[i])) return rc;
     return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
         batch->batch.eval(tokens);
-        std::fill(batch->fresh.begin(), batch->fresh.end(), true);
-        const itera::Model& model = batch->batch.model();
-        if (model.id_limit() != model.vocab_rows()) {  // spread rows out to ids, as itera_context does
-            const size_t ids = static_cast<size_t>(model.id_limit());
-            batch->by_id.assign(ids * static_cast<size_t>(n), -INFINITY);
-            for (int32_t i = 0; i < n; i++) {
-                const float* rows = batch->batch.logits(i);
-                for (int32_t r = 0; r < model.vocab_rows(); r++)
-                    batch->by_id[static_cast<size_t>(i) * ids + static_cast<size_t>(model.id_of(r))] = rows[r];
-            }
-        }
+        batch->update_logits();
+        return ITERA_OK;
+    });
+}
+
+int itera_batch_run(itera_batch* batch, const itera_batch_feed* feeds, int32_t n_feeds) {
+    if (!batch || (n_feeds > 0 && !feeds)) return null_argument("itera_batch_run", "batch and feeds (when n_feeds > 0)");
+    if (n_feeds < 0 || n_feeds > batch->batch.size())
+        return failf(ITERA_ERR_INVALID_ARGUMENT, "itera_batch_run: n_feeds must be 0..%d", batch->batch.size());
+    // itera_batch_feed and Batch::Feed have the same members; the batch checks them all first.
+    std::vector<itera::Batch::Feed> list(static_cast<size_t>(n_feeds));
+    for (int32_t f = 0; f < n_feeds; f++) list[static_cast<size_t>(f)] = {feeds[f].seq, feeds[f].tokens, feeds[f].n_tokens};
+    return guarded(ITERA_ERR_INVALID_ARGUMENT, [&]() -> int {
+        batch->batch.run(list.data(), n_feeds);
+        batch->update_logits();
         return ITERA_OK;
     });
 }
 
 const float* itera_batch_logits(const itera_batch* batch, int32_t i) {
-    if (!batch || i < 0 || i >= batch->batch.size() || !batch->fresh[static_cast<size_t>(i)]) return nullptr;
+    if (!batch || i < 0 || i >= batch->batch.size()) return nullptr;
+    const float* rows = batch->batch.logits(i);
     const itera::Model& model = batch->batch.model();
-    if (model.id_limit() == model.vocab_rows()) return batch->batch.logits(i);
+    if (!rows || model.id_limit() == model.vocab_rows()) return rows;
     return batch->by_id.data() + static_cast<size_t>(i) * static_cast<size_t>(model.id_limit());
+}
+
+int32_t itera_batch_position(const itera_batch* batch, int32_t i) {
+    return batch && i >= 0 && i < batch->batch.size() ? batch->batch.position(i) : 0;
 }
 
 int itera_batch_reset(itera_batch* batch, int32_t i) {
@@ -504,7 +587,6 @@ int itera_batch_reset(itera_batch* batch, int32_t i) {
     if (i < 0 || i >= batch->batch.size())
         return failf(ITERA_ERR_INVALID_ARGUMENT, "itera_batch_reset: sequence %d is out of range", i);
     batch->batch.reset(i);
-    batch->fresh[static_cast<size_t>(i)] = false;
     return ITERA_OK;
 }
 

@@ -13,9 +13,9 @@
 #include "common/error.h"
 #include "format/tensor_names.h"
 #include "common/file_io.h"
-#include "kernels_cuda/cuda_backend.h"
 #include "runtime/builtin_model.h"
 #include "runtime/context.h"
+#include "runtime/devices.h"
 #include "runtime/model.h"
 #include "runtime/sampler.h"
 #include "version.h"
@@ -68,45 +68,12 @@ void check_finite(const float* logits, size_t n) {
         if (!std::isfinite(logits[i])) throw Error("the model produced non-finite logits (corrupt weights?)");
 }
 
-// One sequence's forward on the CPU (itera::Context) or, with --device cuda, on the GPU
-// (kernels_cuda/cuda_backend.h), which takes a prompt or a window in one launch.
-class Evaluator {
-public:
-    Evaluator(const itera::Model& model, const std::string& device) {
-        if (device == "cuda") {
-            gpu_ = std::make_unique<itera::cuda::Backend>(model);  // "no CUDA device: ..." without one
-        } else {
-            cpu_ = std::make_unique<itera::Context>(model);
-        }
-    }
-    void reset() { gpu_ ? gpu_->reset(0) : cpu_->reset(); }
-    // The logits after `id` (nullptr when !want_logits).
-    const float* eval(int32_t id, bool want_logits = true) {
-        if (cpu_) return cpu_->eval(id, want_logits);
-        gpu_->run({{0, &id, 1, want_logits ? itera::cuda::Logits::last : itera::cuda::Logits::none}});
-        return gpu_->logits(0);
-    }
-    // Feeds ids in order; returns the logits after the last one.
-    const float* prompt(const std::vector<int32_t>& ids) {
-        if (gpu_) {
-            gpu_->run({{0, ids.data(), static_cast<int32_t>(ids.size()), itera::cuda::Logits::last}});
-            return gpu_->logits(0);
-        }
-        return cpu_->eval_tokens(ids.data(), static_cast<int32_t>(ids.size()));
-    }
-    // Feeds ids[0, n) in order (n <= max_seq_length); returns the logits after each, [n][vocab rows].
-    const float* eval_all(const int32_t* ids, size_t n) {
-        if (gpu_) {
-            gpu_->run({{0, ids, static_cast<int32_t>(n), itera::cuda::Logits::all}});
-            return gpu_->logits(0);
-        }
-        return cpu_->eval_all(ids, static_cast<int32_t>(n));
-    }
-
-private:
-    std::unique_ptr<itera::Context> cpu_;
-    std::unique_ptr<itera::cuda::Backend> gpu_;
-};
+// A context on the device --device names (the library chooses the backend: runtime/devices.h).
+std::unique_ptr<itera::Context> context_on(const itera::Model& model, const std::string& device) {
+    itera::BackendOptions options;
+    options.device = itera::parse_device(device);
+    return std::make_unique<itera::Context>(model, itera::make_backend(model, options));
+}
 
 const itera::Tokenizer& tokenizer_of(const itera::Model& model) {
     if (!model.has_tokenizer) throw Error("the model has no tokenizer: pass token ids with --ids");
@@ -135,7 +102,7 @@ std::vector<int32_t> prompt_ids(const itera::Model& model, const Args& args, boo
 int generate(const Args& args) {
     const auto model = load(args);
     const std::vector<int32_t> prompt = prompt_ids(*model, args, args.model_path.empty());
-    Evaluator ctx(*model, args.device);
+    const auto ctx = context_on(*model, args.device);
     itera::SamplerParams sp = args.sampling;
     if (!args.has_seed) sp.seed = std::random_device{}();
     itera::Sampler sampler(sp);
@@ -144,7 +111,7 @@ int generate(const Args& args) {
         std::string text = tokenizer_of(*model).decode(prompt);
         std::fputs(text.c_str(), stdout);
     }
-    const float* logits = ctx.prompt(prompt);
+    const float* logits = ctx->eval_tokens(prompt.data(), static_cast<int32_t>(prompt.size()));
     const int32_t eos = model->has_tokenizer ? model->tokenizer.eos() : -1;
     for (int32_t i = 0; i < args.n_predict; i++) {
         const int32_t next = model->id_of(sampler.sample(logits, model->vocab_rows()));
@@ -155,7 +122,7 @@ int generate(const Args& args) {
             std::printf(i ? " %d" : "%d", next);
         }
         std::fflush(stdout);
-        if (i + 1 < args.n_predict) logits = ctx.eval(next);
+        if (i + 1 < args.n_predict) logits = ctx->eval(next);
     }
     std::putchar('\n');
     return 0;
@@ -166,8 +133,8 @@ int logits(const Args& args) {
     const std::vector<int32_t> ids = prompt_ids(*model, args, false);
     if (static_cast<int32_t>(ids.size()) > model->config.max_seq_length)
         throw Error(std::to_string(ids.size()) + " ids exceed max_seq_length " + std::to_string(model->config.max_seq_length));
-    Evaluator ctx(*model, args.device);
-    const float* rows = ctx.eval_all(ids.data(), ids.size());
+    const auto ctx = context_on(*model, args.device);
+    const float* rows = ctx->eval_all(ids.data(), static_cast<int32_t>(ids.size()));
     check_finite(rows, ids.size() * static_cast<size_t>(model->vocab_rows()));
     // With a trimmed vocabulary the columns are the kept ids, listed in "vocab_ids".
     std::string out = "{\"logits\": [";
@@ -217,18 +184,19 @@ int perplexity(const Args& args) {
     }
     // Non-overlapping windows from zero state; every position is scored against the token after
     // it (for a window's last position that is the next window's first token), as upstream does.
-    Evaluator ctx(*model, args.device);
-    std::unique_ptr<Evaluator> ref_ctx = ref ? std::make_unique<Evaluator>(*ref, args.device) : nullptr;
+    const auto ctx = context_on(*model, args.device);
+    const auto ref_ctx = ref ? context_on(*ref, args.device) : nullptr;
     std::vector<double> logp(static_cast<size_t>(model->vocab_rows())), ref_logp(logp.size());
     std::vector<float> picked(ref_rows.size());
     double nll = 0.0, kld = 0.0;
     size_t scored = 0, agree = 0;
     for (size_t start = 0; start + 1 < ids.size(); start += static_cast<size_t>(n)) {
-        ctx.reset();
+        ctx->reset();
         if (ref_ctx) ref_ctx->reset();
         const size_t end = std::min(start + static_cast<size_t>(n), ids.size() - 1);
-        const float* rows = ctx.eval_all(ids.data() + start, end - start);
-        const float* ref_all = ref_ctx ? ref_ctx->eval_all(ids.data() + start, end - start) : nullptr;
+        const int32_t count = static_cast<int32_t>(end - start);
+        const float* rows = ctx->eval_all(ids.data() + start, count);
+        const float* ref_all = ref_ctx ? ref_ctx->eval_all(ids.data() + start, count) : nullptr;
         for (size_t t = start; t < end; t++) {
             const float* row = rows + (t - start) * static_cast<size_t>(model->vocab_rows());
             itera::log_softmax(row, model->vocab_rows(), logp.data());
@@ -472,8 +440,10 @@ int run(int argc, char** argv) {
     app.add_flag("--greedy", a.sampling.greedy, "always take the most likely token");
     app.add_flag("--print-ids", a.print_ids, "print only the generated token ids, space-separated");
     app.add_flag("--allow-unk", a.allow_unk, "map prompt words missing from the vocabulary to <UNK> instead of failing");
-    app.add_option("--device", a.device, "run the model on the cpu (default) or on the GPU (cuda; docs/cuda.md)")
-        ->check(CLI::IsMember({"cpu", "cuda"}));
+    app.add_option("--device", a.device,
+                   "run the model on the cpu (default), on the GPU (cuda; docs/cuda.md), or auto (the GPU when one "
+                   "can run the model, else the cpu)")
+        ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
     app.add_option("--kernels", a.kernels,
                    "products over many rows (a prompt's prefill, each window of logits and ppl): native (default), "
                    "onednn, or auto (the faster per shape, timed at first use)")

@@ -667,9 +667,18 @@ TEST_CASE("C API: a batch decodes like one context per sequence") {
         if (id != 19 && id != 21) kept.push_back(id);
     const ModelHandle model(itera::serialize_itl(make_spec(53, 6, true, kept)));
     itera_batch* batch = nullptr;
-    CHECK(itera_batch_new(model.m, 0, 1, &batch) == ITERA_ERR_INVALID_ARGUMENT);
-    CHECK(itera_batch_new(nullptr, 4, 1, &batch) == ITERA_ERR_INVALID_ARGUMENT);
-    REQUIRE(itera_batch_new(model.m, 4, 2, &batch) == ITERA_OK);
+    itera_batch_params params = itera_batch_default_params();
+    CHECK(itera_batch_new(model.m, 0, &params, &batch) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(itera_batch_new(nullptr, 4, &params, &batch) == ITERA_ERR_INVALID_ARGUMENT);
+    params.n_threads = 0;
+    CHECK(itera_batch_new(model.m, 4, &params, &batch) == ITERA_ERR_INVALID_ARGUMENT);
+    params.n_threads = 2;
+    params.device = 7;
+    CHECK(itera_batch_new(model.m, 4, &params, &batch) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(contains(itera_last_error(), "unknown device 7"));
+    params.device = ITERA_DEVICE_CPU;
+    REQUIRE(itera_batch_new(model.m, 4, &params, &batch) == ITERA_OK);
+    CHECK(itera_batch_device(batch) == ITERA_DEVICE_CPU);
     CHECK(itera_batch_size(batch) == 4);
     CHECK(itera_batch_logits(batch, 0) == nullptr);  // nothing evaluated yet
     std::deque<ContextHandle> contexts;  // handles do not move
@@ -704,6 +713,122 @@ TEST_CASE("C API: a batch decodes like one context per sequence") {
     itera_batch_free(nullptr);
     MESSAGE(compared << " (sequence, step) logits of a 4-sequence, 2-thread batch (window 6 slides, one reset, "
                      << "trimmed ids -inf) equal itera_eval's bit for bit; bad ids, sizes and indices refused");
+}
+
+TEST_CASE("C API: a batch run feeds some sequences any number of tokens, like contexts") {
+    // Continuous batching: prompts join while others decode, sequences sit out steps, windows slide.
+    const ModelHandle model(itera::serialize_itl(make_spec(61, 6)));
+    itera_batch_params params = itera_batch_default_params();
+    params.n_threads = 2;
+    itera_batch* batch = nullptr;
+    REQUIRE(itera_batch_new(model.m, 3, &params, &batch) == ITERA_OK);
+    std::deque<ContextHandle> contexts;
+    for (int i = 0; i < 3; i++) contexts.emplace_back(model.m);
+    std::mt19937 rng(5);
+    bool same = true;
+    int compared = 0;
+    for (int step = 0; step < 12; step++) {
+        std::vector<std::vector<int32_t>> ids(3);
+        std::vector<itera_batch_feed> feeds;
+        for (int32_t s = 0; s < 3; s++) {
+            if (rng() % 3 == 0) continue;  // this sequence sits out the step
+            const int32_t n = 1 + static_cast<int32_t>(rng() % (step % 4 == 0 ? 5 : 1));
+            for (int32_t i = 0; i < n; i++) ids[static_cast<size_t>(s)].push_back(4 + static_cast<int32_t>(rng() % 19));
+            feeds.push_back({s, ids[static_cast<size_t>(s)].data(), n});
+        }
+        REQUIRE(itera_batch_run(batch, feeds.data(), static_cast<int32_t>(feeds.size())) == ITERA_OK);
+        for (int32_t s = 0; s < 3; s++) {
+            const auto& v = ids[static_cast<size_t>(s)];
+            if (v.empty()) {
+                CHECK(itera_batch_logits(batch, s) == nullptr);  // not fed by this run
+                continue;
+            }
+            const float* want = nullptr;
+            REQUIRE(itera_eval_tokens(contexts[static_cast<size_t>(s)].c, v.data(), static_cast<int32_t>(v.size()),
+                                      &want) == ITERA_OK);
+            const float* got = itera_batch_logits(batch, s);
+            REQUIRE(got != nullptr);
+            for (int32_t id = 0; id < 23; id++) same = same && got[id] == want[id];
+            CHECK(itera_batch_position(batch, s) == itera_context_position(contexts[static_cast<size_t>(s)].c));
+            compared++;
+        }
+    }
+    CHECK(same);
+    // Refused, nothing changed: a sequence fed twice, out of range, an empty feed, a bad id, NULLs.
+    const int32_t one = 5, bad = 99;
+    const int32_t before = itera_batch_position(batch, 0);
+    const itera_batch_feed twice[2] = {{0, &one, 1}, {0, &one, 1}};
+    CHECK(itera_batch_run(batch, twice, 2) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(contains(itera_last_error(), "fed twice"));
+    const itera_batch_feed out_of_range = {3, &one, 1}, empty = {0, &one, 0}, unknown = {1, &bad, 1};
+    CHECK(itera_batch_run(batch, &out_of_range, 1) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(contains(itera_last_error(), "out of range"));
+    CHECK(itera_batch_run(batch, &empty, 1) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(itera_batch_run(batch, &unknown, 1) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(contains(itera_last_error(), "99"));
+    CHECK(itera_batch_run(batch, nullptr, 1) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(itera_batch_run(batch, twice, 4) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(itera_batch_run(batch, nullptr, 0) == ITERA_OK);  // an empty run is a no-op
+    CHECK(itera_batch_position(batch, 0) == before);
+    CHECK(itera_batch_position(batch, 7) == 0);
+    itera_batch_free(batch);
+    MESSAGE(compared << " (sequence, step) logits of runs mixing prompts of up to 5 tokens, single tokens and "
+                        "idle sequences past a window of 6 equal itera_eval_tokens' bit for bit; bad feeds refused");
+}
+
+TEST_CASE("C API: devices: cpu, auto, and cuda with or without a GPU") {
+    const ModelHandle model(itera::serialize_itl(make_spec(71, 8)));
+    CHECK(itera_device_available(ITERA_DEVICE_CPU) == ITERA_OK);
+    CHECK(itera_device_available(ITERA_DEVICE_AUTO) == ITERA_OK);
+    CHECK(itera_device_available(3) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(std::string(itera_device_name(ITERA_DEVICE_CUDA)) == "cuda");
+    CHECK(itera_device_name(-1) == nullptr);
+    CHECK(std::string(itera_error_name(ITERA_ERR_NO_DEVICE)) == "ITERA_ERR_NO_DEVICE");
+    CHECK(std::string(itera_error_name(ITERA_ERR_NO_CUDA)) == "ITERA_ERR_NO_CUDA");
+    itera_context_params params = itera_context_default_params();
+    CHECK(params.device == ITERA_DEVICE_CPU);
+    itera_context* ctx = nullptr;
+    params.device = 9;
+    CHECK(itera_context_new(model.m, &params, &ctx) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(ctx == nullptr);
+    // auto runs on the GPU when it can, else on the CPU: the same greedy text either way.
+    params.device = ITERA_DEVICE_AUTO;
+    REQUIRE(itera_context_new(model.m, &params, &ctx) == ITERA_OK);
+    const int device = itera_context_device(ctx);
+    CHECK((device == ITERA_DEVICE_CPU || device == ITERA_DEVICE_CUDA));
+    itera_context_free(ctx);
+    // cuda: a context where there is a GPU (or ITERA_CUDA_EMULATE=1), else NO_DEVICE / NO_CUDA with why.
+    params.device = ITERA_DEVICE_CUDA;
+    const int available = itera_device_available(ITERA_DEVICE_CUDA);
+    const std::string why = itera_last_error();
+    const int rc = itera_context_new(model.m, &params, &ctx);
+    CHECK(rc == available);
+    if (rc == ITERA_OK) {
+        CHECK(itera_context_device(ctx) == ITERA_DEVICE_CUDA);
+        const ContextHandle cpu(model.m);
+        const int32_t prompt[3] = {8, 7, 6};
+        const float* want = nullptr;
+        const float* got = nullptr;
+        REQUIRE(itera_eval_tokens(cpu.c, prompt, 3, &want) == ITERA_OK);
+        REQUIRE(itera_eval_tokens(ctx, prompt, 3, &got) == ITERA_OK);
+        float worst = 0.0f;
+        for (int32_t id = 0; id < 23; id++) worst = std::max(worst, std::fabs(got[id] - want[id]));
+        CHECK(worst < 1e-4f);
+        itera_context_free(ctx);
+        MESSAGE("cuda context (" << (std::getenv("ITERA_CUDA_EMULATE") ? "emulated" : "device")
+                                 << "): logits within " << worst << " of the CPU's");
+    } else {
+        CHECK((rc == ITERA_ERR_NO_DEVICE || rc == ITERA_ERR_NO_CUDA));
+        CHECK(contains(itera_last_error(), "no CUDA device: "));
+        CHECK(std::string(itera_last_error()) == why);
+        CHECK(ctx == nullptr);
+        itera_batch_params bp = itera_batch_default_params();
+        bp.device = ITERA_DEVICE_CUDA;
+        itera_batch* batch = nullptr;
+        CHECK(itera_batch_new(model.m, 2, &bp, &batch) == rc);
+        CHECK(batch == nullptr);
+        MESSAGE("cuda without a GPU: " << itera_error_name(rc) << ": " << why);
+    }
 }
 
 TEST_CASE("C API: one model shared by threads, each with its own context") {

@@ -93,4 +93,22 @@ runs_and_matches() {  # program: exit 0, text longer than the prompt, equal to i
 check "generate.c (shared) generates itera-run's text" runs_and_matches "$tmp/generate-c"
 check "generate.cpp generates itera-run's text" runs_and_matches "$tmp/generate-cpp"
 check "generate.c (static) generates itera-run's text" runs_and_matches "$tmp/generate-static"
+
+# The GPU through the C API: the CUDA kernels emulated on host threads give itera-run --device
+# cuda's text; without a GPU (and without emulation) a clean error code and message.
+ITERA_CUDA_EMULATE=1 "$bindir/itera-run" -m "$model" -p "$prompt" -n $n --seed $seed --device cuda \
+    >"$tmp/want-cuda.txt" 2>"$tmp/want-cuda.err"
+runs_on_cuda() {  # program: the emulated GPU gives itera-run --device cuda's text
+    ITERA_CUDA_EMULATE=1 LD_LIBRARY_PATH="$libdir" "$1" "$model" "$prompt" $n $seed cuda >"$tmp/got.txt" || return 1
+    cmp "$tmp/got.txt" "$tmp/want-cuda.txt" || { cat "$tmp/got.txt" "$tmp/want-cuda.txt" "$tmp/want-cuda.err"; return 1; }
+}
+check "generate.c on cuda (emulated) generates itera-run --device cuda's text" runs_on_cuda "$tmp/generate-c"
+refuses_without_gpu() {  # exit 1 and one error line naming the code
+    if nvidia-smi -L >/dev/null 2>&1; then echo "a GPU is present: nothing to refuse"; return 0; fi
+    LD_LIBRARY_PATH="$libdir" "$1" "$model" "$prompt" $n $seed cuda >"$tmp/got.txt" 2>"$tmp/got.err"
+    rc=$?
+    cat "$tmp/got.err"
+    [ $rc -eq 1 ] && [ "$(wc -l <"$tmp/got.err")" -eq 1 ] && grep -q '^error: creating a context: no CUDA device: .*(ITERA_ERR_NO_\(DEVICE\|CUDA\))$' "$tmp/got.err"
+}
+check "generate.c on cuda without a GPU: ITERA_ERR_NO_DEVICE / NO_CUDA and why" refuses_without_gpu "$tmp/generate-c"
 finish
