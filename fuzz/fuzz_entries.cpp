@@ -47,7 +47,7 @@ void pt_reader(const uint8_t* data, size_t size) {
 
 void checkpoint_to_spec(const uint8_t* data, size_t size) {
     const pt::Checkpoint ck = pt::read_checkpoint_bytes(data, size, false);
-    ConvertOptions options;
+    CheckpointOptions options;
     options.moe_empty_identity = size % 2;  // either answer to a MoE layer without experts
     const ModelSpec spec = itera::checkpoint_to_spec(ck, options);
     // The converter writes whatever it accepted: the runtime must load it back.
