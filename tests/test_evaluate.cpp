@@ -63,27 +63,32 @@ ModelSpec with_tokenizer(ModelSpec spec) {
 }  // namespace
 
 TEST_CASE("run_windows: each window from zero state, every position's logits, as token-by-token decode") {
-    const auto model = test::model_from(test::random_spec(test::small_config(), DType::f32, 5));
-    const size_t V = static_cast<size_t>(model->vocab_rows());
-    for (int32_t window : {1, 4, 6}) {
-        CAPTURE(window);
-        const auto want = windowed_logits(*model, kIds, static_cast<size_t>(window));
-        Context ctx(*model);
-        std::vector<std::pair<size_t, int32_t>> seen;
-        float diff = 0;
-        run_windows(ctx, kIds.data(), kIds.size(), window, [&](size_t start, int32_t count, const float* logits) {
-            seen.emplace_back(start, count);
-            for (size_t i = 0; i < static_cast<size_t>(count); i++)
-                diff = test::worse(diff, test::max_abs_diff(std::vector<float>(logits + i * V, logits + (i + 1) * V),
-                                                            want[start + i]));
-        });
-        CHECK(diff == 0.0f);
-        REQUIRE(seen.size() == (kIds.size() + static_cast<size_t>(window) - 1) / static_cast<size_t>(window));
-        for (size_t w = 0; w < seen.size(); w++) {
-            CHECK(seen[w].first == w * static_cast<size_t>(window));
-            CHECK(seen[w].second == std::min<int32_t>(window, static_cast<int32_t>(kIds.size() - seen[w].first)));
+    // Every storage type: the converter measures models in each of them this way.
+    for (DType dtype : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4, DType::q3_0, DType::q2_0})
+        for (int32_t window : {1, 4, 6}) {
+            CAPTURE(dtype_name(dtype));
+            CAPTURE(window);
+            const auto model = test::model_from(test::random_spec(test::small_config(), dtype, 5));
+            const size_t V = static_cast<size_t>(model->vocab_rows());
+            const auto want = windowed_logits(*model, kIds, static_cast<size_t>(window));
+            Context ctx(*model);
+            std::vector<std::pair<size_t, int32_t>> seen;
+            float diff = 0;
+            run_windows(ctx, kIds.data(), kIds.size(), window, [&](size_t start, int32_t count, const float* logits) {
+                seen.emplace_back(start, count);
+                for (size_t i = 0; i < static_cast<size_t>(count); i++)
+                    diff = test::worse(
+                        diff,
+                        test::max_abs_diff(std::vector<float>(logits + i * V, logits + (i + 1) * V), want[start + i]));
+            });
+            CHECK(diff == 0.0f);
+            REQUIRE(seen.size() == (kIds.size() + static_cast<size_t>(window) - 1) / static_cast<size_t>(window));
+            for (size_t w = 0; w < seen.size(); w++) {
+                CHECK(seen[w].first == w * static_cast<size_t>(window));
+                CHECK(seen[w].second == std::min<int32_t>(window, static_cast<int32_t>(kIds.size() - seen[w].first)));
+            }
         }
-    }
+    const auto model = test::model_from(test::random_spec(test::small_config(), DType::f32, 5));
     Context ctx(*model);
     const WindowFn nothing = [](size_t, int32_t, const float*) {};
     CHECK_THROWS_WITH_AS(run_windows(ctx, kIds.data(), kIds.size(), 0, nothing), doctest::Contains("outside [1"),
@@ -91,8 +96,8 @@ TEST_CASE("run_windows: each window from zero state, every position's logits, as
     CHECK_THROWS_WITH_AS(run_windows(ctx, kIds.data(), kIds.size(), 7, nothing), doctest::Contains("max_seq_length 6"),
                          Error);
     MESSAGE(
-        "windows of 1, 4 and 6 over 17 ids: the windows' logits equal token-by-token decode bit for bit; "
-        "windows 0 and 7 (> max_seq_length 6) refused");
+        "fp32, fp16, q8, q4, nf4, q3 and q2 models, windows of 1, 4 and 6 over 17 ids: the windows' logits "
+        "equal token-by-token decode bit for bit; windows 0 and 7 (> max_seq_length 6) refused");
 }
 
 TEST_CASE("AgreementMeter and ReferenceLogits: KL and top-1 over the model's rows, the reference renormalized") {
