@@ -1,11 +1,6 @@
 // The C entry point of the converter (converter/include/itera_convert.h) over converter/convert.h.
-// Every entry point runs its body in guarded(), which turns any exception into an error code and
-// the thread's last-error message: itera::Error -> the code that step documents, std::bad_alloc ->
-// OUT_OF_MEMORY, anything else -> INTERNAL.
+// Every entry point runs its body in guarded() (runtime/c_api_errors.h).
 #include <cmath>
-#include <cstdarg>
-#include <cstdio>
-#include <new>
 #include <string>
 #include <vector>
 
@@ -13,6 +8,7 @@
 #include "converter/convert.h"
 #include "format/itl_file.h"
 #include "itera_convert.h"
+#include "runtime/c_api_errors.h"
 
 struct itera_conversion {
     std::vector<uint8_t> itl;
@@ -20,37 +16,6 @@ struct itera_conversion {
 };
 
 namespace {
-
-// A fixed buffer: recording an error never allocates, so it cannot fail itself.
-thread_local char last_error[1024] = "";
-
-int fail(int code, const char* message) {
-    std::snprintf(last_error, sizeof last_error, "%s", message);
-    return code;
-}
-
-[[gnu::format(printf, 2, 3)]] int failf(int code, const char* format, ...) {
-    va_list args;
-    va_start(args, format);
-    std::vsnprintf(last_error, sizeof last_error, format, args);
-    va_end(args);
-    return code;
-}
-
-template <class Body>
-int guarded(int error_code, Body&& body) noexcept {
-    try {
-        return body();
-    } catch (const itera::Error& e) {
-        return fail(error_code, e.what());
-    } catch (const std::bad_alloc&) {
-        return fail(ITERA_ERR_OUT_OF_MEMORY, "out of memory");
-    } catch (const std::exception& e) {
-        return failf(ITERA_ERR_INTERNAL, "internal error: %s", e.what());
-    } catch (...) {
-        return fail(ITERA_ERR_INTERNAL, "internal error: unknown exception");
-    }
-}
 
 std::string quoted(const char* s) { return std::string("'") + s + "'"; }
 

@@ -1,13 +1,9 @@
 // The C API (runtime/include/itera.h) over the C++ runtime. Every entry point runs its body in
-// guarded(), which turns any exception into an error code and the thread's last-error message:
-// itera::Error -> the code that entry point documents, std::bad_alloc -> OUT_OF_MEMORY, anything
-// else -> INTERNAL.
+// guarded() (runtime/c_api_errors.h).
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdarg>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -19,9 +15,11 @@
 #include "common/file_io.h"
 #include "format/itl_file.h"
 #include "itera.h"
+#include "runtime/c_api_errors.h"
 #include "runtime/batch.h"
 #include "runtime/context.h"
 #include "runtime/devices.h"
+#include "runtime/evaluate.h"
 #include "runtime/model.h"
 #include "runtime/sampler.h"
 
@@ -84,43 +82,6 @@ struct itera_batch {
 };
 
 namespace {
-
-// A fixed buffer: recording an error never allocates, so it cannot fail itself.
-thread_local char last_error[1024] = "";
-
-int fail(int code, const char* message) {
-    std::snprintf(last_error, sizeof last_error, "%s", message);
-    return code;
-}
-
-// The same, formatted into that buffer: the messages that name a value build no std::string, so
-// an error path cannot throw std::bad_alloc out of an entry point.
-[[gnu::format(printf, 2, 3)]] int failf(int code, const char* format, ...) {
-    va_list args;
-    va_start(args, format);
-    std::vsnprintf(last_error, sizeof last_error, format, args);
-    va_end(args);
-    return code;
-}
-
-// Runs `body` (which returns an error code) and maps what it throws; `error_code` is the code of
-// an itera::Error in this entry point.
-template <class Body>
-int guarded(int error_code, Body&& body) noexcept {
-    try {
-        return body();
-    } catch (const itera::DeviceUnavailable& e) {
-        return fail(e.not_built() ? ITERA_ERR_NO_CUDA : ITERA_ERR_NO_DEVICE, e.what());
-    } catch (const itera::Error& e) {
-        return fail(error_code, e.what());
-    } catch (const std::bad_alloc&) {
-        return fail(ITERA_ERR_OUT_OF_MEMORY, "out of memory");
-    } catch (const std::exception& e) {
-        return failf(ITERA_ERR_INTERNAL, "internal error: %s", e.what());
-    } catch (...) {
-        return fail(ITERA_ERR_INTERNAL, "internal error: unknown exception");
-    }
-}
 
 int null_argument(const char* function, const char* names) {
     return failf(ITERA_ERR_INVALID_ARGUMENT, "%s: %s must not be NULL", function, names);
@@ -591,3 +552,51 @@ int itera_batch_reset(itera_batch* batch, int32_t i) {
 }
 
 int32_t itera_batch_size(const itera_batch* batch) { return batch ? batch->batch.size() : 0; }
+
+// ---- evaluation ----
+
+itera_perplexity_params itera_perplexity_default_params(void) {
+    itera_perplexity_params p;
+    p.window = 0;
+    p.reference = nullptr;
+    p.device = ITERA_DEVICE_CPU;
+    return p;
+}
+
+int itera_perplexity(const itera_model* model, const char* text, const itera_perplexity_params* params,
+                     itera_perplexity_result* out) {
+    if (!model || !text || !out) return null_argument("itera_perplexity", "model, text and out");
+    const itera_perplexity_params p = params ? *params : itera_perplexity_default_params();
+    const itera::Model& m = *model->model;
+    itera::BackendOptions options;
+    if (const int rc = device_of(p.device, &options.device)) return rc;
+    const int32_t window = p.window == 0 ? m.config.max_seq_length : p.window;
+    if (window < 1 || window > m.config.max_seq_length ||
+        (p.reference && window > p.reference->model->config.max_seq_length))
+        return failf(ITERA_ERR_INVALID_ARGUMENT, "itera_perplexity: window %d is outside [1, max_seq_length]",
+                     p.window);
+    if (!m.has_tokenizer) return no_tokenizer();
+    if (p.reference)
+        for (int32_t r = 0; r < m.vocab_rows(); r++)
+            if (p.reference->model->row_of(m.id_of(r)) < 0)
+                return failf(ITERA_ERR_INVALID_ARGUMENT, "token id %d is not in the reference's vocabulary", m.id_of(r));
+    return guarded(ITERA_ERR_FORMAT, [&]() -> int {
+        const std::vector<int32_t> ids = m.tokenizer.encode(text);  // unknown words are <UNK>, as ppl counts them
+        if (ids.size() < 2)
+            return failf(ITERA_ERR_INVALID_ARGUMENT, "itera_perplexity: the text has %zu tokens, 2 are needed",
+                         ids.size());
+        itera::Context ctx(m, itera::make_backend(m, options));
+        std::unique_ptr<itera::Context> ref;
+        if (p.reference)
+            ref = std::make_unique<itera::Context>(*p.reference->model,
+                                                   itera::make_backend(*p.reference->model, options));
+        const itera::Perplexity r = itera::perplexity(ctx, ids, window, ref.get());
+        out->perplexity = r.ppl;
+        out->tokens = static_cast<int64_t>(r.tokens);
+        out->scored = static_cast<int64_t>(r.scored);
+        out->unk_fraction = r.unk_fraction;
+        out->kld = r.has_reference ? r.vs_reference.kld : NAN;
+        out->top1 = r.has_reference ? r.vs_reference.top1 : NAN;
+        return ITERA_OK;
+    });
+}

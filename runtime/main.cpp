@@ -16,6 +16,7 @@
 #include "runtime/builtin_model.h"
 #include "runtime/context.h"
 #include "runtime/devices.h"
+#include "runtime/evaluate.h"
 #include "runtime/model.h"
 #include "runtime/sampler.h"
 #include "version.h"
@@ -172,53 +173,15 @@ int perplexity(const Args& args) {
     // --kld-ref: the reference runs the same windows; both distributions are compared over this
     // model's ids (all of the reference's when nothing was trimmed), each renormalized over them.
     std::unique_ptr<itera::Model> ref;
-    std::vector<int32_t> ref_rows;  // the reference's row for each of this model's rows
     if (!args.kld_ref.empty()) {
         ref = itera::load_model_file(args.kld_ref);
         if (n > ref->config.max_seq_length) throw Error("--ctx exceeds the reference's max_seq_length");
-        for (int32_t r = 0; r < model->vocab_rows(); r++) {
-            ref_rows.push_back(ref->row_of(model->id_of(r)));
-            if (ref_rows.back() < 0)
-                throw Error("token id " + std::to_string(model->id_of(r)) + " is not in the reference's vocabulary");
-        }
     }
-    // Non-overlapping windows from zero state; every position is scored against the token after
-    // it (for a window's last position that is the next window's first token), as upstream does.
     const auto ctx = context_on(*model, args.device);
     const auto ref_ctx = ref ? context_on(*ref, args.device) : nullptr;
-    std::vector<double> logp(static_cast<size_t>(model->vocab_rows())), ref_logp(logp.size());
-    std::vector<float> picked(ref_rows.size());
-    double nll = 0.0, kld = 0.0;
-    size_t scored = 0, agree = 0;
-    for (size_t start = 0; start + 1 < ids.size(); start += static_cast<size_t>(n)) {
-        ctx->reset();
-        if (ref_ctx) ref_ctx->reset();
-        const size_t end = std::min(start + static_cast<size_t>(n), ids.size() - 1);
-        const int32_t count = static_cast<int32_t>(end - start);
-        const float* rows = ctx->eval_all(ids.data() + start, count);
-        const float* ref_all = ref_ctx ? ref_ctx->eval_all(ids.data() + start, count) : nullptr;
-        for (size_t t = start; t < end; t++) {
-            const float* row = rows + (t - start) * static_cast<size_t>(model->vocab_rows());
-            itera::log_softmax(row, model->vocab_rows(), logp.data());
-            nll -= logp[static_cast<size_t>(model->row_of(ids[t + 1]))];
-            scored++;
-            if (!ref_ctx) continue;
-            const float* ref_row = ref_all + (t - start) * static_cast<size_t>(ref->vocab_rows());
-            for (size_t r = 0; r < ref_rows.size(); r++) picked[r] = ref_row[ref_rows[r]];
-            itera::log_softmax(picked.data(), model->vocab_rows(), ref_logp.data());
-            for (size_t r = 0; r < logp.size(); r++) kld += std::exp(ref_logp[r]) * (ref_logp[r] - logp[r]);
-            agree += itera::argmax(row, model->vocab_rows()) == itera::argmax(picked.data(), model->vocab_rows());
-        }
-    }
-    size_t unk = 0;
-    for (int32_t id : ids) unk += id == tok.unk();
-    const double ppl = std::exp(nll / static_cast<double>(scored));
-    const double unk_fraction = static_cast<double>(unk) / static_cast<double>(ids.size());
-    const double mean_kld = kld / static_cast<double>(scored);
-    const double top1 = static_cast<double>(agree) / static_cast<double>(scored);
-    // A NaN or an infinity in the logits that matters reaches these sums (checked once, not per logit).
-    if (!std::isfinite(ppl) || (ref && !std::isfinite(mean_kld)))
-        throw Error("the model produced non-finite logits (corrupt weights?)");
+    const itera::Perplexity p = itera::perplexity(*ctx, ids, n, ref_ctx.get());
+    const double ppl = p.ppl, unk_fraction = p.unk_fraction, mean_kld = p.vs_reference.kld, top1 = p.vs_reference.top1;
+    const size_t scored = p.scored;
     if (args.json) {
         std::printf("{\"ppl\": %.6f, \"tokens\": %zu, \"scored\": %zu, \"unk_fraction\": %.6f", ppl, ids.size(), scored,
                     unk_fraction);

@@ -21,6 +21,7 @@
 #include "itera.h"
 #include "itera.hpp"
 #include "runtime/context.h"
+#include "runtime/evaluate.h"
 #include "runtime/model.h"
 #include "version.h"
 
@@ -829,6 +830,45 @@ TEST_CASE("C API: devices: cpu, auto, and cuda with or without a GPU") {
         CHECK(batch == nullptr);
         MESSAGE("cuda without a GPU: " << itera_error_name(rc) << ": " << why);
     }
+}
+
+TEST_CASE("C API: perplexity as itera-run ppl computes it, with and without a reference") {
+    const std::vector<uint8_t> bytes = itera::serialize_itl(make_spec(81, 6)), ref_bytes = itera::serialize_itl(make_spec(82, 6));
+    const ModelHandle model(bytes), ref(ref_bytes);
+    const std::string text = "and god said let there be light and the light was good and god saw the light day night";
+    // The runtime's own measure on the same ids (runtime/evaluate.h, what itera-run ppl prints).
+    const auto m = itera::load_model(itera::ItlFile::from_memory(bytes.data(), bytes.size()));
+    const auto r = itera::load_model(itera::ItlFile::from_memory(ref_bytes.data(), ref_bytes.size()));
+    itera::Context ctx(*m), ref_ctx(*r);
+    const itera::Perplexity want = itera::perplexity(ctx, m->tokenizer.encode(text), 4, &ref_ctx);
+    itera_perplexity_params params = itera_perplexity_default_params();
+    CHECK((params.window == 0 && params.reference == nullptr && params.device == ITERA_DEVICE_CPU));
+    params.window = 4;
+    params.reference = ref.m;
+    itera_perplexity_result got{};
+    REQUIRE(itera_perplexity(model.m, text.c_str(), &params, &got) == ITERA_OK);
+    CHECK(got.perplexity == want.ppl);
+    CHECK((got.tokens == static_cast<int64_t>(want.tokens) && got.scored == got.tokens - 1 && got.tokens == 19));
+    CHECK(got.unk_fraction == want.unk_fraction);  // "let", "there", "be", "saw" are <UNK>
+    CHECK(got.unk_fraction > 0.2);
+    CHECK((got.kld == want.vs_reference.kld && got.top1 == want.vs_reference.top1));
+    REQUIRE(itera_perplexity(model.m, text.c_str(), nullptr, &got) == ITERA_OK);  // windows of max_seq_length
+    CHECK(std::isnan(got.kld));
+    CHECK(std::isnan(got.top1));
+    CHECK(got.perplexity > 1.0);
+    // Refused: a window out of range, too little text, no tokenizer, unknown device, NULLs.
+    params.window = 7;
+    CHECK(itera_perplexity(model.m, text.c_str(), &params, &got) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(contains(itera_last_error(), "window 7"));
+    CHECK(itera_perplexity(model.m, "god", nullptr, &got) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(contains(itera_last_error(), "2 are needed"));
+    const ModelHandle bare(itera::serialize_itl(make_spec(83, 6, false)));
+    CHECK(itera_perplexity(bare.m, text.c_str(), nullptr, &got) == ITERA_ERR_NO_TOKENIZER);
+    params.window = 0;
+    params.device = 5;
+    CHECK(itera_perplexity(model.m, text.c_str(), &params, &got) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(itera_perplexity(model.m, nullptr, nullptr, &got) == ITERA_ERR_INVALID_ARGUMENT);
+    MESSAGE("itera_perplexity equals runtime/evaluate's perplexity, KL and top-1 bit for bit; bad input refused");
 }
 
 TEST_CASE("C API: one model shared by threads, each with its own context") {

@@ -265,6 +265,34 @@ ITERA_API int itera_generate(itera_context* ctx, const int32_t* prompt, int32_t 
                              const itera_sampler_params* sampling, itera_token_callback callback, void* user_data,
                              int32_t* n_generated);
 
+/* ---- evaluation ---- */
+
+typedef struct itera_perplexity_params {
+    int32_t window;               /* tokens per window, 1..max_seq_length; 0: max_seq_length (default 0) */
+    const itera_model* reference; /* NULL, or a model to compare with on the same windows (default NULL) */
+    int device;                   /* enum itera_device, for both models (default ITERA_DEVICE_CPU) */
+} itera_perplexity_params;
+
+typedef struct itera_perplexity_result {
+    double perplexity;   /* exp(mean negative log-likelihood of each next token) */
+    int64_t tokens;      /* tokens of the text; words the vocabulary lacks count as <UNK> */
+    int64_t scored;      /* positions scored: every one with a next token, tokens - 1 */
+    double unk_fraction; /* share of the tokens that are <UNK> */
+    double kld;          /* with a reference: mean KL(reference || model) in nats; NaN without */
+    double top1;         /* with a reference: share of positions whose argmaxes agree; NaN without */
+} itera_perplexity_result;
+
+ITERA_API itera_perplexity_params itera_perplexity_default_params(void);
+/* Scores NUL-terminated `text` as `itera-run ppl` does (the same numbers): tokenized whole,
+ * non-overlapping windows of `window` tokens each from zero state, every position scored against
+ * the token after it; with a reference, the KL divergence of this model's next-token distribution
+ * from the reference's (both over this model's vocabulary, the reference renormalized over it) and
+ * their top-1 agreement. `params` may be NULL. Errors: INVALID_ARGUMENT (a window out of range,
+ * fewer than 2 tokens, a reference that lacks an id of the model, unknown device), NO_TOKENIZER,
+ * NO_DEVICE, NO_CUDA, FORMAT (non-finite logits: corrupt weights), OUT_OF_MEMORY. */
+ITERA_API int itera_perplexity(const itera_model* model, const char* text, const itera_perplexity_params* params,
+                               itera_perplexity_result* out);
+
 #ifdef __cplusplus
 }
 #endif
