@@ -243,7 +243,7 @@ void bind_generate(nb::module_& m) {
         .def_prop_ro(
             "stop_reason",
             [](const Generator& g) -> nb::object {
-                return g.stop_reason.empty() ? nb::none() : nb::str(g.stop_reason.c_str());
+                return g.stop_reason.empty() ? nb::object(nb::none()) : nb::object(nb::str(g.stop_reason.c_str()));
             },
             nb::sig("def stop_reason(self) -> str | None"));
 

@@ -181,7 +181,7 @@ made from it is left: contexts, batches and generators keep it alive.)")
             "eos",
             [](const Model& s) -> nb::object {
                 const int32_t eos = itera_model_eos(s.open()->model);
-                return eos < 0 ? nb::none() : nb::int_(eos);
+                return eos < 0 ? nb::object(nb::none()) : nb::object(nb::int_(eos));
             },
             nb::sig("def eos(self) -> int | None"), "The <EOS> token id, None when the tokenizer has none.")
         .def_prop_ro(
@@ -191,7 +191,7 @@ made from it is left: contexts, batches and generators keep it alive.)")
             "path",
             [](const Model& s) -> nb::object {
                 const auto core = s.open();
-                return core->path.empty() ? nb::none() : nb::str(core->path.c_str());
+                return core->path.empty() ? nb::object(nb::none()) : nb::object(nb::str(core->path.c_str()));
             },
             nb::sig("def path(self) -> str | None"), "The file the model was loaded from (None otherwise).")
         .def_prop_ro(

@@ -1,3 +1,7 @@
+"""
+The C API of the Itera runtime (itera.h) for Python; use it through the itera package.
+"""
+
 from collections.abc import Iterable, Mapping
 import os
 from typing import Annotated, Any

@@ -15,11 +15,11 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPORTS = re.compile(r"ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|nanobind: leaked")
+REPORTS = re.compile(r"AddressSanitizer|LeakSanitizer|runtime error:|nanobind: leaked")
 
 
 def main():
-    cmd = [sys.executable, "-m", "pytest", HERE, "-v", "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-o", "console_output_style=classic",
+    cmd = [sys.executable, "-m", "pytest", HERE, "-v", "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-o", "console_output_style=classic", "--capture=sys",
            *sys.argv[1:]]
     child = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
     sys.stdout.write(child.stdout)
