@@ -52,7 +52,7 @@ def test_past_max_seq_length_equals_c_api(builtin, builtin_path):
     ref = capi.Model(builtin_path).context()
     ctx = builtin.context()
     rng = np.random.default_rng(5)
-    for i, t in enumerate(rng.integers(4, 3000, size=140)):
+    for i, t in enumerate(rng.integers(4, 3000, size=131)):
         got, want = ctx.eval(int(t)), ref.eval(int(t))
         assert got.tobytes() == want.tobytes(), f"token {i}"
     assert ctx.position == 128
