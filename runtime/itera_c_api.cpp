@@ -21,6 +21,7 @@
 #include "runtime/devices.h"
 #include "runtime/evaluate.h"
 #include "runtime/model.h"
+#include "runtime/model_info.h"
 #include "runtime/sampler.h"
 
 struct itera_model {
@@ -28,6 +29,7 @@ struct itera_model {
     // points into them is destroyed before them.
     std::unique_ptr<uint8_t, decltype(&std::free)> copy{nullptr, &std::free};
     std::unique_ptr<itera::Model> model;
+    std::string path;  // "" when loaded from memory
 };
 
 // The C API indexes logits by token id. A model whose vocabulary was trimmed with gaps computes
@@ -224,6 +226,7 @@ int itera_model_load_file(const char* path, const itera_model_params* params, it
     return guarded(ITERA_ERR_FORMAT, [&]() -> int {
         auto m = std::make_unique<itera_model>();
         m->model = itera::load_model(itera::ItlFile::open(path, load_options(params)));
+        m->path = path;
         *out = m.release();
         return ITERA_OK;
     });
@@ -257,6 +260,14 @@ int32_t itera_model_n_layers(const itera_model* m) { return m ? static_cast<int3
 int itera_model_has_tokenizer(const itera_model* m) { return m && m->model->has_tokenizer ? 1 : 0; }
 int32_t itera_model_eos(const itera_model* m) { return m && m->model->has_tokenizer ? m->model->tokenizer.eos() : -1; }
 uint64_t itera_model_fingerprint(const itera_model* m) { return m ? m->model->file->checksum() : 0; }
+
+int itera_model_info(const itera_model* model, char* text, size_t capacity, size_t* len_out) {
+    if (!model || !len_out || (capacity > 0 && !text))
+        return null_argument("itera_model_info", "model, len_out and text (when capacity > 0)");
+    return guarded(ITERA_ERR_INTERNAL, [&] {
+        return write_text(itera::model_info_json(*model->model, model->path), text, capacity, len_out);
+    });
+}
 
 // ---- tokenizer ----
 

@@ -2,6 +2,7 @@
 // error codes, tokenizer calls, evaluation, saved states that continue bit for bit, generation
 // and a model shared between threads.
 #include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
 #include <stdlib.h>
 #include <xxhash.h>
 
@@ -303,6 +304,53 @@ TEST_CASE("C API: error codes and messages") {
     CHECK(contains(theirs.c_str(), "/nonexistent/other.itl"));
     MESSAGE("missing file and directory -> IO, corrupt/truncated/foreign bytes -> FORMAT, NULL or bad "
             "arguments -> INVALID_ARGUMENT, last error is thread-local");
+}
+
+TEST_CASE("C API: model info is itera-run info's JSON") {
+    TempDir dir;
+    const itera::ModelSpec spec = make_spec(3);
+    const std::string path = (dir.path / "quote\"d.itl").string();
+    itera::write_itl(spec, path);
+    itera_model* from_file = nullptr;
+    REQUIRE(itera_model_load_file(path.c_str(), nullptr, &from_file) == ITERA_OK);
+    const ModelHandle from_memory(itera::serialize_itl(spec));
+
+    size_t len = 0;
+    CHECK(itera_model_info(from_file, nullptr, 0, &len) == ITERA_ERR_BUFFER_TOO_SMALL);
+    std::string text(len, '\0');
+    CHECK(itera_model_info(from_file, text.data(), len, &len) == ITERA_ERR_BUFFER_TOO_SMALL);  // no room for the NUL
+    text.resize(len + 1);
+    REQUIRE(itera_model_info(from_file, text.data(), text.size(), &len) == ITERA_OK);
+    text.resize(len);
+    const nlohmann::json info = nlohmann::json::parse(text);  // the quote in the path is escaped
+    CHECK(info["file"] == path);
+    CHECK(info["vocab_size"] == 23);
+    CHECK(info["hidden"] == 12);
+    CHECK(info["max_seq_length"] == 6);
+    REQUIRE(info["layers"].size() == 2);
+    CHECK(info["layers"][1]["kind"] == "moe");
+    CHECK(info["layers"][1]["ffn_widths"] == nlohmann::json::array({5, 6, 4}));
+    const std::vector<itera::ExpectedTensor> expected = itera::expected_tensors(spec.config);
+    REQUIRE(info["tensors"].size() == expected.size());
+    int64_t parameters = 0;
+    for (const itera::ExpectedTensor& e : expected) {
+        int64_t n = 1;
+        for (int64_t d : e.shape) n *= d;
+        parameters += n;
+    }
+    CHECK(info["parameters"] == parameters);
+    CHECK(info["tensors"][0]["dtype"] == "fp32");
+    CHECK(info["tokenizer_tokens"] == 19);
+
+    REQUIRE(itera_model_info(from_memory.m, nullptr, 0, &len) == ITERA_ERR_BUFFER_TOO_SMALL);
+    text.assign(len + 1, '\0');
+    REQUIRE(itera_model_info(from_memory.m, text.data(), text.size(), &len) == ITERA_OK);
+    CHECK(nlohmann::json::parse(text.c_str())["file"] == "");
+    CHECK(itera_model_info(nullptr, nullptr, 0, &len) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(itera_model_info(from_file, nullptr, 8, &len) == ITERA_ERR_INVALID_ARGUMENT);
+    itera_model_free(from_file);
+    MESSAGE("itera_model_info: parseable JSON (a quote in the path escaped), config, " << expected.size()
+            << " tensors, parameter count, size query and NUL rule, \"\" from memory, NULL arguments");
 }
 
 TEST_CASE("C API: tokenize, detokenize, pieces") {

@@ -7,11 +7,18 @@ status=0
 build() {  # dir, extra meson options...
     dir=$1
     shift
-    [ -f "$dir/build.ninja" ] || meson setup "$dir" "$@" >/dev/null || return 1
+    if [ -f "$dir/build.ninja" ]; then
+        meson configure "$dir" "$@" >/dev/null || return 1
+    else
+        meson setup "$dir" "$@" >/dev/null || return 1
+    fi
     meson compile -C "$dir" >/dev/null || meson compile -C "$dir"
 }
-build build-test --buildtype=release || status=1
-build build-asan --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false || status=1
+# The Python package is built for, and tested with, the virtualenv of tools/python_env.sh (Debian's
+# python3 with its numpy and torch, plus the pinned PyPI packages of tools/requirements-test.txt).
+python=$(tools/python_env.sh) || { status=1; python=; }
+build build-test --buildtype=release -Dpython="$python" || status=1
+build build-asan --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false -Dpython="$python" || status=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export ASAN_OPTIONS=detect_leaks=1
 for dir in build-test build-asan; do

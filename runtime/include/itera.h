@@ -112,6 +112,12 @@ ITERA_API int itera_model_has_tokenizer(const itera_model* model);
 ITERA_API int32_t itera_model_eos(const itera_model* model); /* <EOS> id, -1 when none */
 /* The .itl checksum: equal fingerprints mean the same model content (saved states are tied to it). */
 ITERA_API uint64_t itera_model_fingerprint(const itera_model* model);
+/* The model described as one JSON object, what `itera-run info --json` prints: "file" (the path it
+ * was loaded from, "" from memory), "file_bytes", the config ("vocab_size", "hidden",
+ * "max_seq_length", "layers": [{"inner", "state", "conv_kernel", "kind", "top_k", "ffn_widths"}],
+ * ...), "tensors": [{"name", "shape", "dtype", "layout", "bytes"}], "parts", "parameters",
+ * "bits_per_weight" (docs/c_api.md lists them). Buffer rules as itera_detokenize. */
+ITERA_API int itera_model_info(const itera_model* model, char* text, size_t capacity, size_t* len_out);
 
 /* ---- tokenizer ---- */
 
