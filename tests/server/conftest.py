@@ -5,6 +5,7 @@ builds) stretches the bounds and shrinks the loads."""
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import time
@@ -46,12 +47,16 @@ class Server:
     def __init__(self, binary, args, log_path):
         self.log_path = log_path
         self.log = open(log_path, "w")
+        # unbuffered bytes: select() then sees exactly what readline() has not taken yet
         self.proc = subprocess.Popen([binary, "--port", "0", *args], stdout=subprocess.PIPE, stderr=self.log,
-                                     stdin=subprocess.DEVNULL, text=True)
+                                     stdin=subprocess.DEVNULL, bufsize=0)
         self.banner = ""
         deadline = time.monotonic() + 30 * SLOW
         while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()  # the server prints two lines, then nothing more
+            # the server prints two whole lines (flushed), then nothing more: wait for one, bounded
+            if not select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                break
+            line = self.proc.stdout.readline().decode()
             if not line:
                 break
             self.banner += line
@@ -155,7 +160,7 @@ def start_server(options):
 @pytest.fixture(scope="session")
 def server(start_server):
     """The shared server: the built-in model, 16 slots."""
-    return start_server("--parallel", "16", "--max-tokens", "100000", name="shared")
+    return start_server("--parallel", "16", "--queue", "64", "--max-tokens", "100000", name="shared")
 
 
 def itera_run(options, *args):

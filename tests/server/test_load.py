@@ -13,7 +13,7 @@ from conftest import SANITIZED, SLOW, stop_and_check
 WORDS = ["and the lord said unto moses ,", "and god said", "in the beginning", "blessed are the", "and he said",
          "the children of israel", "and it came to pass", "thus saith the lord"]
 LONG_PROMPTS = WORDS[:2]
-LONG = 600
+LONG = 300 if SANITIZED else 600  # past the 128-token window: each token re-runs the window
 CLIENTS = 32
 PER_CLIENT = 8 if SANITIZED else 25
 
@@ -70,10 +70,11 @@ def client(server, i):
 
 
 def test_load(start_server):
-    s = start_server("--parallel", "8", "--queue", "512", "--max-tokens", "2000", name="load")
-    for prompt in LONG_PROMPTS:  # no <EOS> before LONG tokens
-        status, _, raw = s.post("/v1/completions", {"prompt": prompt, "max_tokens": LONG, "temperature": 0})
-        assert status == 200 and json.loads(raw)["choices"][0]["finish_reason"] == "length", raw[-300:]
+    s = start_server("--parallel", "8", "--queue", "64", "--max-tokens", "2000", name="load")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(LONG_PROMPTS)) as pool:  # no <EOS> before LONG
+        for status, _, raw in pool.map(lambda p: s.post("/v1/completions", {"prompt": p, "max_tokens": LONG,
+                                                                              "temperature": 0}), LONG_PROMPTS):
+            assert status == 200 and json.loads(raw)["choices"][0]["finish_reason"] == "length", raw[-300:]
     with concurrent.futures.ThreadPoolExecutor(max_workers=CLIENTS) as pool:
         results = list(pool.map(lambda i: client(s, i), range(CLIENTS)))
     done = [d for r, _ in results for d in r]

@@ -57,9 +57,12 @@ std::pair<std::string, std::string> result(Job& job) {
 }
 
 template <class Predicate>
-bool eventually(Predicate p) {
-    for (int i = 0; i < 3000 && !p(); i++) std::this_thread::sleep_for(milliseconds(2));
-    return p();
+bool eventually(Predicate p) {  // p is called until it holds (at most 3000 times): it may consume
+    for (int i = 0; i < 3000; i++) {
+        if (p()) return true;
+        std::this_thread::sleep_for(milliseconds(2));
+    }
+    return false;
 }
 
 const char* kPrompts[] = {"and god said", "in the beginning", "and the lord said unto moses ,", "blessed are the"};
