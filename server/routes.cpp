@@ -46,6 +46,17 @@ bool authorized(const Request& req, const std::string& key) {
            same_key(std::string_view(header).substr(bearer.size()), key);
 }
 
+// With --api-key, a handler that answers 401 unless the request has "Authorization: Bearer KEY".
+// It runs after cpp-httplib has read the body (at most --max-body): refusing before that would leave
+// the body in the connection, where a keep-alive client's next request would be read after it.
+httplib::Server::Handler with_key(const HttpOptions& options, httplib::Server::Handler handler) {
+    return [&options, handler = std::move(handler)](const Request& req, Response& res) {
+        if (options.api_key.empty() || authorized(req, options.api_key)) return handler(req, res);
+        res.set_header("WWW-Authenticate", "Bearer");
+        send_error(res, ApiError(401, "invalid_api_key", "a valid \"Authorization: Bearer KEY\" header is required"));
+    };
+}
+
 // A seed for a request that gives none: random, as itera-run's default.
 uint64_t random_seed() {
     thread_local std::mt19937_64 generator{std::random_device{}()};
@@ -200,29 +211,21 @@ void add_routes(httplib::Server& http, Scheduler& scheduler, const ServedModel& 
         std::fprintf(stderr, "itera-server: internal error: %s\n", what.c_str());
         send_error(res, ApiError(500, "internal_error", "internal error: " + what));
     });
-    http.set_pre_routing_handler([&options](const Request& req, Response& res) {
-        const bool open = req.path == "/" || req.path == "/health";
-        if (options.api_key.empty() || open || authorized(req, options.api_key)) return HandlerResponse::Unhandled;
-        res.set_header("WWW-Authenticate", "Bearer");
-        res.set_header("Connection", "close");  // the body, if any, was not read
-        send_error(res, ApiError(401, "invalid_api_key", "a valid \"Authorization: Bearer KEY\" header is required"));
-        return HandlerResponse::Handled;
-    });
-
     http.Get("/", [](const Request&, Response& res) {
         const std::string_view page = web_page();
         res.set_content(page.data(), page.size(), "text/html; charset=utf-8");
     });
     http.Get("/health", [](const Request&, Response& res) { res.set_content("{\"status\":\"ok\"}", kJson); });
-    http.Get("/metrics", [&](const Request&, Response& res) {
-        res.set_content(metrics.prometheus(scheduler.options().parallel), "text/plain; version=0.0.4");
-    });
+    http.Get("/metrics", with_key(options, [&](const Request&, Response& res) {
+                 res.set_content(metrics.prometheus(scheduler.options().parallel), "text/plain; version=0.0.4");
+             }));
     const int64_t started = static_cast<int64_t>(std::time(nullptr));
-    http.Get("/v1/models", [&model, started](const Request&, Response& res) {
-        res.set_content(models_json(model.name, started), kJson);
-    });
-    http.Post("/v1/completions",
-              [&](const Request& req, Response& res) { completions(req, res, scheduler, model, metrics, options); });
+    http.Get("/v1/models", with_key(options, [&model, started](const Request&, Response& res) {
+                 res.set_content(models_json(model.name, started), kJson);
+             }));
+    http.Post("/v1/completions", with_key(options, [&](const Request& req, Response& res) {
+                  completions(req, res, scheduler, model, metrics, options);
+              }));
 }
 
 }  // namespace itera::server

@@ -178,3 +178,19 @@ def test_api_key_accepted(with_key):
     assert with_key.get("/metrics", good)[0] == 200 and with_key.get("/v1/models", good)[0] == 200
     assert with_key.get("/health")[0] == 200 and with_key.get("/")[0] == 200
     print("  the right key: 200; /health and the page need none")
+
+
+def test_api_key_keep_alive(with_key):
+    """A 401 leaves the connection usable: the refused request's body was read, not left in it."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", with_key.port, timeout=30 * SLOW)
+    statuses = []
+    for key in ["wrong", "s3cret-key", "wrong", "s3cret-key"]:
+        c.request("POST", "/v1/completions", json.dumps(OK), {"Authorization": "Bearer " + key})
+        r = c.getresponse()
+        r.read()
+        statuses.append(r.status)
+        assert c.sock is not None  # the same connection, still open
+    c.close()
+    assert statuses == [401, 200, 401, 200]
+    print("  one keep-alive connection: 401, 200, 401, 200")
