@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "common/error.h"
 #include "kernels_cpu/dense_kernels.h"
@@ -17,7 +18,10 @@ void scalar_rows16(const T* w, int32_t rows, int32_t cols, const float* x, int32
     for (int64_t i = 0; i < n; i++) ref::matvec({D, rows, cols, w, Layout::rows16}, x + i * cols, y + i * rows);
 }
 
-// The scalar path is the reference code itself.
+// The scalar path is the reference code itself (ref::matvec, gelu, step_size, layer_norm, silu,
+// argmax), except for two loops: the conv and the SSM output read the fast forward's layouts (a
+// time-major history, C transposed) that ref::conv_step and ref::scan_step do not, so they are
+// ref's sums written over those layouts (tests/test_forward.cpp checks them against ref::).
 const DenseKernels kDenseScalar = {
     [](const float* w, int32_t rows, int32_t cols, const float* x, float* y) {
         ref::matvec({DType::f32, rows, cols, w}, x, y);
@@ -34,10 +38,11 @@ const DenseKernels kDenseScalar = {
         for (int32_t i = 0; i < n; i++) x[i] = ref::gelu(x[i]);
     },
     [](const float* delta, const float* bias, int32_t rows, int32_t n, float* dt) {
-        for (int32_t r = 0; r < rows; r++) {
-            float sum = 0.0f;
-            for (int32_t i = 0; i < n; i++) sum += ref::softplus(delta[static_cast<int64_t>(r) * n + i] + bias[i]);
-            dt[r] = sum / static_cast<float>(n);
+        thread_local std::vector<float> biased;  // one row of delta + bias (no allocation once grown)
+        biased.resize(static_cast<size_t>(n));
+        for (int64_t r = 0; r < rows; r++) {
+            for (int32_t i = 0; i < n; i++) biased[static_cast<size_t>(i)] = delta[r * n + i] + bias[i];
+            dt[r] = ref::step_size(biased.data(), n);
         }
     },
     [](const float* x, const float* gamma, const float* beta, float eps, int32_t rows, int32_t n, float* out) {
