@@ -520,3 +520,27 @@ TEST_CASE("the fast forward against the reference forward: decode past the windo
                    << "kernel path " << std::string(kernel_path_name()) << ": " << rows
                    << " logit rows of decode past the window, prefill and eval_all against the reference forward");
 }
+
+TEST_CASE("the reference forward refuses unknown ids, positions past the window and too many ids") {
+    ModelConfig c = small_config();
+    c.vocab_ids = {0, 2, 3, 5, 8, 9, 13, 14, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34};
+    const auto model = model_from(random_spec(c, DType::f32, 2));
+    ReferenceState state(model->config);
+    std::vector<float> logits(static_cast<size_t>(model->vocab_rows()));
+    CHECK_THROWS_WITH_AS(reference_step(*model, 1, 0, state, logits.data()),
+                         "token id 1 is not in the model's vocabulary", Error);  // trimmed away
+    CHECK_THROWS_WITH_AS(reference_step(*model, 35, 0, state, logits.data()),
+                         "token id 35 is not in the model's vocabulary", Error);
+    CHECK_THROWS_WITH_AS(reference_step(*model, -1, 0, state, logits.data()),
+                         "token id -1 is not in the model's vocabulary", Error);
+    CHECK_THROWS_WITH_AS(reference_step(*model, 2, 6, state, logits.data()), "position 6 is outside max_seq_length 6",
+                         Error);
+    CHECK_THROWS_WITH_AS(reference_step(*model, 2, -1, state, logits.data()), "position -1 is outside max_seq_length 6",
+                         Error);
+    const std::vector<int32_t> ids(7, 2);
+    CHECK_THROWS_WITH_AS(reference_logits(*model, ids.data(), 7), "7 ids exceed max_seq_length 6", Error);
+    CHECK(reference_logits(*model, ids.data(), 0).empty());
+    MESSAGE(
+        "reference_step refuses a trimmed id, ids past the vocabulary and positions outside the window; "
+        "reference_logits refuses more ids than max_seq_length");
+}

@@ -105,8 +105,9 @@ TEST_CASE("reference row and sum ops, and matvec over every dtype, follow their 
         dtypes++;
     }
     CHECK(dtypes == 7);
-    MESSAGE("add, add_scaled, add_row, step_size (both softplus branches) match their formulas; matvec over fp32, "
-            "fp16, q8, q4, nf4, q3 and q2 (3x70) equals the FP32 dot of the dequantized rows bit for bit");
+    MESSAGE(
+        "add, add_scaled, add_row, step_size (both softplus branches) match their formulas; matvec over fp32, "
+        "fp16, q8, q4, nf4, q3 and q2 (3x70) equals the FP32 dot of the dequantized rows bit for bit");
 }
 
 TEST_CASE("scan_step matches the diagonal SSM recurrence") {

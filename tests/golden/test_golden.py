@@ -130,7 +130,11 @@ def golden_cases(args):
         itl = os.path.join(d, "model.itl")
         check_logits(label, args, itl, exp["ids"], exp["logits"], TOL_FP32)
         check_greedy(label, args, itl, exp["greedy_prompt"], exp["greedy_ids"])
-        if case == "a":
+        if case == "a":  # the reference program refuses an id past the vocabulary as itera-run does
+            rc, _, err = run([args.reference, itl, f"0,{len(exp['logits'][0])}"])
+            lines = err.strip().splitlines()
+            check(rc == 1 and len(lines) == 1 and "not in the model's vocabulary" in lines[0],
+                  f"{label}: reference_logits with an unknown id: exit {rc}, {lines}")
             if convert(label + " fp16", args, "model.pt", "model_fp16.itl",
                        exp["convert_args"] + ["--dtype", "fp16"], cwd=d):
                 check_logits(label + " fp16", args, os.path.join(d, "model_fp16.itl"),
