@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "common/error.h"
 #include "kernels_cpu/dense_kernels.h"
@@ -17,7 +18,11 @@ void scalar_rows16(const T* w, int32_t rows, int32_t cols, const float* x, int32
     for (int64_t i = 0; i < n; i++) ref::matvec({D, rows, cols, w, Layout::rows16}, x + i * cols, y + i * rows);
 }
 
-// The scalar path is the reference code itself.
+// The scalar path is the reference code itself (ref::matvec, gelu, step_size, layer_norm, silu,
+// argmax), except for two loops: the conv and the SSM output read the fast forward's layouts (a
+// time-major history, C transposed) that ref::conv_step and ref::scan_step do not, so they are
+// ref's sums, in ref's order, written over those layouts. On this path the fast forward gives the
+// reference forward's logits bit for bit (tests/test_forward.cpp).
 const DenseKernels kDenseScalar = {
     [](const float* w, int32_t rows, int32_t cols, const float* x, float* y) {
         ref::matvec({DType::f32, rows, cols, w}, x, y);
@@ -34,10 +39,11 @@ const DenseKernels kDenseScalar = {
         for (int32_t i = 0; i < n; i++) x[i] = ref::gelu(x[i]);
     },
     [](const float* delta, const float* bias, int32_t rows, int32_t n, float* dt) {
-        for (int32_t r = 0; r < rows; r++) {
-            float sum = 0.0f;
-            for (int32_t i = 0; i < n; i++) sum += ref::softplus(delta[static_cast<int64_t>(r) * n + i] + bias[i]);
-            dt[r] = sum / static_cast<float>(n);
+        thread_local std::vector<float> biased;  // one row of delta + bias (no allocation once grown)
+        biased.resize(static_cast<size_t>(n));
+        for (int64_t r = 0; r < rows; r++) {
+            for (int32_t i = 0; i < n; i++) biased[static_cast<size_t>(i)] = delta[r * n + i] + bias[i];
+            dt[r] = ref::step_size(biased.data(), n);
         }
     },
     [](const float* x, const float* gamma, const float* beta, float eps, int32_t rows, int32_t n, float* out) {
@@ -48,12 +54,13 @@ const DenseKernels kDenseScalar = {
        float* out) {
         const int32_t h = kernel - 1;
         for (int32_t i = 0; i < channels; i++) {
-            float acc = bias[i] + wt[static_cast<int64_t>(h) * channels + i] * u[i];
+            float acc = bias[i];
             for (int32_t j = 0; j < h; j++) {
                 float* hj = history + static_cast<int64_t>(j) * channels + i;
                 acc += wt[static_cast<int64_t>(j) * channels + i] * *hj;
                 *hj = j + 1 < h ? hj[channels] : u[i];
             }
+            acc += wt[static_cast<int64_t>(h) * channels + i] * u[i];
             out[i] = ref::silu(acc);
         }
     },
@@ -61,9 +68,9 @@ const DenseKernels kDenseScalar = {
        int32_t z_stride, int32_t inner, int32_t rows, float* y) {
         for (int64_t r = 0; r < rows; r++)
             for (int32_t i = 0; i < inner; i++) {
-                float acc = d[i] * v[r * inner + i];
+                float acc = 0.0f;
                 for (int32_t n = 0; n < state; n++) acc += c_t[static_cast<int64_t>(n) * inner + i] * s[r * state + n];
-                y[r * inner + i] = acc * ref::silu(z[r * z_stride + i]);
+                y[r * inner + i] = (acc + d[i] * v[r * inner + i]) * ref::silu(z[r * z_stride + i]);
             }
     },
     ref::argmax,
@@ -73,9 +80,12 @@ const DenseKernels& dense(KernelPath path) {
     if (!kernel_path_supported(path))
         throw Error(std::string("kernel path ") + kernel_path_name(path) + " is not supported by this CPU");
     switch (path) {
-        case KernelPath::avx512: return kDenseAvx512;
-        case KernelPath::avx2: return kDenseAvx2;
-        case KernelPath::scalar: break;
+        case KernelPath::avx512:
+            return kDenseAvx512;
+        case KernelPath::avx2:
+            return kDenseAvx2;
+        case KernelPath::scalar:
+            break;
     }
     return kDenseScalar;
 }

@@ -1,6 +1,7 @@
 // FP32 / FP16 dense products and the element-wise math of a decode step, in SIMD. Same run-time
 // path as the quantized kernels (quant_ops.h: ITERA_KERNELS=scalar|avx2|avx512, widest by
-// default); the scalar path is ref_ops.h itself, the truth the others are tested against.
+// default); the scalar path calls ref_ops.h (but for the conv and SSM output loops, which read
+// layouts ref:: does not: dense_ops.cpp), the truth the others are tested against.
 //
 // The avx2 and avx512 bodies are one xsimd template (kernels_cpu/dense_simd.h) instantiated per
 // instruction set; they differ from the scalar path only by FP32 summation order and by xsimd's

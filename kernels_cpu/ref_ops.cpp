@@ -24,11 +24,28 @@ void load_row(const Weight& w, int32_t row, float* out) {
     dequantize_row(w.dtype, weight_row(w, row, scratch.data()), w.cols, out);
 }
 
+void add_row(const Weight& w, int32_t row, float* x) {
+    thread_local std::vector<float> values;  // no allocation once grown
+    values.resize(static_cast<size_t>(w.cols));
+    load_row(w, row, values.data());
+    add(x, values.data(), w.cols);
+}
+
+void add(float* x, const float* y, int32_t n) {
+    for (int32_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+void add_scaled(float* x, float s, const float* y, int32_t n) {
+    for (int32_t i = 0; i < n; i++) x[i] += s * y[i];
+}
+
 void matvec(const Weight& w, const float* x, float* y) {
+    thread_local std::vector<float> row;  // W[r, :] in FP32 (no allocation once grown)
+    row.resize(static_cast<size_t>(w.cols));
     for (int32_t r = 0; r < w.rows; r++) {
-        const int64_t base = static_cast<int64_t>(r) * w.cols;
+        load_row(w, r, row.data());
         float sum = 0.0f;
-        for (int32_t c = 0; c < w.cols; c++) sum += element(w, base + c) * x[c];
+        for (int32_t c = 0; c < w.cols; c++) sum += row[static_cast<size_t>(c)] * x[c];
         y[r] = sum;
     }
 }
@@ -43,12 +60,6 @@ void layer_norm(const float* x, const Weight& gamma, const Weight& beta, float e
     const float inv = 1.0f / std::sqrt(var + eps);
     for (int32_t i = 0; i < n; i++) out[i] = (x[i] - mean) * inv * element(gamma, i) + element(beta, i);
 }
-
-float silu(float v) { return v / (1.0f + std::exp(-v)); }
-
-float gelu(float v) { return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f)); }
-
-float softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v)); }
 
 void conv_step(const Weight& weight, const Weight& bias, int32_t channels, int32_t kernel, const float* u,
                float* history, float* out) {
@@ -67,11 +78,15 @@ void conv_step(const Weight& weight, const Weight& bias, int32_t channels, int32
     }
 }
 
+float step_size(const float* delta, int32_t n) {
+    float sum = 0.0f;
+    for (int32_t i = 0; i < n; i++) sum += softplus(delta[i]);
+    return sum / static_cast<float>(n);
+}
+
 void scan_step(const Weight& a_log, const Weight& c, const Weight& d, int32_t inner, int32_t state, const float* v,
                const float* delta, const float* bv, float* s, float* y) {
-    float dt = 0.0f;
-    for (int32_t i = 0; i < inner; i++) dt += softplus(delta[i]);
-    dt /= static_cast<float>(inner);
+    const float dt = step_size(delta, inner);
     for (int32_t n = 0; n < state; n++) {
         const float a = -std::exp(element(a_log, n));
         s[n] = std::exp(dt * a) * s[n] + dt * bv[n];
@@ -89,25 +104,6 @@ int32_t argmax(const float* x, int32_t n) {
     for (int32_t i = 1; i < n; i++)
         if (x[i] > x[best]) best = i;
     return best;
-}
-
-void top_k_softmax(const float* logits, int32_t n, int32_t k, int32_t* index, float* weight) {
-    for (int32_t j = 0; j < k; j++) {
-        int32_t best = -1;
-        for (int32_t e = 0; e < n; e++) {
-            bool taken = false;
-            for (int32_t q = 0; q < j; q++) taken = taken || index[q] == e;
-            if (!taken && (best < 0 || logits[e] > logits[best])) best = e;
-        }
-        index[j] = best;
-    }
-    const float top = logits[index[0]];
-    float total = 0.0f;
-    for (int32_t j = 0; j < k; j++) {
-        weight[j] = std::exp(logits[index[j]] - top);
-        total += weight[j];
-    }
-    for (int32_t j = 0; j < k; j++) weight[j] /= total;
 }
 
 }  // namespace itera::ref

@@ -394,29 +394,9 @@ ITERA_HD void channel_block(G& g, const ForwardArgs& a, const FwdLayer& L, const
     const int32_t E = L.n_experts, k = L.top_k;
     gemm(g, L.router, t.a, sc.sa, t.act0, sc.sact0, mask, t.uz, sc.suz, nullptr);
     g.sync();
-    // Top-k and the softmax over the chosen logits (ref::top_k_softmax): a thread per row.
-    for (int32_t r = g.tid; r < kMaxRows; r += g.nthreads) {
-        if (!has_row(mask, r)) continue;
-        const float* logits = t.uz + r * sc.suz;
-        int32_t* index = t.ri + r * sc.sk;
-        float* weight = t.rw + r * sc.sk;
-        for (int32_t j = 0; j < k; j++) {
-            int32_t best = -1;
-            for (int32_t e = 0; e < E; e++) {
-                bool taken = false;
-                for (int32_t q = 0; q < j; q++) taken = taken || index[q] == e;
-                if (!taken && (best < 0 || logits[e] > logits[best])) best = e;
-            }
-            index[j] = best;
-        }
-        const float top = logits[index[0]];
-        float total = 0.0f;
-        for (int32_t j = 0; j < k; j++) {
-            weight[j] = expf(logits[index[j]] - top);
-            total += weight[j];
-        }
-        for (int32_t j = 0; j < k; j++) weight[j] /= total;
-    }
+    // Top-k and the softmax over the chosen logits: a thread per row.
+    for (int32_t r = g.tid; r < kMaxRows; r += g.nthreads)
+        if (has_row(mask, r)) ref::top_k_softmax(t.uz + r * sc.suz, E, k, t.ri + r * sc.sk, t.rw + r * sc.sk);
     g.sync();
     // Experts in ascending index, each over the rows routed to it (every thread computes the same
     // masks, so the syncs inside stay uniform).

@@ -1,19 +1,15 @@
 // Scalar math shared by the CUDA kernels and the host: the same source is compiled by nvcc for the
 // device and by g++ for the host, where the unit tests check it against kernels_cpu/ref_ops.h.
-// ITERA_HD marks such functions; without nvcc it is empty. Each formula is its ref:: twin (same
-// operations in the same order), so device and host differ only by the device's expf / erff /
+// ITERA_HD (kernels_cpu/ref_math.h) marks such functions. The activations and the top-k softmax
+// are ref::'s own (ref_math.h), so device and host differ only by the device's expf / erff /
 // log1pf (within 2 ulp) and by FMA contraction.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
-#ifdef __CUDACC__
-#define ITERA_HD __host__ __device__
-#else
-#include <cmath>
-#define ITERA_HD
-#endif
+#include "kernels_cpu/ref_math.h"
+
 #ifdef __CUDA_ARCH__  // only the device pass knows this pragma
 #define ITERA_UNROLL _Pragma("unroll")
 #else
@@ -86,9 +82,9 @@ ITERA_HD inline int32_t load_i32(const int8_t* p) {
 #endif
 }
 
-ITERA_HD inline float silu(float v) { return v / (1.0f + expf(-v)); }
-ITERA_HD inline float gelu(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
-ITERA_HD inline float softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
+using ref::gelu;
+using ref::silu;
+using ref::softplus;
 
 // Four floats at a 16-byte aligned address (one 128-bit load on the device).
 ITERA_HD inline void load4(const float* p, float* out) {

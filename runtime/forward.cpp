@@ -68,17 +68,30 @@ void Forward::reserve(int32_t n) {
     logits_.resize(r * static_cast<size_t>(vocab_));
     const int32_t widest = static_cast<int32_t>(std::max({H, 2 * Di, W}));
     xq_.resize(r * static_cast<size_t>(act_blocks(widest)));
+    gq_.resize(r * static_cast<size_t>(act_blocks(H_)));
     hq_.resize(r * static_cast<size_t>(act_blocks(static_cast<int32_t>(W))));
 }
 
-// A quantized weight multiplies its input quantized to q8 blocks; one quantized copy serves every
-// weight that reads the same input.
-const ActQ8* Forward::quantize_rows(const float* x, int32_t n, int32_t cols, std::vector<ActQ8>& buffer) {
-    const size_t blocks = static_cast<size_t>(act_blocks(cols));
-    for (int32_t r = 0; r < n; r++)
-        quantize_activation(x + static_cast<size_t>(r) * cols, cols, buffer.data() + r * blocks);
-    return buffer.data();
-}
+// The input of one or more products: n rows of `cols` floats. A block-format weight multiplies
+// them as q8 blocks (quant_ops.h), quantized on the first such product over this input and
+// reused by the next ones (delta_proj and B both read v). `blocks` holds them; inputs that share
+// it must not overlap in time.
+struct Forward::ProductInput {
+    const float* x;
+    int32_t n, cols;
+    std::vector<ActQ8>& blocks;
+    bool quantized = false;
+
+    const ActQ8* q8() {
+        if (!quantized) {
+            const size_t per_row = static_cast<size_t>(act_blocks(cols));
+            for (int32_t r = 0; r < n; r++)
+                quantize_activation(x + static_cast<size_t>(r) * cols, cols, blocks.data() + r * per_row);
+            quantized = true;
+        }
+        return blocks.data();
+    }
+};
 
 // Whether a product of n rows goes to the model's gemm provider (oneDNN or auto) rather than the
 // native kernels below.
@@ -86,21 +99,17 @@ bool Forward::dispatched(int32_t n) const {
     return n > 1 && model_.gemm && model_.gemm->provider() != GemmProvider::native;
 }
 
-// Whether matmul reads w's input as q8 blocks (the caller quantizes it once for the weights that
-// share it); a dispatched product takes the float input.
-bool Forward::reads_q8(const Weight& w, int32_t n) const { return is_quantized(w.dtype) && !dispatched(n); }
-
-// y[r, :] = W x[r, :]. xq: x quantized (when reads_q8(w, n)).
-void Forward::matmul(const Weight& w, const float* x, const ActQ8* xq, int32_t n, float* y) {
-    const size_t in = static_cast<size_t>(w.cols);
+// y[r, :] = W x[r, :] for the input's rows: the gemm provider, the integer kernels on q8 blocks
+// (a block format), or the FP32/FP16 kernels.
+void Forward::matmul(const Weight& w, ProductInput& in, float* y) {
     if (observer_)
-        for (int32_t r = 0; r < n; r++) observer_->observe(w, x + r * in);
-    if (dispatched(n)) {
-        model_.gemm->run(w, x, n, y);
+        for (int32_t r = 0; r < in.n; r++) observer_->observe(w, in.x + static_cast<size_t>(r) * w.cols);
+    if (dispatched(in.n)) {
+        model_.gemm->run(w, in.x, in.n, y);
     } else if (is_quantized(w.dtype)) {
-        matmul_quant(w, xq, n, y);
+        matmul_quant(w, in.q8(), in.n, y);
     } else {
-        matmul_dense(w, x, n, y);
+        matmul_dense(w, in.x, in.n, y);
     }
 }
 
@@ -128,11 +137,10 @@ void Forward::run(const int32_t* tokens, const int32_t* positions, const Sequenc
     const FlushSubnormals flush;
     reserve(n);
     const size_t H = static_cast<size_t>(H_);
-    for (int32_t r = 0; r < n; r++) {
+    for (int32_t r = 0; r < n; r++) {  // h = E[x] + Pos[t]
         float* x = x_.data() + r * H;
         ref::load_row(model_.embedding, model_.row_of(tokens[r]), x);
-        ref::load_row(model_.position, positions[r], a_.data());
-        for (size_t i = 0; i < H; i++) x[i] += a_[i];
+        ref::add_row(model_.position, positions[r], x);
     }
     // The last layer's outputs reach nothing but the logits, so it computes them for the logit rows
     // only (every row still advances its state). An observer sees every row.
@@ -144,57 +152,71 @@ void Forward::run(const int32_t* tokens, const int32_t* positions, const Sequenc
     }
     const int32_t m = n - logits_from;
     if (m <= 0) return;
+    // logits = W_lm LN_f(h)
     layer_norm(x_.data() + logits_from * H, model_.final_norm_w, model_.final_norm_b, model_.config.norm_eps, m, H_,
                a_.data());
-    const ActQ8* aq = reads_q8(model_.lm_head, m) ? quantize_rows(a_.data(), m, H_, xq_) : nullptr;
-    matmul(model_.lm_head, a_.data(), aq, m, logits_.data());
+    ProductInput a{a_.data(), m, H_, xq_};
+    matmul(model_.lm_head, a, logits_.data());
 }
 
+// The SSM block (research/upstream.md 2.2): h += W_out (y * silu(z)) for rows [out_from, n); all
+// n rows advance their sequence's conv history and SSM state.
 void Forward::ssm_block(size_t layer, const SequenceState* states, int32_t n, int32_t out_from) {
     const ModelConfig& cfg = model_.config;
     const LayerConfig& lc = cfg.layers[layer];
     const SsmWeights& w = model_.layers[layer].ssm;
-    const int32_t Di = lc.inner, N = lc.state;
+    const int32_t Di = lc.inner;
     const size_t H = static_cast<size_t>(H_), D = static_cast<size_t>(Di);
-    layer_norm(x_.data(), w.norm_w, w.norm_b, cfg.norm_eps, n, H_, a_.data());
-    // uz[r] = in_proj a[r]: u = uz[r][0, Di), z = uz[r][Di, 2Di)
-    const ActQ8* aq = reads_q8(w.in_proj, n) ? quantize_rows(a_.data(), n, H_, xq_) : nullptr;
-    matmul(w.in_proj, a_.data(), aq, n, uz_.data());
-    // Causal depthwise conv and SiLU, row by row (consecutive rows of one sequence advance its history).
+    layer_norm(x_.data(), w.norm_w, w.norm_b, cfg.norm_eps, n, H_, a_.data());  // a = LN(h)
+    ProductInput a{a_.data(), n, H_, xq_};
+    matmul(w.in_proj, a, uz_.data());  // [u; z] = W_in a: u = uz[r][0, Di), z = uz[r][Di, 2 Di)
+    // v = silu(causal conv(u)), row by row: consecutive rows of one sequence advance its history.
     for (int32_t r = 0; r < n; r++)
         conv_silu_step(w.conv_t.data(), w.conv_bias.data(), Di, lc.conv_kernel, uz_.data() + r * 2 * D,
                        states[r].conv + layout_.conv_off[layer], v_.data() + r * D);
-    // delta_proj and B both read v: one quantized copy serves both.
-    const ActQ8* vq =
-        reads_q8(w.delta_w, n) || reads_q8(w.b, n) ? quantize_rows(v_.data(), n, Di, xq_) : nullptr;
-    matmul(w.delta_w, v_.data(), vq, n, delta_.data());
-    matmul(w.b, v_.data(), vq, n, bv_.data());
-    // Scan: dt = mean softplus(delta + bias); s = exp(dt A) s + dt B v; y = (C s + D v) * silu(z).
-    // Only the state update is sequential: the step sizes and outputs of all rows are computed in
-    // passes of their own, so the rows' independent work overlaps.
-    step_sizes(delta_.data(), w.delta_bias.data(), n, Di, dt_.data());
-    for (int32_t r = 0; r < n; r++)
-        for (int32_t k = 0; k < N; k++) decay_[r * N + k] = dt_[r] * w.neg_a[k];
-    exp_inplace(decay_.data(), n * N);
-    for (int32_t r = 0; r < n; r++) {
-        float* s = states[r].ssm + layout_.ssm_off[layer];
-        const float dt = dt_[r];
-        const float* bv = bv_.data() + r * static_cast<size_t>(N);
-        const float* decay = decay_.data() + r * static_cast<size_t>(N);
-        float* hs = hs_.data() + r * static_cast<size_t>(N);
-        for (int32_t k = 0; k < N; k++) hs[k] = s[k] = decay[k] * s[k] + dt * bv[k];
-    }
-    const int32_t used = n - out_from;  // rows whose output is used
+    ProductInput v{v_.data(), n, Di, xq_};
+    matmul(w.delta_w, v, delta_.data());  // delta = W_dt v (b_dt is added in the step size)
+    matmul(w.b, v, bv_.data());           // B v
+    scan(layer, states, n, out_from);     // y = (C s + D v) * silu(z)
+    const int32_t used = n - out_from;    // rows whose output is used
     if (used <= 0) return;
-    const size_t f = static_cast<size_t>(out_from);
-    ssm_output(w.c_t.data(), hs_.data() + f * N, N, w.d_skip.data(), v_.data() + f * D, uz_.data() + f * 2 * D + D,
-               2 * Di, Di, used, y_.data());
-    const ActQ8* yq = reads_q8(w.out_proj, used) ? quantize_rows(y_.data(), used, Di, xq_) : nullptr;
-    matmul(w.out_proj, y_.data(), yq, used, mix_.data());
-    float* x = x_.data() + f * H;
-    for (size_t i = 0; i < static_cast<size_t>(used) * H; i++) x[i] += mix_[i];
+    ProductInput y{y_.data(), used, Di, xq_};
+    matmul(w.out_proj, y, mix_.data());  // h += W_out y
+    ref::add(x_.data() + static_cast<size_t>(out_from) * H, mix_.data(), used * H_);
 }
 
+// The scan of n rows, upstream.md 2.2's three equations and the gate:
+//   dt = mean softplus(delta + b_dt)    a step size per row
+//   s  = exp(dt A) s + dt B v           A = -exp(A_log); row after row, as rows of one sequence share s
+//   y  = (C s + D v) * silu(z)          rows [out_from, n)
+// Only the state update is sequential: the step sizes, decays and outputs of all rows are each
+// one pass, so the rows' independent work overlaps.
+void Forward::scan(size_t layer, const SequenceState* states, int32_t n, int32_t out_from) {
+    const LayerConfig& lc = model_.config.layers[layer];
+    const SsmWeights& w = model_.layers[layer].ssm;
+    const int32_t Di = lc.inner, N = lc.state;
+    const size_t D = static_cast<size_t>(Di), S = static_cast<size_t>(N);
+    step_sizes(delta_.data(), w.delta_bias.data(), n, Di, dt_.data());  // dt
+    for (int32_t r = 0; r < n; r++)
+        for (int32_t k = 0; k < N; k++) decay_[r * S + k] = dt_[r] * w.neg_a[k];
+    exp_inplace(decay_.data(), n * N);  // exp(dt A)
+    for (int32_t r = 0; r < n; r++) {   // s, kept per row in hs_ for the output
+        float* s = states[r].ssm + layout_.ssm_off[layer];
+        const float dt = dt_[r];
+        const float* bv = bv_.data() + r * S;
+        const float* decay = decay_.data() + r * S;
+        float* hs = hs_.data() + r * S;
+        for (int32_t k = 0; k < N; k++) hs[k] = s[k] = decay[k] * s[k] + dt * bv[k];
+    }
+    const int32_t used = n - out_from;
+    if (used <= 0) return;
+    const size_t f = static_cast<size_t>(out_from);
+    ssm_output(w.c_t.data(), hs_.data() + f * S, N, w.d_skip.data(), v_.data() + f * D, uz_.data() + f * 2 * D + D,
+               2 * Di, Di, used, y_.data());  // y
+}
+
+// The channel block for rows [from, n): nothing (none), h += W2 gelu(W1 LN(h)) (ffn), or the
+// top-k experts (moe).
 void Forward::channel_block(size_t layer, int32_t from, int32_t n) {
     const ModelConfig& cfg = model_.config;
     const LayerConfig& lc = cfg.layers[layer];
@@ -203,57 +225,54 @@ void Forward::channel_block(size_t layer, int32_t from, int32_t n) {
     float* x = x_.data() + static_cast<size_t>(from) * H;
     n -= from;
     if (lc.kind == ChannelKind::none || n <= 0) return;
-    layer_norm(x, w.mix_norm_w, w.mix_norm_b, cfg.norm_eps, n, H_, a_.data());
-    if (lc.kind == ChannelKind::ffn) {
-        const FfnWeights& f = w.experts[0];
-        const ActQ8* aq = reads_q8(f.w1, n) ? quantize_rows(a_.data(), n, H_, xq_) : nullptr;
-        matmul(f.w1, a_.data(), aq, n, hidden_.data());
-        gelu_inplace(hidden_.data(), n * f.w1.rows);
-        const ActQ8* hq = reads_q8(f.w2, n) ? quantize_rows(hidden_.data(), n, f.w1.rows, hq_) : nullptr;
-        matmul(f.w2, hidden_.data(), hq, n, mix_.data());
-        for (size_t i = 0; i < static_cast<size_t>(n) * H; i++) x[i] += mix_[i];
-        return;
-    }
-    experts(layer, x, n);
+    layer_norm(x, w.mix_norm_w, w.mix_norm_b, cfg.norm_eps, n, H_, a_.data());  // a = LN(h)
+    ProductInput a{a_.data(), n, H_, xq_};
+    if (lc.kind == ChannelKind::moe) return experts(layer, a, x);
+    ffn(w.experts[0], a, mix_.data());
+    ref::add(x, mix_.data(), n * H_);
 }
 
-// MoE: router, top-k and softmax per row, then each expert runs once over the rows routed to it
-// (gathered into a block). Experts are taken in ascending index, so every row sums its experts
-// in the order upstream does. x: the n rows' residual stream, a_ their normalized input.
-void Forward::experts(size_t layer, float* x, int32_t n) {
+// out = W2 gelu(W1 a) for a's rows: the dense FFN, or one expert.
+void Forward::ffn(const FfnWeights& f, ProductInput& a, float* out) {
+    matmul(f.w1, a, hidden_.data());
+    gelu_inplace(hidden_.data(), a.n * f.w1.rows);
+    ProductInput hidden{hidden_.data(), a.n, f.w1.rows, hq_};
+    matmul(f.w2, hidden, out);
+}
+
+// MoE: r = W_g a, its top k and their softmax per row; then each expert runs once over the rows
+// routed to it (gathered into a block, or `a` itself when it takes them all, as in decode), and
+// x += p * its output. Experts are taken in ascending index, so every row sums its experts in
+// the order upstream does. x: the rows' residual stream.
+void Forward::experts(size_t layer, ProductInput& a, float* x) {
     const LayerConfig& lc = model_.config.layers[layer];
     const LayerWeights& w = model_.layers[layer];
     const size_t H = static_cast<size_t>(H_);
-    const int32_t E = static_cast<int32_t>(w.experts.size()), k = lc.top_k;
-    const ActQ8* aq = reads_q8(w.router, n) ? quantize_rows(a_.data(), n, H_, xq_) : nullptr;
-    matmul(w.router, a_.data(), aq, n, router_.data());
+    const int32_t n = a.n, E = static_cast<int32_t>(w.experts.size()), k = lc.top_k;
+    const size_t K = static_cast<size_t>(k);
+    matmul(w.router, a, router_.data());
     for (int32_t r = 0; r < n; r++)
-        ref::top_k_softmax(router_.data() + r * static_cast<size_t>(E), E, k,
-                           chosen_.data() + r * static_cast<size_t>(k),
-                           chosen_weight_.data() + r * static_cast<size_t>(k));
+        ref::top_k_softmax(router_.data() + r * static_cast<size_t>(E), E, k, chosen_.data() + r * K,
+                           chosen_weight_.data() + r * K);
     for (int32_t e = 0; e < E; e++) {
         int32_t m = 0;
         for (int32_t r = 0; r < n; r++)
-            for (int32_t j = 0; j < k; j++)
-                if (chosen_[r * k + j] == e) {
+            for (size_t j = 0; j < K; j++)
+                if (chosen_[r * K + j] == e) {
                     route_rows_[m] = r;
-                    route_weight_[m] = chosen_weight_[r * k + j];
-                    std::memcpy(gathered_.data() + m * H, a_.data() + r * H, sizeof(float) * H);
-                    m++;
+                    route_weight_[m++] = chosen_weight_[r * K + j];
                 }
         if (m == 0) continue;
-        const FfnWeights& f = w.experts[static_cast<size_t>(e)];
-        const ActQ8* gq = reads_q8(f.w1, m) ? quantize_rows(gathered_.data(), m, H_, xq_) : nullptr;
-        matmul(f.w1, gathered_.data(), gq, m, hidden_.data());
-        gelu_inplace(hidden_.data(), m * f.w1.rows);
-        const ActQ8* hq = reads_q8(f.w2, m) ? quantize_rows(hidden_.data(), m, f.w1.rows, hq_) : nullptr;
-        matmul(f.w2, hidden_.data(), hq, m, gathered_out_.data());
-        for (int32_t i = 0; i < m; i++) {
-            float* xr = x + route_rows_[i] * H;
-            const float* o = gathered_out_.data() + i * H;
-            const float s = route_weight_[i];
-            for (size_t c = 0; c < H; c++) xr[c] += s * o[c];
+        if (m == n) {  // every row, in order (an expert is chosen at most once per row)
+            ffn(w.experts[static_cast<size_t>(e)], a, gathered_out_.data());
+        } else {
+            for (int32_t i = 0; i < m; i++)
+                std::memcpy(gathered_.data() + i * H, a.x + route_rows_[i] * H, sizeof(float) * H);
+            ProductInput gathered{gathered_.data(), m, H_, gq_};
+            ffn(w.experts[static_cast<size_t>(e)], gathered, gathered_out_.data());
         }
+        for (int32_t i = 0; i < m; i++)
+            ref::add_scaled(x + route_rows_[i] * H, route_weight_[i], gathered_out_.data() + i * H, H_);
     }
 }
 

@@ -54,16 +54,17 @@ public:
     const StateLayout& layout() const { return layout_; }
 
 private:
+    struct ProductInput;  // a product's input rows, and their q8 blocks once a block format reads them
     void reserve(int32_t n);
-    const ActQ8* quantize_rows(const float* x, int32_t n, int32_t cols, std::vector<ActQ8>& buffer);
     bool dispatched(int32_t n) const;
-    bool reads_q8(const Weight& w, int32_t n) const;
-    void matmul(const Weight& w, const float* x, const ActQ8* xq, int32_t n, float* y);
+    void matmul(const Weight& w, ProductInput& in, float* y);
     // Rows [out_from, n) (ssm_block) or [from, n) (channel_block) get the block's output; ssm_block
     // advances the state of all n.
     void ssm_block(size_t layer, const SequenceState* states, int32_t n, int32_t out_from);
+    void scan(size_t layer, const SequenceState* states, int32_t n, int32_t out_from);
     void channel_block(size_t layer, int32_t from, int32_t n);
-    void experts(size_t layer, float* x, int32_t n);
+    void ffn(const FfnWeights& f, ProductInput& a, float* out);
+    void experts(size_t layer, ProductInput& a, float* x);
 
     const Model& model_;
     StateLayout layout_;
@@ -75,7 +76,7 @@ private:
     std::vector<float> gathered_, gathered_out_, route_weight_;
     std::vector<int32_t> chosen_, route_rows_;
     std::vector<float> chosen_weight_;
-    std::vector<ActQ8> xq_, hq_;
+    std::vector<ActQ8> xq_, gq_, hq_;    // q8 blocks of a_, v_ or y_; of gathered_; of hidden_
     std::vector<int32_t> positions_;     // 0, 1, ..., max_seq_length - 1
     std::vector<SequenceState> shared_;  // run_sequence's rows, all the same state
 };

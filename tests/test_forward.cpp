@@ -1,6 +1,9 @@
-// The fast paths against the reference: SIMD dense kernels against the scalar ones, a prompt run
-// as one block of rows (prefill) against token-by-token decode, and lockstep batches (with and
-// without threads, past max_seq_length) against one context per sequence.
+// The fast paths against the reference: the fast forward (decode past the window, prefill,
+// eval_all, lockstep batches with threads, the oneDNN provider; every dtype and layout) against
+// the reference forward (runtime/reference_forward.h), on the widest kernel path and, through
+// tests/meson.build, on ITERA_KERNELS=scalar (bit for bit in fp32 / fp16) and avx2. Besides: SIMD
+// dense kernels against the scalar ones, prefill and eval_all against token-by-token decode bit for
+// bit, batches against one context per sequence bit for bit.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -15,7 +18,9 @@
 #include "kernels_cpu/ref_ops.h"
 #include "runtime/batch.h"
 #include "runtime/context.h"
+#include "runtime/reference_forward.h"
 #include "tests/model_fixtures.h"
+#include "tests/reference_context.h"
 
 using namespace itera;
 using namespace itera::test;
@@ -30,6 +35,76 @@ std::vector<KernelPath> simd_paths() {
 }
 
 std::vector<float> logits_of(const float* p, const Model& m) { return {p, p + m.config.vocab_size}; }
+
+// The configurations the fast forward is held to the reference forward on.
+struct RefCase {
+    const char* name;
+    ModelConfig config;
+};
+
+std::vector<RefCase> reference_cases() {
+    // Odd sizes everywhere (partial q8/q4/nf4 blocks), a trimmed vocabulary whose ids have gaps, a
+    // `none` layer with a conv of one tap, a top-1 MoE of unequal experts, an untied head.
+    ModelConfig odd;
+    odd.vocab_size = 9;
+    odd.vocab_ids = {0, 2, 3, 5, 8, 9, 13, 14, 20};
+    odd.hidden = 40;
+    odd.max_seq_length = 5;
+    odd.tied_head = false;
+    odd.layers = {{33, 5, 1, ChannelKind::none, 0, {}},
+                  {20, 2, 2, ChannelKind::moe, 1, {9, 70}},
+                  {24, 3, 4, ChannelKind::ffn, 0, {50}}};
+    return {{"small (untied, ffn + 3 experts top-2)", small_config()},
+            {"shipped widths (tied, ffn + 4 experts top-2)", shipped_widths(48, 8)},
+            {"odd (trimmed ids with gaps, none with K 1, top-1 of unequal experts)", odd}};
+}
+
+// n valid token ids of the model (through vocab_ids when the vocabulary is trimmed).
+std::vector<int32_t> some_ids(const Model& m, size_t n, uint32_t seed) {
+    std::vector<int32_t> ids;
+    for (size_t i = 0; i < n; i++)
+        ids.push_back(m.id_of(static_cast<int32_t>((seed + 7 * i + i * i) % m.vocab_rows())));
+    return ids;
+}
+
+// The reference-forward tests also run under ITERA_KERNELS=scalar and avx2 (tests/meson.build);
+// on a CPU without the named path they say so and check nothing.
+bool kernel_path_usable() {
+    try {
+        kernel_path();
+        return true;
+    } catch (const Error& e) {
+        MESSAGE("skipped: " << e.what());
+        return false;
+    }
+}
+
+// How far the fast forward's logits may lie from the reference forward's: max |fast - reference|
+// over a row, divided by 1 + max |reference| (the logits' own size).
+//   fp32, fp16 on the scalar path (ITERA_KERNELS=scalar) with the native products: 0, bit for bit,
+//     since that path is ref:: itself (kernels_cpu/dense_ops.cpp).
+//   fp32, fp16 otherwise: 1e-5. Both read the same weight values; the SIMD kernels and oneDNN sum
+//     in another order and use xsimd's exp / log1p / erf (a few ulp). Measured: at most 1.1e-6.
+//   block formats: 0.1. The integer kernels multiply each product's input rounded to q8 blocks
+//     (quant_ops.h), the reference the FP32 input; that rounding (up to 1/254 of a block's largest
+//     value) compounds over the layers of these random models (weights N(0, 0.5)). Measured: at
+//     most 0.045 (nf4, whose levels enter as int8 too), 0.037 for q8. The kernels' own arithmetic
+//     is held tighter in test_quant_kernels.cpp; this bound catches what they cannot see (a wrong
+//     row, layer, buffer, state or expert moves the logits by their own size, 0.3 and more).
+float reference_tolerance(DType dtype, bool native_products = true) {
+    if (is_quantized(dtype)) return 0.1f;
+    return native_products && kernel_path() == KernelPath::scalar ? 0.0f : 1e-5f;
+}
+
+// max |got - want| / (1 + max |want|) over a logits row: the distance in units of the logits' size.
+float relative_diff(const float* got, const float* want, size_t n) {
+    float scale = 0.0f, d = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        scale = std::max(scale, std::fabs(want[i]));
+        d = worse(d, std::fabs(got[i] - want[i]));
+    }
+    return d / (1.0f + scale);
+}
 
 }  // namespace
 
@@ -68,7 +143,8 @@ TEST_CASE("dense SIMD kernels match the scalar reference") {
                     }
                     for (int32_t r = 0; r < rows; r++) {
                         float scale = 0.0f;  // sum |w x|: the FP32 rounding bound scales with it
-                        for (int32_t c = 0; c < cols; c++) scale += std::fabs(ref::element(W, int64_t{r} * cols + c) * x[c]);
+                        for (int32_t c = 0; c < cols; c++)
+                            scale += std::fabs(ref::element(W, int64_t{r} * cols + c) * x[c]);
                         const float err = std::fabs(got[r] - want[r]) / (scale + 1e-30f);
                         worst = std::max(worst, err);
                         CHECK(err < 1e-5f);
@@ -113,16 +189,18 @@ TEST_CASE("dense SIMD kernels match the scalar reference") {
                 CHECK(max_abs_diff(got, want) < 1e-5f);
                 CHECK(max_abs_diff(hist2, hist) == 0.0f);  // the shifted history
                 // the scalar conv on the time-major layout is ref::conv_step's math, then ref::silu
-                std::vector<float> w_ref(static_cast<size_t>(K * channels)), h_ref(static_cast<size_t>((K - 1) * channels)),
-                    ref_out(static_cast<size_t>(channels));
+                std::vector<float> w_ref(static_cast<size_t>(K * channels)),
+                    h_ref(static_cast<size_t>((K - 1) * channels)), ref_out(static_cast<size_t>(channels));
                 std::vector<float> h0 = hist2;  // any history: rebuild it channel-major
                 for (int32_t i = 0; i < channels; i++) {
-                    for (int32_t k = 0; k < K; k++) w_ref[static_cast<size_t>(i * K + k)] = wt[static_cast<size_t>(k * channels + i)];
-                    for (int32_t j = 0; j < K - 1; j++) h_ref[static_cast<size_t>(i * (K - 1) + j)] = h0[static_cast<size_t>(j * channels + i)];
+                    for (int32_t k = 0; k < K; k++)
+                        w_ref[static_cast<size_t>(i * K + k)] = wt[static_cast<size_t>(k * channels + i)];
+                    for (int32_t j = 0; j < K - 1; j++)
+                        h_ref[static_cast<size_t>(i * (K - 1) + j)] = h0[static_cast<size_t>(j * channels + i)];
                 }
                 dense_path::conv_silu_step(path, wt.data(), bias.data(), channels, K, u.data(), h0.data(), got.data());
-                ref::conv_step({DType::f32, channels, K, w_ref.data()}, {DType::f32, 1, channels, bias.data()}, channels, K,
-                               u.data(), h_ref.data(), ref_out.data());
+                ref::conv_step({DType::f32, channels, K, w_ref.data()}, {DType::f32, 1, channels, bias.data()},
+                               channels, K, u.data(), h_ref.data(), ref_out.data());
                 for (float& o : ref_out) o = ref::silu(o);
                 CHECK(max_abs_diff(got, ref_out) < 1e-5f);
             }
@@ -238,7 +316,8 @@ TEST_CASE("prefill (a prompt as one block of rows) equals token-by-token decode"
         Context one(*model), block(*model);
         std::vector<float> want;
         for (int32_t t : prompt) want = logits_of(one.eval(t), *model);
-        const std::vector<float> got = logits_of(block.eval_tokens(prompt.data(), static_cast<int32_t>(prompt.size())), *model);
+        const std::vector<float> got =
+            logits_of(block.eval_tokens(prompt.data(), static_cast<int32_t>(prompt.size())), *model);
         // The native kernels compute each row exactly as decode does.
         CHECK(max_abs_diff(got, want) == 0.0f);
         CHECK(block.position() == one.position());
@@ -325,36 +404,143 @@ TEST_CASE("fp32, fp16, q4 and q8 models in layout rows16 run as their row_major 
     }
 }
 
-TEST_CASE("batch decode equals one context per sequence, with threads and past max_seq_length") {
-    for (DType dtype : {DType::f32, DType::q4_0}) {
+TEST_CASE(
+    "batch decode equals one context per sequence and the reference forward, with threads and past max_seq_length") {
+    if (!kernel_path_usable()) return;
+    for (DType dtype : {DType::f32, DType::f16, DType::q8_0, DType::q4_0}) {
         const auto model = model_from(random_spec(small_config(), dtype, 5));
+        const size_t V = static_cast<size_t>(model->vocab_rows());
         for (int32_t threads : {1, 3}) {
             const int32_t n = 5;
             Batch batch(*model, n, threads);
             std::vector<Context> contexts;
-            for (int32_t i = 0; i < n; i++) contexts.emplace_back(*model);
-            float worst = 0.0f;
+            std::vector<ReferenceContext> refs;
+            for (int32_t i = 0; i < n; i++) {
+                contexts.emplace_back(*model);
+                refs.emplace_back(*model);
+            }
+            float worst = 0.0f, worst_ref = 0.0f;
             for (int32_t step = 0; step < 9; step++) {  // max_seq_length is 6: windows slide
-                if (step == 4) {  // sequence 2 starts over: sequences sit at different positions
+                if (step == 4) {                        // sequence 2 starts over: sequences sit at different positions
                     batch.reset(2);
                     contexts[2].reset();
+                    refs[2].reset();
                 }
                 std::vector<int32_t> tokens(n);
                 for (int32_t i = 0; i < n; i++) tokens[static_cast<size_t>(i)] = (step * 7 + i * 3) % 23;
                 batch.eval(tokens.data());
                 for (int32_t i = 0; i < n; i++) {
-                    const auto want = logits_of(contexts[static_cast<size_t>(i)].eval(tokens[static_cast<size_t>(i)]), *model);
-                    worst = std::max(worst, max_abs_diff(logits_of(batch.logits(i), *model), want));
-                    CHECK(batch.position(i) == contexts[static_cast<size_t>(i)].position());
+                    const size_t s = static_cast<size_t>(i);
+                    const auto want = logits_of(contexts[s].eval(tokens[s]), *model);
+                    worst = worse(worst, max_abs_diff(logits_of(batch.logits(i), *model), want));
+                    worst_ref = worse(worst_ref, relative_diff(batch.logits(i), refs[s].eval(tokens[s]).data(), V));
+                    CHECK(batch.position(i) == contexts[s].position());
                 }
             }
             CHECK(worst == 0.0f);
+            CHECK(worst_ref <= reference_tolerance(dtype));
             CHECK(batch.state_bytes() == contexts[0].state_bytes());
+            MESSAGE(dtype_name(dtype) << ", " << threads
+                                      << " threads: max |batch - reference| / (1 + max |reference|) = " << worst_ref
+                                      << " (limit " << reference_tolerance(dtype) << ")");
         }
         Batch batch(*model, 2, 1);
         const int32_t bad[2] = {1, 99};
         CHECK_THROWS_AS(batch.eval(bad), Error);
     }
-    MESSAGE("f32 and q4_0, 5 sequences x 9 steps (window 6, one reset), 1 and 3 threads: bit-identical logits; "
-            "an unknown id is refused");
+    MESSAGE(
+        "f32, f16, q8_0 and q4_0, 5 sequences x 9 steps (window 6, one reset), 1 and 3 threads: logits "
+        "bit-identical to one context per sequence and within reference_tolerance of the reference forward; "
+        "an unknown id is refused");
+}
+
+TEST_CASE("prefill and eval_all with --kernels onednn and auto against the reference forward") {
+    if (!kernel_path_usable()) return;
+    for (GemmProvider provider : {GemmProvider::onednn, GemmProvider::automatic})
+        for (DType dtype : {DType::f32, DType::f16, DType::q8_0, DType::q4_0}) {
+            const auto model = model_from(random_spec(shipped_widths(48, 8), dtype, 41));
+            model->gemm = std::make_shared<GemmDispatch>(provider);
+            const size_t V = static_cast<size_t>(model->vocab_rows());
+            const int32_t P = model->config.max_seq_length;
+            const std::vector<int32_t> ids = some_ids(*model, static_cast<size_t>(P), 3);
+            const std::vector<float> want = reference_logits(*model, ids.data(), P);
+            Context prefill(*model), all(*model);
+            float worst = relative_diff(prefill.eval_tokens(ids.data(), P), want.data() + (P - 1) * V, V);
+            const float* got = all.eval_all(ids.data(), P);
+            for (int32_t i = 0; i < P; i++) worst = worse(worst, relative_diff(got + i * V, want.data() + i * V, V));
+            // oneDNN's q8_0 path rounds each input row to u8 on one grid (onednn_gemm.cpp), the native
+            // kernels per block of 32; either stays within the block formats' bound.
+            CHECK(worst <= reference_tolerance(dtype, false));
+            MESSAGE(std::string(gemm_provider_name(provider))
+                    << " " << dtype_name(dtype) << ": a window of 8 (prefill, eval_all) against the reference: "
+                    << worst << " (limit " << reference_tolerance(dtype, false) << ")");
+        }
+}
+
+TEST_CASE("the fast forward against the reference forward: decode past the window, prefill, eval_all") {
+    if (!kernel_path_usable()) return;
+    const DType dtypes[] = {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4, DType::q3_0, DType::q2_0};
+    int models = 0, rows = 0;
+    for (const RefCase& c : reference_cases())
+        for (DType dtype : dtypes)
+            for (Layout layout : {Layout::row_major, Layout::rows16}) {
+                ModelSpec spec = random_spec(c.config, dtype, 31);
+                choose_layouts(spec, layout);
+                int interleaved = 0;
+                for (const SpecTensor& t : spec.tensors) interleaved += t.layout == Layout::rows16;
+                if (layout == Layout::rows16 && interleaved == 0) continue;  // no rows16 kernel for this dtype
+                const auto model = model_from(spec);
+                const size_t V = static_cast<size_t>(model->vocab_rows());
+                const int32_t P = model->config.max_seq_length;
+                const std::vector<int32_t> ids = some_ids(*model, static_cast<size_t>(P) + 3, 5);
+                float worst = 0.0f;
+                auto compare = [&](const float* fast, const float* ref) {
+                    worst = worse(worst, relative_diff(fast, ref, V));
+                    rows++;
+                };
+                // Token by token, past max_seq_length (the window slides).
+                Context decode(*model);
+                ReferenceContext ref(*model);
+                for (int32_t t : ids) compare(decode.eval(t), ref.eval(t).data());
+                // One window as a block of rows: its last logits (prefill), every position's (eval_all).
+                const std::vector<float> want = reference_logits(*model, ids.data(), P);
+                Context prefill(*model), all(*model);
+                compare(prefill.eval_tokens(ids.data(), P), want.data() + (P - 1) * V);
+                const float* got = all.eval_all(ids.data(), P);
+                for (int32_t i = 0; i < P; i++) compare(got + i * V, want.data() + i * V);
+                CHECK_MESSAGE(worst <= reference_tolerance(dtype), std::string(c.name)
+                                                                       << " " << dtype_name(dtype) << " "
+                                                                       << layout_name(layout) << ": " << worst);
+                MESSAGE(std::string(c.name) << ", " << dtype_name(dtype) << " " << layout_name(layout)
+                                            << ": max |fast - reference| / (1 + max |reference|) = " << worst
+                                            << " (limit " << reference_tolerance(dtype) << ")");
+                models++;
+            }
+    MESSAGE(models << " models (3 configs x fp32, fp16, q8, q4, nf4, q3, q2, row_major and rows16 where it applies) on "
+                   << "kernel path " << std::string(kernel_path_name()) << ": " << rows
+                   << " logit rows of decode past the window, prefill and eval_all against the reference forward");
+}
+
+TEST_CASE("the reference forward refuses unknown ids, positions past the window and too many ids") {
+    ModelConfig c = small_config();
+    c.vocab_ids = {0, 2, 3, 5, 8, 9, 13, 14, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34};
+    const auto model = model_from(random_spec(c, DType::f32, 2));
+    ReferenceState state(model->config);
+    std::vector<float> logits(static_cast<size_t>(model->vocab_rows()));
+    CHECK_THROWS_WITH_AS(reference_step(*model, 1, 0, state, logits.data()),
+                         "token id 1 is not in the model's vocabulary", Error);  // trimmed away
+    CHECK_THROWS_WITH_AS(reference_step(*model, 35, 0, state, logits.data()),
+                         "token id 35 is not in the model's vocabulary", Error);
+    CHECK_THROWS_WITH_AS(reference_step(*model, -1, 0, state, logits.data()),
+                         "token id -1 is not in the model's vocabulary", Error);
+    CHECK_THROWS_WITH_AS(reference_step(*model, 2, 6, state, logits.data()), "position 6 is outside max_seq_length 6",
+                         Error);
+    CHECK_THROWS_WITH_AS(reference_step(*model, 2, -1, state, logits.data()), "position -1 is outside max_seq_length 6",
+                         Error);
+    const std::vector<int32_t> ids(7, 2);
+    CHECK_THROWS_WITH_AS(reference_logits(*model, ids.data(), 7), "7 ids exceed max_seq_length 6", Error);
+    CHECK(reference_logits(*model, ids.data(), 0).empty());
+    MESSAGE(
+        "reference_step refuses a trimmed id, ids past the vocabulary and positions outside the window; "
+        "reference_logits refuses more ids than max_seq_length");
 }

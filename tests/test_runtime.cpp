@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "format/itl_file.h"
+#include "format/quant_blocks.h"
 #include "format/tensor_names.h"
 #include "kernels_cpu/ref_ops.h"
 #include "runtime/context.h"
@@ -69,6 +70,44 @@ TEST_CASE("reference kernels follow their formulas") {
     CHECK(index[1] == 3);
     CHECK(weight[0] == doctest::Approx(1.0f / (1.0f + std::exp(-1.0f))));
     MESSAGE("layer_norm, gelu, silu, softplus, conv_step over 4 steps and top-k softmax match their formulas");
+}
+
+TEST_CASE("reference row and sum ops, and matvec over every dtype, follow their formulas") {
+    std::vector<float> x = {1.0f, -2.0f, 0.5f};
+    const std::vector<float> y = {4.0f, 1.0f, -1.0f}, rows = {1, 2, 3, 10, 20, 30};
+    ref::add(x.data(), y.data(), 3);
+    CHECK(x == std::vector<float>{5.0f, -1.0f, -0.5f});
+    ref::add_scaled(x.data(), 0.5f, y.data(), 3);
+    CHECK(x == std::vector<float>{7.0f, -0.5f, -1.0f});
+    ref::add_row(view(rows, 2, 3), 1, x.data());  // x += W[1]
+    CHECK(x == std::vector<float>{17.0f, 19.5f, 29.0f});
+    const float delta[] = {0.0f, 30.0f, -1.0f};  // softplus: log 2, 30 (past the threshold), log(1 + 1/e)
+    CHECK(ref::step_size(delta, 3) == doctest::Approx((std::log(2.0f) + 30.0f + std::log1p(std::exp(-1.0f))) / 3));
+
+    // matvec reads each row as load_row gives it: for a block format, the dequantized row (an FP32
+    // dot of those values with x); fp32 and fp16 element by element as before.
+    const int32_t R = 3, C = 70;  // 70: a partial block of 32 and of 64 (nf4)
+    const std::vector<float> w = gaussian(static_cast<size_t>(R * C), 3), in = gaussian(static_cast<size_t>(C), 4);
+    int dtypes = 0;
+    for (DType dtype : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4, DType::q3_0, DType::q2_0}) {
+        const size_t row_bytes = dtype_row_bytes(dtype, C);
+        std::vector<uint8_t> data(row_bytes * R);
+        for (int32_t r = 0; r < R; r++) quantize_row(dtype, w.data() + r * C, C, data.data() + r * row_bytes);
+        const Weight W{dtype, R, C, data.data()};
+        std::vector<float> got(R), row(C);
+        ref::matvec(W, in.data(), got.data());
+        for (int32_t r = 0; r < R; r++) {
+            dequantize_row(dtype, data.data() + r * row_bytes, C, row.data());
+            float want = 0.0f;
+            for (int32_t c = 0; c < C; c++) want += row[static_cast<size_t>(c)] * in[static_cast<size_t>(c)];
+            CHECK(got[static_cast<size_t>(r)] == want);
+        }
+        dtypes++;
+    }
+    CHECK(dtypes == 7);
+    MESSAGE(
+        "add, add_scaled, add_row, step_size (both softplus branches) match their formulas; matvec over fp32, "
+        "fp16, q8, q4, nf4, q3 and q2 (3x70) equals the FP32 dot of the dequantized rows bit for bit");
 }
 
 TEST_CASE("scan_step matches the diagonal SSM recurrence") {

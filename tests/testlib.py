@@ -41,14 +41,19 @@ def why(rc, err):
     return f"(exit {rc}: {tail[:300]})"
 
 
-def tool_args(description):
-    """--convert PATH --run PATH --workdir DIR, as absolute paths (the work dir created)."""
+def tool_args(description, programs=()):
+    """--convert PATH --run PATH --workdir DIR, and --NAME PATH for each name in programs, as
+    absolute paths (the work dir created)."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--convert", required=True)
     ap.add_argument("--run", required=True)
     ap.add_argument("--workdir", required=True)
+    for name in programs:
+        ap.add_argument("--" + name, required=True)
     args = ap.parse_args()
     args.convert, args.run = os.path.abspath(args.convert), os.path.abspath(args.run)
+    for name in programs:
+        setattr(args, name, os.path.abspath(getattr(args, name)))
     os.makedirs(args.workdir, exist_ok=True)
     args.workdir = os.path.abspath(args.workdir)
     return args

@@ -2,10 +2,14 @@
 """Golden tests: itera-convert + itera-run against the PyTorch reference.
 
 usage: /usr/bin/python3 tests/golden/test_golden.py --convert build/itera-convert \
-           --run build/itera-run --workdir DIR
+           --run build/itera-run --reference build/tests/reference_logits --workdir DIR
+
+Logits are checked twice, from the same .itl file: `itera-run logits` (the fast forward) and
+`reference_logits` (tests/reference_logits.cpp: the C++ reference forward made of ref:: ops,
+runtime/reference_forward.h), each against PyTorch within the same tolerance.
 
 1. make_golden.py writes seeded random models (five checkpoint layouts) into DIR/golden; each
-   is converted and its `itera-run logits` (max |d| <= 1e-4) and greedy ids (identical, past
+   is converted and its logits (max |d| <= 1e-4) and greedy ids (identical, past
    max_seq_length) are compared with the reference. Case a is also converted with --dtype fp16
    (logits within 2e-2).
 2. When the upstream release is present ($ITERA_UPSTREAM_DIR, default /work/shared/upstream):
@@ -45,9 +49,15 @@ def shape(rows):
     return f"[{len(rows)}x{len(rows[0]) if rows else 0}]"
 
 
-def runtime_logits(args, itl, ids, with_vocab_ids=False):
+# The two programs that print logits: the fast forward, and the C++ reference forward.
+FORWARDS = ("itera-run", "reference forward")
+
+
+def runtime_logits(args, itl, ids, with_vocab_ids=False, forward="itera-run"):
     """The logits rows; with_vocab_ids: (rows, the "vocab_ids" column ids or None)."""
-    rc, out, err = run([args.run, "logits", "-m", itl, "--ids", ",".join(map(str, ids))])
+    ids_arg = ",".join(map(str, ids))
+    rc, out, err = run([args.run, "logits", "-m", itl, "--ids", ids_arg] if forward == "itera-run"
+                       else [args.reference, itl, ids_arg])
     if rc != 0:
         return None, why(rc, err)
     try:
@@ -70,13 +80,20 @@ def runtime_greedy(args, itl, prompt, n):
 
 
 def check_logits(label, args, itl, ids, want, tol):
-    got, err = runtime_logits(args, itl, ids)
-    if got is None:
-        return check(False, f"{label}: logits {err}")
-    d = max_abs_diff(got, want)
-    if d is None:
-        return check(False, f"{label}: logits shape {shape(got)}, expected {shape(want)}")
-    return check(d <= tol, f"{label}: logits max |d| {d:.1e} <= {tol:g}")
+    """Each forward's logits against want; returns itera-run's (None when it failed)."""
+    fast = None
+    for forward in FORWARDS:
+        got, err = runtime_logits(args, itl, ids, forward=forward)
+        if got is None:
+            check(False, f"{label}: {forward} logits {err}")
+            continue
+        d = max_abs_diff(got, want)
+        if d is None:
+            check(False, f"{label}: {forward} logits shape {shape(got)}, expected {shape(want)}")
+            continue
+        check(d <= tol, f"{label}: {forward} logits max |d| {d:.1e} <= {tol:g}")
+        fast = got if forward == "itera-run" else fast
+    return fast
 
 
 def check_greedy(label, args, itl, prompt, want):
@@ -113,7 +130,11 @@ def golden_cases(args):
         itl = os.path.join(d, "model.itl")
         check_logits(label, args, itl, exp["ids"], exp["logits"], TOL_FP32)
         check_greedy(label, args, itl, exp["greedy_prompt"], exp["greedy_ids"])
-        if case == "a":
+        if case == "a":  # the reference program refuses an id past the vocabulary as itera-run does
+            rc, _, err = run([args.reference, itl, f"0,{len(exp['logits'][0])}"])
+            lines = err.strip().splitlines()
+            check(rc == 1 and len(lines) == 1 and "not in the model's vocabulary" in lines[0],
+                  f"{label}: reference_logits with an unknown id: exit {rc}, {lines}")
             if convert(label + " fp16", args, "model.pt", "model_fp16.itl",
                        exp["convert_args"] + ["--dtype", "fp16"], cwd=d):
                 check_logits(label + " fp16", args, os.path.join(d, "model_fp16.itl"),
@@ -282,15 +303,9 @@ def upstream(args):
             model = reference_model(load_state(torch_load(pt)), identity_moe=bool(extra))
             want = model(torch.tensor([ids]))[0]
             greedy = model.generate_greedy(ids, 50)
-        got, err = runtime_logits(args, itl, ids)
+        got = check_logits(f"{label}: {prompt!r} {ids}", args, itl, ids, want.tolist(), TOL_FP32)
         if got is None:
-            check(False, f"{label}: logits {err}")
             continue
-        d = max_abs_diff(got, want.tolist())
-        if d is None:
-            check(False, f"{label}: logits shape {shape(got)}, expected {shape(want.tolist())}")
-            continue
-        check(d <= TOL_FP32, f"{label}: logits of {prompt!r} {ids} max |d| {d:.1e} <= {TOL_FP32:g}")
         if label == "upstream micro":  # upstream.md 6.3: measured with upstream's own code
             top5_ref = torch.topk(want[-1], 5).indices.tolist()
             top5 = torch.topk(torch.tensor(got[-1]), 5).indices.tolist()
@@ -308,24 +323,25 @@ def check_trimmed(label, args, pt, itl, tok, extra, ids, want):
     the logits are the reference's columns for those ids, listed in "vocab_ids"."""
     if not convert(label + " trimmed", args, pt, itl, ["--tokenizer", tok] + extra):
         return
-    got, err = runtime_logits(args, itl, ids, with_vocab_ids=True)
-    if got is None:
-        check(False, f"{label} trimmed: logits {err}")
-        return
-    logits, vocab_ids = got
     n_tokens = len(json.load(open(tok, encoding="utf-8")).get("id_to_token") or
                    json.load(open(tok, encoding="utf-8"))["id2token"])
-    if vocab_ids != list(range(n_tokens)):
-        check(False, f"{label} trimmed: vocab_ids {str(vocab_ids)[:80]}, expected 0..{n_tokens - 1}")
-        return
-    d = max_abs_diff(logits, want[:, vocab_ids].tolist())
-    check(d is not None and d <= TOL_FP32,
-          f"{label} trimmed to {n_tokens} of {want.shape[1]} rows: logits = reference columns, max |d| "
-          f"{d if d is None else f'{d:.1e}'} <= {TOL_FP32:g}")
+    for forward in FORWARDS:
+        got, err = runtime_logits(args, itl, ids, with_vocab_ids=True, forward=forward)
+        if got is None:
+            check(False, f"{label} trimmed: {forward} logits {err}")
+            continue
+        logits, vocab_ids = got
+        if vocab_ids != list(range(n_tokens)):
+            check(False, f"{label} trimmed: {forward} vocab_ids {str(vocab_ids)[:80]}, expected 0..{n_tokens - 1}")
+            continue
+        d = max_abs_diff(logits, want[:, vocab_ids].tolist())
+        check(d is not None and d <= TOL_FP32,
+              f"{label} trimmed to {n_tokens} of {want.shape[1]} rows: {forward} logits = reference columns, "
+              f"max |d| {d if d is None else f'{d:.1e}'} <= {TOL_FP32:g}")
 
 
 def main():
-    args = tool_args(__doc__.split("\n")[0])
+    args = tool_args(__doc__.split("\n")[0], programs=("reference",))
     golden_cases(args)
     upstream(args)
     finish()
