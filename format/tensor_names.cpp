@@ -44,6 +44,11 @@ FfnNames expert_names(int layer, int expert) {
 
 std::string router_name(int layer) { return moe_prefix(layer) + "router.gate.weight"; }
 
+NormNames mix_norm_names(int layer, ChannelKind kind) {
+    const std::string p = kind == ChannelKind::moe ? moe_prefix(layer) : layer_prefix(layer) + "moe.";
+    return {p + "norm.weight", p + "norm.bias"};
+}
+
 namespace {
 
 bool ends_with(const std::string& s, const std::string& suffix) {
@@ -81,17 +86,17 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig& config) {
         out.push_back({std::move(s.out_proj), {H, Di}});
         if (layer.kind == ChannelKind::ffn) {
             const int64_t F = layer.ffn_widths.at(0);
-            const std::string p = layer_prefix(li) + "moe.";
+            NormNames norm = mix_norm_names(li, layer.kind);
             FfnNames f = ffn_names(li);
-            out.push_back({p + "norm.weight", {H}});
-            out.push_back({p + "norm.bias", {H}});
+            out.push_back({std::move(norm.w), {H}});
+            out.push_back({std::move(norm.b), {H}});
             out.push_back({std::move(f.w1), {F, H}});
             out.push_back({std::move(f.w2), {H, F}});
         } else if (layer.kind == ChannelKind::moe) {
-            const std::string m = moe_prefix(li);
+            NormNames norm = mix_norm_names(li, layer.kind);
             const int64_t E = static_cast<int64_t>(layer.ffn_widths.size());
-            out.push_back({m + "norm.weight", {H}});
-            out.push_back({m + "norm.bias", {H}});
+            out.push_back({std::move(norm.w), {H}});
+            out.push_back({std::move(norm.b), {H}});
             out.push_back({router_name(li), {E, H}});
             for (int64_t e = 0; e < E; e++) {
                 const int64_t F = layer.ffn_widths[static_cast<size_t>(e)];

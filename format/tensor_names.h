@@ -45,6 +45,13 @@ FfnNames ffn_names(int layer);                 // layers.<l>.moe.ffn.*
 FfnNames expert_names(int layer, int expert);  // layers.<l>.moe.layer.experts.<e>.*
 std::string router_name(int layer);            // layers.<l>.moe.layer.router.gate.weight
 
+struct NormNames {  // a LayerNorm's weight and bias
+    std::string w, b;
+};
+// The channel block's norm: layers.<l>.moe.norm.* before a dense FFN, layers.<l>.moe.layer.norm.*
+// before a MoE (upstream nests the MoE one level deeper). Only for ffn and moe layers.
+NormNames mix_norm_names(int layer, ChannelKind kind);
+
 // Tensors of any layer recognised by name: the conv weight and C (read element by element) and B.
 bool is_conv_weight_name(const std::string& name);
 bool is_ssm_c_name(const std::string& name);

@@ -100,41 +100,43 @@ std::unique_ptr<Model> load_model(std::unique_ptr<ItlFile> file) {
     model->config = file->config();
     const ModelConfig& cfg = model->config;
     WeightTable w(*file);
-    model->embedding = w.rows("embedding.weight");
-    model->position = w.rows("position_embedding.weight");
-    model->final_norm_w = w.get("norm.weight");
-    model->final_norm_b = w.get("norm.bias");
-    model->lm_head = cfg.tied_head ? model->embedding : w.rows("lm_head.weight");
+    model->embedding = w.rows(kEmbeddingName);
+    model->position = w.rows(kPositionName);
+    model->final_norm_w = w.get(kFinalNormWeightName);
+    model->final_norm_b = w.get(kFinalNormBiasName);
+    model->lm_head = cfg.tied_head ? model->embedding : w.rows(kLmHeadName);
     for (size_t l = 0; l < cfg.layers.size(); l++) {
         const LayerConfig& lc = cfg.layers[l];
-        const std::string p = layer_prefix(static_cast<int>(l));
+        const int li = static_cast<int>(l);
+        const SsmNames n = ssm_names(li);
         LayerWeights layer;
         SsmWeights& s = layer.ssm;
-        s.norm_w = w.get(p + "ssm.norm.weight");
-        s.norm_b = w.get(p + "ssm.norm.bias");
-        s.in_proj = w.rows(p + "ssm.in_proj.weight");
-        s.conv_w = w.get(p + "ssm.conv1d.weight");
-        s.conv_b = w.get(p + "ssm.conv1d.bias");
-        s.a_log = w.get(p + "ssm.ssm.A_log");
-        s.b = w.rows(p + "ssm.ssm.B");
-        s.c = w.get(p + "ssm.ssm.C");
-        s.d = w.get(p + "ssm.ssm.D");
-        s.delta_w = w.rows(p + "ssm.ssm.delta_proj.weight");
-        s.delta_b = w.get(p + "ssm.ssm.delta_proj.bias");
-        s.out_proj = w.rows(p + "ssm.out_proj.weight");
+        s.norm_w = w.get(n.norm_w);
+        s.norm_b = w.get(n.norm_b);
+        s.in_proj = w.rows(n.in_proj);
+        s.conv_w = w.get(n.conv_w);
+        s.conv_b = w.get(n.conv_b);
+        s.a_log = w.get(n.a_log);
+        s.b = w.rows(n.b);
+        s.c = w.get(n.c);
+        s.d = w.get(n.d);
+        s.delta_w = w.rows(n.delta_w);
+        s.delta_b = w.get(n.delta_b);
+        s.out_proj = w.rows(n.out_proj);
         derive_ssm_tables(lc, s);
+        if (lc.kind != ChannelKind::none) {
+            const NormNames norm = mix_norm_names(li, lc.kind);
+            layer.mix_norm_w = w.get(norm.w);
+            layer.mix_norm_b = w.get(norm.b);
+        }
         if (lc.kind == ChannelKind::ffn) {
-            layer.mix_norm_w = w.get(p + "moe.norm.weight");
-            layer.mix_norm_b = w.get(p + "moe.norm.bias");
-            layer.experts.push_back({w.rows(p + "moe.ffn.w1.weight"), w.rows(p + "moe.ffn.w2.weight")});
+            const FfnNames f = ffn_names(li);
+            layer.experts.push_back({w.rows(f.w1), w.rows(f.w2)});
         } else if (lc.kind == ChannelKind::moe) {
-            const std::string m = moe_prefix(static_cast<int>(l));
-            layer.mix_norm_w = w.get(m + "norm.weight");
-            layer.mix_norm_b = w.get(m + "norm.bias");
-            layer.router = w.rows(m + "router.gate.weight");
+            layer.router = w.rows(router_name(li));
             for (size_t e = 0; e < lc.ffn_widths.size(); e++) {
-                const std::string x = expert_prefix(static_cast<int>(l), static_cast<int>(e));
-                layer.experts.push_back({w.rows(x + "w1.weight"), w.rows(x + "w2.weight")});
+                const FfnNames x = expert_names(li, static_cast<int>(e));
+                layer.experts.push_back({w.rows(x.w1), w.rows(x.w2)});
             }
         }
         model->layers.push_back(std::move(layer));

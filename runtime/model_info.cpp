@@ -37,10 +37,10 @@ std::vector<Part> file_parts(const Model& model) {
     for (const TensorView& t : f.tensors()) {
         const std::string& n = t.name;
         std::string name = n, shape = shape_text(t.shape), rest = n;
-        if (n == "embedding.weight") {
+        if (n == kEmbeddingName) {
             name = "embedding";
             if (c.tied_head) shape += ", tied head";
-        } else if (n == "position_embedding.weight") {
+        } else if (n == kPositionName) {
             name = "position";
         } else if (n.rfind("layers.", 0) == 0) {
             const size_t dot = n.find('.', 7);
