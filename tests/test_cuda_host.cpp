@@ -25,6 +25,7 @@
 #include "runtime/model.h"
 #include "runtime/sampler.h"
 #include "tests/model_fixtures.h"
+#include "tests/reference_context.h"
 
 using namespace itera;
 using namespace itera::cuda;
@@ -89,6 +90,9 @@ Context gpu_context(const Model& model, const RunnerOptions& o) { return Context
 // rounding distance of a q8 boundary may round the other way, and the state carries that step
 // on: the bound is tests/test_cuda_device.cpp's (docs/cuda.md; 3.1e-3 seen here on one q4 batch).
 float bound(DType t) { return t == DType::f32 || t == DType::f16 ? 2e-5f : 5e-2f; }
+// Against the reference forward (FP32 inputs to every product), block formats are held to
+// tests/test_forward.cpp's reference_tolerance: the device, like the CPU, rounds inputs to q8.
+float reference_bound(DType t) { return t == DType::f32 || t == DType::f16 ? 2e-5f : 0.1f; }
 
 }  // namespace
 
@@ -310,21 +314,25 @@ TEST_CASE("cuda: the host model mirrors the loaded model") {
     CHECK(static_cast<const uint8_t*>(hm.layers[1].router.data) == copy.data() + (old - hm.span));
 }
 
-TEST_CASE("cuda: emulated kernels match Context (decode, prefill, batches, windows, every dtype)") {
+TEST_CASE("cuda: emulated kernels match Context and the reference forward (decode, prefill, batches, windows, every dtype)") {
     for (DType t : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4}) {
         const auto model = model_from(random_spec(small_config(), t, 17));
         const int32_t V = model->vocab_rows();
         // One sequence token by token, well past max_seq_length 6: every step's logits; teams of 4.
         Context one = gpu_context(*model, emulated(1, 8, 96 * 1024, 4));
         Context ctx(*model);
+        test::ReferenceContext reference(*model);
         const std::vector<int32_t> seq = {3, 17, 5, 22, 0, 9, 11, 4, 8, 8, 1};
-        float worst = 0.0f;
+        float worst = 0.0f, worst_ref = 0.0f;
         for (int32_t id : seq) {
             const std::vector<float> want = row(ctx.eval(id), V);
             const std::vector<float> got = row(one.eval(id), V);
+            const std::vector<float>& truth = reference.eval(id);
             worst = worse(worst, max_abs_diff(got, want) / (1.0f + max_abs(want)));
+            worst_ref = worse(worst_ref, max_abs_diff(got, truth) / (1.0f + max_abs(truth)));
         }
         CHECK_MESSAGE(worst <= bound(t), dtype_name(t) << " decode: " << worst);
+        CHECK_MESSAGE(worst_ref <= reference_bound(t), dtype_name(t) << " decode vs the reference forward: " << worst_ref);
         CHECK(one.position() == 6);
         // Prefill with a logits row per token, rows = 4 forces chunks of 4 carrying the state
         // between them; then the same again after reset().
@@ -381,7 +389,7 @@ TEST_CASE("cuda: emulated kernels match Context (decode, prefill, batches, windo
         }
         CHECK_MESSAGE(batch_worst <= bound(t), dtype_name(t) << " batch: " << batch_worst);
         MESSAGE(dtype_name(t) << ": max |logit diff| / (1 + max |logit|) vs Context: decode " << worst << ", batch "
-                              << batch_worst);
+                              << batch_worst << "; decode vs the reference forward " << worst_ref);
     }
 }
 
