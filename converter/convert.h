@@ -1,6 +1,6 @@
 // The conversion pipeline as a library call: the bytes of a PyTorch checkpoint and the options
 // itera-convert takes, as typed fields -> the bytes of the .itl file and a report of what was done.
-// itera-convert (converter/main.cpp) and the C entry point (include/itera_convert.h) call it; the
+// itera-convert (programs/itera_convert.cpp) and the C entry point (include/itera_convert.h) call it; the
 // same inputs give the same bytes whoever calls.
 //
 // The steps, in order (docs/cli.md): read the checkpoint and infer the config; attach the
