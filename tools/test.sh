@@ -30,7 +30,6 @@ else
 fi
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export ASAN_OPTIONS=detect_leaks=1
-export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 for dir in build-test build-asan; do
     echo "== meson test -C $dir"
     meson test -C "$dir" --print-errorlogs --num-processes 2 || status=1
