@@ -46,7 +46,7 @@ def main():
             want = module(torch.tensor([ids]))[0, -1].numpy()
         got = fp32.context().eval(ids)
         diff = abs(got - want).max()
-        print(f"logits after {prompt!r}: max |itera fp32 - torch| = {diff:.2e} (of a range of {want.ptp():.1f})")
+        print(f"logits after {prompt!r}: max |itera fp32 - torch| = {diff:.2e} (of a range of {want.max() - want.min():.1f})")
         print(f"argmax: torch {fp32.piece(int(want.argmax()))!r}, itera {fp32.piece(int(got.argmax()))!r}")
         torch_text = fp32.detokenize(module.generate_greedy(ids, 15))
         print(f"greedy, torch:      {torch_text}")

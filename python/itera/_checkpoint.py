@@ -45,8 +45,9 @@ def _as_array(name, value):
             return np.asarray(t.view(torch.int16).numpy(), dtype="<i2", order="C"), "BFloat16Storage"
         value = t.numpy()
     if not isinstance(value, np.ndarray):
+        hint = " (for a checkpoint dict, pass its 'model_state_dict' and config=)" if isinstance(value, Mapping) else ""
         raise TypeError(f"state dict entry {name!r} must be a numpy array or a torch tensor, "
-                        f"not {type(value).__name__}")
+                        f"not {type(value).__name__}{hint}")
     storage = _STORAGES.get(value.dtype.newbyteorder("="))
     if storage is None:
         raise TypeError(f"state dict entry {name!r}: unsupported dtype {value.dtype} "

@@ -151,7 +151,7 @@ def test_bad_arguments(tmp_path):
             (b"", {}, itera.FormatError), (b"not a zip file at all", {}, itera.FormatError),
             (good[: len(good) // 2], {}, itera.FormatError),
             (good[:1000] + bytes([good[1000] ^ 1]) + good[1001:], {}, itera.FormatError),  # CRC of an entry
-            ({"embedding.weight": "x"}, {}, TypeError), ({1: np.zeros(2, np.float32)}, {}, TypeError),
+            ({"embedding.weight": "x"}, {}, TypeError), ({"model_state_dict": {}, "config": {}}, {}, TypeError), ({1: np.zeros(2, np.float32)}, {}, TypeError),
             ({"a": np.zeros(2, np.complex64)}, {}, TypeError),
             ({"embedding.weight": np.zeros((4, 2), np.float32)}, {}, itera.FormatError)]:  # not Itera-Lite
         with pytest.raises(err):

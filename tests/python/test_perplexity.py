@@ -13,7 +13,7 @@ import pytest
 
 import capi
 import itera
-from conftest import ITERA_CONVERT, ITERA_RUN, ROOT, run
+from conftest import ITERA_CONVERT, ITERA_RUN, ROOT, SANITIZED, run
 
 # Genesis 1:1-10 in the corpus' preprocessing (models/make_corpus.py): 232 tokens, a window of 128
 # and a partial second one, one of them <UNK>.
@@ -117,6 +117,7 @@ def test_kld_ref_as_itera_run(builtin, builtin_path, genesis, kjv_q4):
     assert got._asdict()["kld"] == got.kld  # a NamedTuple: unpacks, compares, converts to a dict
 
 
+@pytest.mark.skipif(SANITIZED, reason="two models over 44,541 tokens: minutes under ASan; the Genesis case covers kld_ref")
 def test_kld_ref_on_heldout(builtin_path, heldout, kjv_q4):
     got = itera.Model(kjv_q4).perplexity(heldout.read_text(), kld_ref=builtin_path)
     assert_same_as_itera_run(got, itera_run_ppl(kjv_q4, heldout, ref=builtin_path))
@@ -151,7 +152,7 @@ def test_bad_arguments(builtin, tiny):
 
 
 def test_the_gil_is_released_while_scoring(builtin):
-    text = GENESIS * 200  # 60,000 tokens
+    text = GENESIS * 40  # 9,280 tokens
     progress = 0
     t = threading.Thread(target=builtin.perplexity, args=(text,))
     t.start()
