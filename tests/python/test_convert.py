@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import itera
-from conftest import ITERA_CONVERT, ITERA_RUN, ROOT, run
+from conftest import ITERA_CONVERT, ITERA_RUN, ROOT, SANITIZED, run
 
 KJV_PT = os.path.join(ROOT, "models", "itera_lite_kjv.pt")
 KJV_TOKENIZER = os.path.join(ROOT, "models", "tokenizer_kjv.json")
@@ -182,7 +182,8 @@ def test_the_gil_is_released_while_converting(tmp_path):
     calib.write_text("and god said , let there be light : and there was light .\n" * 400)
     progress = 0
     t = threading.Thread(target=itera.convert, args=(KJV_PT, tmp_path / "gil.itl"),
-                         kwargs=dict(tokenizer=KJV_TOKENIZER, quant="q4", calib=calib))
+                         kwargs=dict(tokenizer=KJV_TOKENIZER, quant="q4", calib=calib,
+                                     calib_tokens=256 if SANITIZED else 4096))
     t.start()
     while t.is_alive():
         progress += 1  # runs only while the other thread is inside the converter without the GIL

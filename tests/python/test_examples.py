@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT, SANITIZED, run
 from test_perplexity import GENESIS
 
 EXAMPLES = os.path.join(ROOT, "examples", "python")
@@ -38,10 +38,11 @@ def test_convert_and_generate(tmp_path):
 def test_perplexity_kld(text, tmp_path):
     calib = tmp_path / "calib.txt"
     calib.write_text(GENESIS * 4)
-    out = example("perplexity_kld.py", text, "--quants", "q8", "q4", "--calib", calib)
+    # GPTQ in the unoptimized ASan build takes minutes: there the calibrated rows are left out.
+    out = example("perplexity_kld.py", text, "--quants", "q8", "q4", *([] if SANITIZED else ["--calib", calib]))
     rows = {m.group(1): m.groups()[1:] for m in re.finditer(r"^(\S+)\s+([\d,]+)\s+([\d.]+)(?:\s+([\d.]+)\s+([\d.]+)%)?\s*$",
                                                              out, re.M)}
-    assert list(rows) == ["fp32", "q8", "q4", "q8+gptq", "q4+gptq"], out
+    assert list(rows) == ["fp32", "q8", "q4"] + ([] if SANITIZED else ["q8+gptq", "q4+gptq"]), out
     assert all(float(rows[m][2]) > 0 for m in ("q8", "q4"))
     assert float(rows["q8"][2]) < float(rows["q4"][2])  # 8 bits stay closer to FP32 than 4
 
