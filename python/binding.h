@@ -114,6 +114,8 @@ void bind_model(nb::module_& m);
 void bind_context(nb::module_& m);
 void bind_batch(nb::module_& m);
 void bind_generate(nb::module_& m);
+void bind_perplexity(nb::class_<Model>& cls);  // Model.perplexity (perplexity.cpp)
+void bind_convert(nb::module_& m);             // itera._itera.convert (convert.cpp)
 
 // Model.batch (batch.cpp).
 nb::object new_batch(nb::object model, nb::handle n, nb::handle threads, const std::string& device);

@@ -142,8 +142,8 @@ ContextCore::ContextCore(std::shared_ptr<ModelCore> m, int device) : model(std::
 }
 
 void bind_model(nb::module_& m) {
-    nb::class_<Model>(m, "Model",
-                      R"(A loaded .itl model: immutable, shared by any number of threads, contexts and batches.
+    nb::class_<Model> cls(m, "Model",
+                          R"(A loaded .itl model: immutable, shared by any number of threads, contexts and batches.
 
 Model(source, verify_checksum=True) loads `source`: a path (str or os.PathLike; the file is mapped
 read-only), or the bytes of a .itl file (a bytes object is used in place and kept referenced;
@@ -152,15 +152,15 @@ once and refuses a mismatch. Model.builtin() is the shipped King James Bible mod
 
 Errors: itera.FileError (cannot open the file), itera.FormatError (corrupt or unsupported),
 TypeError for another type of source. close() (or a `with` block) frees the model once nothing
-made from it is left: contexts, batches and generators keep it alive.)")
-        .def(
-            "__init__",
-            [](Model* self, nb::handle source, bool verify_checksum) {
-                new (self) Model{load(source, verify_checksum)};
-            },
-            "source"_a, "verify_checksum"_a = true,
-            nb::sig("def __init__(self, source: str | os.PathLike[str] | bytes | bytearray | memoryview, "
-                    "verify_checksum: bool = True) -> None"))
+made from it is left: contexts, batches and generators keep it alive.)");
+    cls.def(
+           "__init__",
+           [](Model* self, nb::handle source, bool verify_checksum) {
+               new (self) Model{load(source, verify_checksum)};
+           },
+           "source"_a, "verify_checksum"_a = true,
+           nb::sig("def __init__(self, source: str | os.PathLike[str] | bytes | bytearray | memoryview, "
+                   "verify_checksum: bool = True) -> None"))
         .def_static(
             "builtin", [] { return Model{load_builtin()}; },
             "The built-in model (623,840 parameters, a 3,000-word vocabulary; models/README.md).")
@@ -280,12 +280,13 @@ built without CUDA) when "cuda" cannot be had; the message says why.)")
         .def("__reduce__", [](nb::handle self) {
             // Pickled as how it was loaded: the built-in model, its path, or its bytes.
             const auto core = nb::cast<const Model&>(self).open();
-            nb::object cls = nb::borrow(self.type());
+            nb::object model_type = nb::borrow(self.type());
             if (core->builtin)
                 return nb::make_tuple(nb::module_::import_("itera._unpickle").attr("builtin_model"), nb::tuple());
             nb::object source = core->bytes ? nb::borrow(core->bytes) : nb::object(nb::str(core->path.c_str()));
-            return nb::make_tuple(cls, nb::make_tuple(source, core->verify_checksum));
+            return nb::make_tuple(model_type, nb::make_tuple(source, core->verify_checksum));
         });
+    bind_perplexity(cls);
 }
 
 }  // namespace itera_py

@@ -41,6 +41,7 @@ NB_MODULE(_itera, m) {
     bind_context(m);
     bind_batch(m);
     bind_generate(m);
+    bind_convert(m);
     m.def(
         "version", [] { return std::string(itera_version()); }, "The library's version (\"0.2.0\").");
     m.def(

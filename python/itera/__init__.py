@@ -7,6 +7,8 @@
         print(piece, end="", flush=True)
     ctx = model.context()                          # one sequence; device="cuda" or "auto" for a GPU
     logits = ctx.eval(model.tokenize("and god"))   # numpy float32 [vocab_size]
+    print(model.perplexity(open("heldout.txt").read()).ppl)
+    itera.convert("model.pt", "model-q4.itl", tokenizer="tokenizer.json", quant="q4")  # or a state dict
 
 Errors are itera.Error subclasses mirroring the C API's ITERA_ERR_* codes; the GIL is released
 while the library computes. docs/python.md is the guide.
@@ -14,13 +16,16 @@ while the library computes. docs/python.md is the guide.
 from ._errors import (BufferTooSmallError, Error, FileError, FormatError, InternalError,
                       InvalidArgumentError, ModelMismatchError, NoCudaError, NoDeviceError,
                       NoTokenizerError, OutOfMemoryError, UnknownTokenError)
+from ._checkpoint import checkpoint_bytes
+from ._convert import convert
 from ._itera import Batch, Context, Generator, Model, device_available, version
+from ._perplexity import Perplexity
 
 __version__ = version()
 
 __all__ = [
     "Batch", "BufferTooSmallError", "Context", "Error", "FileError", "FormatError", "Generator",
     "InternalError", "InvalidArgumentError", "Model", "ModelMismatchError", "NoCudaError",
-    "NoDeviceError", "NoTokenizerError", "OutOfMemoryError", "UnknownTokenError",
-    "device_available", "version",
+    "NoDeviceError", "NoTokenizerError", "OutOfMemoryError", "Perplexity", "UnknownTokenError",
+    "checkpoint_bytes", "convert", "device_available", "version",
 ]

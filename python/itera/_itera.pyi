@@ -2,12 +2,14 @@
 The C API of the Itera runtime (itera.h) for Python; use it through the itera package.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 import os
 from typing import Annotated, Any
 
 import numpy
 from numpy.typing import NDArray
+
+import itera._perplexity
 
 
 class Model:
@@ -126,6 +128,23 @@ class Model:
     def __repr__(self) -> str: ...
 
     def __reduce__(self) -> tuple: ...
+
+    def perplexity(self, text: str, ctx: int | None = None, kld_ref: Model | str | os.PathLike[str] | bytes | None = None, *, device: str = 'cpu') -> itera._perplexity.Perplexity:
+        """
+        Scores `text` as `itera-run ppl` does, with the same numbers (itera_perplexity): the text is
+        tokenized whole (words the vocabulary lacks become <UNK> and count in unk_fraction), cut into
+        non-overlapping windows of `ctx` tokens (default max_seq_length) that each start from zero state,
+        and every position is scored against the token after it. Returns an itera.Perplexity: ppl
+        (exp of the mean negative log-likelihood, nats), tokens, scored (tokens - 1), unk_fraction, and
+        with `kld_ref` (a Model, or a path or bytes to load one from: typically the FP32 file a quantized
+        model came from, `ppl --kld-ref`) kld, the mean KL(reference || model) in nats, and top1, the
+        share of positions whose argmaxes agree (both None without a reference). device: "cpu", "cuda"
+        or "auto", for both models.
+
+        Errors: ValueError for ctx < 1 or a NUL in the text; itera.InvalidArgumentError for ctx above
+        max_seq_length (of either model), a text of fewer than 2 tokens, a reference that lacks one of
+        this model's ids; itera.NoTokenizerError; the device errors of context().
+        """
 
     def generate(self, prompt: str | Iterable[int] | None = None, *, max_tokens: int = 64, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, seed: int | None = None, greedy: bool = False, stop: str | Iterable[str] | None = None, allow_unknown: bool = False, device: str | None = None) -> Generator:
         """
@@ -307,6 +326,14 @@ class Generator:
 
     @property
     def stop_reason(self) -> str | None: ...
+
+def convert(checkpoint: bytes, output: bytes, *, tokenizer_json: str | None, config_json: str | None, top_k: int, quant: str | None, keep: Sequence[str], precision: Sequence[str], calib_text: str | None, calib_tokens: int, score_tokens: int, target_size: int, prune_ratio: float, prune_scope: str | None, prune_importance: str | None, prune_uniform: bool, trim_vocab: bool, layout: str | None, moe_empty_identity: bool, source_name: str, options_text: str) -> tuple[str, str]:
+    """
+    itera_convert() on the bytes of a torch.save checkpoint, the .itl file written to `output`
+    (os.fsencode of a path, written to a temporary file next to it and renamed over it, as itera-convert
+    does); returns (the --report JSON, the summary lines). The fields are itera_convert_params'; use
+    itera.convert, which takes the CLI's options as Python values. The GIL is released throughout.
+    """
 
 def version() -> str:
     """The library's version ("0.2.0")."""

@@ -86,3 +86,27 @@ class Context:
                                  ctypes.byref(count)))
         assert count.value == len(seen)
         return seen
+
+
+class PerplexityParams(ctypes.Structure):
+    _fields_ = [("window", ctypes.c_int32), ("reference", ctypes.c_void_p), ("device", ctypes.c_int)]
+
+
+class PerplexityResult(ctypes.Structure):
+    _fields_ = [("perplexity", ctypes.c_double), ("tokens", ctypes.c_int64), ("scored", ctypes.c_int64),
+                ("unk_fraction", ctypes.c_double), ("kld", ctypes.c_double), ("top1", ctypes.c_double)]
+
+
+LIB.itera_perplexity_default_params.restype = PerplexityParams
+LIB.itera_perplexity.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(PerplexityParams),
+                                 ctypes.POINTER(PerplexityResult)]
+
+
+def perplexity(model, text, window=0, reference=None):
+    """itera_perplexity: (ppl, tokens, scored, unk_fraction, kld, top1), NaN kld/top1 without a reference."""
+    params = LIB.itera_perplexity_default_params()
+    params.window = window
+    params.reference = reference.handle.value if reference else None
+    out = PerplexityResult()
+    check(LIB.itera_perplexity(model.handle, text.encode(), ctypes.byref(params), ctypes.byref(out)))
+    return out.perplexity, out.tokens, out.scored, out.unk_fraction, out.kld, out.top1
