@@ -1,9 +1,11 @@
 #!/bin/sh
 # Installs the Debian packages Itera builds and tests with, when any is missing (run as root).
+# bible-kjv: the held-out text (models/make_corpus.py) the Python perplexity test scores;
+# clang-format: tools/check_format.sh.
 set -e
 packages="meson ninja-build pkg-config g++ libflatbuffers-dev flatbuffers-compiler libdnnl-dev libxsimd-dev
 libzstd-dev doctest-dev nlohmann-json3-dev libcli11-dev libxxhash-dev python3-torch python3-numpy python3-venv
-python3-dev libcpp-httplib-dev chromium chromium-driver python3-selenium"
+python3-dev libcpp-httplib-dev chromium chromium-driver python3-selenium bible-kjv clang-format"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
