@@ -1,5 +1,5 @@
 // Where the forward runs: on the CUDA device (kernels_cuda/device.cu), or, for the tests, on host
-// threads that run the very same kernel body (kernels_cuda/emulate.cpp). kernels_cuda/backend.cpp
+// threads that run the very same kernel body (kernels_cuda/emulate.cpp). kernels_cuda/runner.cpp
 // drives either through this interface. Plain C++: no CUDA header.
 #pragma once
 

@@ -15,10 +15,6 @@ namespace itera {
 
 enum class Device { cpu, cuda, automatic };  // automatic: the GPU when it can run the model, else the CPU
 
-const char* device_name(Device device);  // "cpu", "cuda", "auto"
-// "cpu", "cuda" or "auto"; throws itera::Error otherwise.
-Device parse_device(const std::string& name);
-
 enum class LogitRows : int32_t { none, last, all };
 
 // Tokens ids[0, n) of one sequence at positions pos0 .. pos0 + n - 1 (<= max_seq_length), on the

@@ -11,6 +11,10 @@
 
 namespace itera {
 
+const char* device_name(Device device);  // "cpu", "cuda", "auto"
+// "cpu", "cuda" or "auto"; throws itera::Error otherwise.
+Device parse_device(const std::string& name);
+
 // A backend for options.device. cuda: throws DeviceUnavailable without a usable GPU (or in a
 // build without CUDA) and itera::Error for a model the kernels cannot run. automatic: the GPU when
 // it can run the model, else the CPU.

@@ -30,13 +30,7 @@ Forward::Forward(const Model& model) : model_(model), layout_(model.config) {
         experts_ = std::max(experts_, static_cast<int32_t>(l.ffn_widths.size()));
         top_k_ = std::max(top_k_, l.top_k);
     }
-    for (int32_t p = 0; p < cfg.max_seq_length; p++) positions_.push_back(p);
     reserve(1);
-}
-
-void Forward::run_sequence(const int32_t* window, int32_t from, int32_t n, SequenceState state, int32_t logit_rows) {
-    shared_.assign(static_cast<size_t>(n), state);
-    run(window + from, positions_.data() + from, shared_.data(), n, n - logit_rows);
 }
 
 void Forward::reserve(int32_t n) {

@@ -44,9 +44,6 @@ public:
     // order. Logits are computed for rows [logits_from, n) only (n: none).
     void run(const int32_t* tokens, const int32_t* positions, const SequenceState* states, int32_t n,
              int32_t logits_from);
-    // Tokens [from, from + n) of one sequence's window, at positions from.., all on `state`; logits
-    // for the last `logit_rows` of them (0, 1 or n; then logits(0) is the first of those).
-    void run_sequence(const int32_t* window, int32_t from, int32_t n, SequenceState state, int32_t logit_rows);
     // The logits of row logits_from + i of the last run, one per vocabulary row.
     const float* logits(int32_t i) const { return logits_.data() + static_cast<size_t>(i) * vocab_; }
 
@@ -76,9 +73,7 @@ private:
     std::vector<float> gathered_, gathered_out_, route_weight_;
     std::vector<int32_t> chosen_, route_rows_;
     std::vector<float> chosen_weight_;
-    std::vector<ActQ8> xq_, gq_, hq_;    // q8 blocks of a_, v_ or y_; of gathered_; of hidden_
-    std::vector<int32_t> positions_;     // 0, 1, ..., max_seq_length - 1
-    std::vector<SequenceState> shared_;  // run_sequence's rows, all the same state
+    std::vector<ActQ8> xq_, gq_, hq_;  // q8 blocks of a_, v_ or y_; of gathered_; of hidden_
 };
 
 }  // namespace itera

@@ -1,5 +1,5 @@
 // An immutable, loaded model: the .itl file plus plain per-layer structs of weight views into it.
-// Thread-shareable; all per-sequence state lives in Context.
+// Thread-shareable; all per-sequence state lives in a backend's slots (runtime/backend.h).
 #pragma once
 
 #include <memory>

@@ -1,4 +1,4 @@
-// Build helper: writes a C++ source defining a 64-byte-aligned byte array with a file's contents,
+// Build helper: writes a C++ source defining a 4096-byte-aligned byte array with a file's contents,
 // so the shipped model is linked into itera-run and loaded in place like an mmap'd file.
 #include <cstdio>
 #include <vector>
