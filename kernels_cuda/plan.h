@@ -30,7 +30,8 @@ struct HostModel {
     size_t span_bytes = 0;
 };
 
-// Whether the kernels read weights of this dtype (fp32, fp16, q8, q4 and nf4; not q3 and q2).
+// Whether the kernels read weights of this dtype (fp32, fp16 and the block formats of weights.h
+// is_block: every dtype a .itl file may hold).
 bool kernels_read(DType t);
 
 // Sets model.layers / model.experts to the vectors and the span to the range every weight lies in.

@@ -41,7 +41,7 @@ void check_weights(HostModel& hm) {
         check(e.w1);
         check(e.w2);
     }
-    if (!ok) throw Error("the CUDA kernels read fp32, fp16, q8, q4 and nf4 weights only");
+    if (!ok) throw Error("the CUDA kernels read fp32, fp16, q8, q4, nf4, q3 and q2 weights only");
 }
 
 }  // namespace
