@@ -309,7 +309,64 @@ TEST_CASE("cuda: a run's segments are split into launches within their capacitie
     segs[1].logits = Logits::none;
     segs[2].logits = Logits::last;
     CHECK((logits_rows(segs[0]) == 3 && logits_rows(segs[1]) == 0 && logits_rows(segs[2]) == 1));
-    MESSAGE("5 segments of 3 tokens: launches of at most 7 tokens, 2 jobs or 6 logits rows; a too-big one refused");
+    // The plan of a run: the same launches with tile shapes and the head choice, valid for any run
+    // of the same shape (tokens and logits rows per segment), whatever its slots, rows and positions.
+    const StepPlan plan = plan_step(segs.data(), segs.size(), {4, 7, 100}, 16, 2, 150);
+    REQUIRE(plan.launches.size() == 3);
+    const LaunchPlan& l0 = plan.launches[0];
+    CHECK((l0.begin == 0 && l0.end == 2 && l0.tokens == 6 && l0.logits_rows == 3 && l0.head));
+    CHECK((l0.shape.seqs == 1 && l0.shape.chunk == 3 && l0.shape.tiles == 2));
+    CHECK((plan.launches[2].logits_rows == 3 && plan.launches[2].tokens == 3));
+    CHECK(!plan_step(segs.data(), 1, {4, 7, 100}, 16, 2, 64).launches[0].head);  // one head block: in the tiles
+    std::vector<Segment> same = segs;
+    for (Segment& g : same) {
+        g.slot += 10;
+        g.pos0 = 2;
+        g.reset = true;
+    }
+    CHECK(plan_fits(plan, same.data(), same.size()));
+    CHECK(!plan_fits(plan, same.data(), same.size() - 1));
+    same[3].n = 2;
+    CHECK(!plan_fits(plan, same.data(), same.size()));
+    same[3].n = 3;
+    same[0].logits = Logits::last;
+    CHECK(!plan_fits(plan, same.data(), same.size()));
+    MESSAGE(
+        "5 segments of 3 tokens: launches of at most 7 tokens, 2 jobs or 6 logits rows; a too-big one refused; "
+        "the plan fits runs of the same shape only");
+}
+
+TEST_CASE("cuda: a run's launches are planned once per shape and replanned when it changes") {
+    const auto model = model_from(random_spec(small_config(), DType::q4_0, 7));
+    HostModel hm;
+    build_host_model(*model, &hm);
+    const int32_t V = model->vocab_rows();
+    // a decodes two sequences step after step (one shape); b runs a third sequence's prefill
+    // between its steps, so each of its steps is planned afresh. Same sums in the same order
+    // (one lane per team): the reused plan gives b's logits bit for bit.
+    Runner a(hm, emulated(3)), b(hm, emulated(3));
+    const std::vector<int32_t> p0 = {3, 17, 5}, p1 = {8}, other = {4, 9}, ids = {22, 0, 9, 11};
+    const Segment prefill[2] = {{0, p0.data(), 3, 0, true, Logits::last}, {1, p1.data(), 1, 0, true, Logits::all}};
+    a.run(prefill, 2);
+    b.run(prefill, 2);
+    bool same = true;
+    for (int32_t step = 0; step < 3; step++) {
+        const Segment decode[2] = {{0, &ids[static_cast<size_t>(step)], 1, 3 + step, false, Logits::last},
+                                   {1, &ids[static_cast<size_t>(step) + 1], 1, 1 + step, false, Logits::last}};
+        const Segment third{2, other.data(), 2, 0, true, Logits::all};
+        a.run(decode, 2);
+        b.run(&third, 1);
+        b.run(decode, 2);
+        for (size_t i = 0; i < 2; i++) {
+            REQUIRE((a.logits(i) != nullptr && b.logits(i) != nullptr));
+            same = same && std::memcmp(a.logits(i), b.logits(i), sizeof(float) * static_cast<size_t>(V)) == 0;
+        }
+    }
+    CHECK(same);
+    CHECK(a.plans_made() == 2);          // the prefill's, then one for every decode step
+    CHECK(b.plans_made() == 1 + 2 * 3);  // every change of shape replans
+    MESSAGE("3 decode steps of 2 sequences: " << a.plans_made() << " plans (prefill + decode) vs " << b.plans_made()
+                                              << " with the shape changing between steps; the same logits bits");
 }
 
 TEST_CASE("cuda: the host model mirrors the loaded model") {
