@@ -245,6 +245,21 @@ ITERA_HD inline void dot_outs(DType t, const uint8_t* row0, int64_t rb, int32_t 
     }
 }
 
+// acc[r] += d * (a_r.d * xscale) * (w . a_r.q) for the tile rows r in mask, a_r their activation
+// block ab: the 32 int8 weights of one activation block, as 8 words, against every row.
+template <int kRows>
+ITERA_HD inline void words_dot_rows(const int32_t (&w)[8], float d, float xscale, const ActQ8* xq, int32_t xqs,
+                                    int32_t ab, uint32_t mask, float* acc) {
+    ITERA_UNROLL
+    for (int r = 0; r < kRows; r++) {
+        if (!(mask >> r & 1u)) continue;
+        const ActQ8& a = xq[r * xqs + ab];
+        int32_t s = 0;
+        for (int j = 0; j < 8; j++) s = dp4a(w[j], load_i32(a.q + 4 * j), s);
+        acc[r] += d * (a.d * xscale) * static_cast<float>(s);
+    }
+}
+
 // A batch tile's product: one thread takes weight row `row` whole against every tile row r in
 // `mask` (x_r at x + r * xs, xq_r at xq + r * xqs), acc[r] += row . x_r. With a thread per output
 // row no warp reduction is needed; a warp per output row, lanes splitting the row, needed one per
@@ -293,14 +308,7 @@ ITERA_HD inline void dot_full(DType t, const uint8_t* row, int32_t cols, const f
                 const float d = load_half(blk);
                 int32_t w[8];
                 for (int j = 0; j < 8; j++) w[j] = load_i32_a2(blk + 2 + 4 * j);
-                ITERA_UNROLL
-                for (int r = 0; r < kRows; r++) {
-                    if (!(mask >> r & 1u)) continue;
-                    const ActQ8& a = xq[r * xqs + b];
-                    int32_t s = 0;
-                    for (int j = 0; j < 8; j++) s = dp4a(w[j], load_i32(a.q + 4 * j), s);
-                    acc[r] += d * a.d * static_cast<float>(s);
-                }
+                words_dot_rows<kRows>(w, d, 1.0f, xq, xqs, b, mask, acc);
             }
             return;
         }
@@ -362,14 +370,7 @@ ITERA_HD inline void dot_full(DType t, const uint8_t* row, int32_t cols, const f
                 const float d = load_half(blk);
                 int32_t w[8];  // n - 4 of elements 4j..4j+3
                 for (int j = 0; j < 8; j++) w[j] = q3_word(blk, j);
-                ITERA_UNROLL
-                for (int r = 0; r < kRows; r++) {
-                    if (!(mask >> r & 1u)) continue;
-                    const ActQ8& a = xq[r * xqs + b];
-                    int32_t s = 0;
-                    for (int j = 0; j < 8; j++) s = dp4a(w[j], load_i32(a.q + 4 * j), s);
-                    acc[r] += d * a.d * static_cast<float>(s);
-                }
+                words_dot_rows<kRows>(w, d, 1.0f, xq, xqs, b, mask, acc);
             }
             return;
         }
@@ -380,14 +381,7 @@ ITERA_HD inline void dot_full(DType t, const uint8_t* row, int32_t cols, const f
                 const float d = load_half(blk);
                 int32_t w[8];  // 2n - 3 of the half's elements 4j..4j+3
                 for (int j = 0; j < 8; j++) w[j] = q2_word(blk, ab & 1, j);
-                ITERA_UNROLL
-                for (int r = 0; r < kRows; r++) {
-                    if (!(mask >> r & 1u)) continue;
-                    const ActQ8& a = xq[r * xqs + ab];
-                    int32_t s = 0;
-                    for (int j = 0; j < 8; j++) s = dp4a(w[j], load_i32(a.q + 4 * j), s);
-                    acc[r] += d * (a.d * 0.5f) * static_cast<float>(s);
-                }
+                words_dot_rows<kRows>(w, d, 0.5f, xq, xqs, ab, mask, acc);
             }
             return;
         }
