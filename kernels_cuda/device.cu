@@ -4,6 +4,7 @@
 // once as a CUDA graph (copies in, kernel, copy out) and replayed.
 #include <cuda_runtime.h>
 
+#include <array>
 #include <map>
 #include <string>
 #include <vector>
@@ -176,20 +177,22 @@ private:
     }
 
     // The graph of this launch shape. Everything but the shape is fixed for the executor's
-    // lifetime (the buffers), so the key is the shape and the copy sizes.
+    // lifetime (the buffers), so the key is the shape and the copy sizes (an array: a step's
+    // lookup allocates nothing).
+    using GraphKey = std::array<int64_t, 11>;
     cudaGraphExec_t graph_for(const ForwardArgs& args, const TileShape& shape, const Copy (&in)[2], const Copy& out,
                               size_t smem) {
-        const std::vector<int64_t> key = {args.n_jobs,
-                                          args.seqs_per_tile,
-                                          args.chunk,
-                                          shape.tiles,
-                                          static_cast<int64_t>(smem),
-                                          static_cast<int64_t>(in[0].bytes),
-                                          static_cast<int64_t>(in[1].bytes),
-                                          static_cast<int64_t>(out.bytes),
-                                          args.head_rows,
-                                          reinterpret_cast<int64_t>(args.jobs),
-                                          reinterpret_cast<int64_t>(args.logits)};
+        const GraphKey key = {args.n_jobs,
+                              args.seqs_per_tile,
+                              args.chunk,
+                              shape.tiles,
+                              static_cast<int64_t>(smem),
+                              static_cast<int64_t>(in[0].bytes),
+                              static_cast<int64_t>(in[1].bytes),
+                              static_cast<int64_t>(out.bytes),
+                              args.head_rows,
+                              reinterpret_cast<int64_t>(args.jobs),
+                              reinterpret_cast<int64_t>(args.logits)};
         auto it = cache_.find(key);
         if (it != cache_.end()) return it->second;
         if (cache_.size() >= 64) {  // many shapes (ppl windows of every length): start over
@@ -218,7 +221,7 @@ private:
     cudaStream_t stream_ = nullptr;
     size_t smem_set_ = 48 * 1024;  // usable without opting in
     std::vector<void*> device_, host_;
-    std::map<std::vector<int64_t>, cudaGraphExec_t> cache_;
+    std::map<GraphKey, cudaGraphExec_t> cache_;
 };
 
 }  // namespace

@@ -251,7 +251,7 @@ struct Chunk {
 
 // The fused SSM block of one layer: x += out_proj(gate(scan(conv(in_proj(LN(x)))))).
 template <class G>
-ITERA_HD void ssm_block(G& g, const ForwardArgs& a, const FwdLayer& L, const Tile& t, const Chunk& ch) {
+ITERA_HD ITERA_PHASE void ssm_block(G& g, const ForwardArgs& a, const FwdLayer& L, const Tile& t, const Chunk& ch) {
     const Scratch& sc = a.scratch;
     const FwdModel& m = a.model;
     const int32_t H = m.hidden, Di = L.inner, N = L.state, K = L.conv_kernel;
@@ -342,8 +342,8 @@ ITERA_HD void ssm_block(G& g, const ForwardArgs& a, const FwdLayer& L, const Til
 // One FFN expert over the rows in emask: x_r += weight_r * w2 GELU(w1 a_r); the weight is 1 for a
 // dense FFN (expert < 0), else the row's routing weight of `expert`. a / act0 hold LN(x).
 template <class G>
-ITERA_HD void expert_rows(G& g, const ForwardArgs& a, const FwdLayer& L, const FwdExpert& e, int32_t expert,
-                          const Tile& t, uint32_t emask) {
+ITERA_HD ITERA_PHASE void expert_rows(G& g, const ForwardArgs& a, const FwdLayer& L, const FwdExpert& e,
+                                      int32_t expert, const Tile& t, uint32_t emask) {
     const Scratch& sc = a.scratch;
     const int32_t H = a.model.hidden, F = e.w1.rows;
     gemm(g, e.w1, t.a, sc.sa, t.act0, sc.sact0, emask, t.uz, sc.suz, nullptr);  // hidden: uz[0, F)
@@ -373,7 +373,7 @@ ITERA_HD void expert_rows(G& g, const ForwardArgs& a, const FwdLayer& L, const F
 
 // The channel block of one layer: a dense FFN, or the MoE with tokens grouped by expert.
 template <class G>
-ITERA_HD void channel_block(G& g, const ForwardArgs& a, const FwdLayer& L, const Tile& t, uint32_t mask) {
+ITERA_HD ITERA_PHASE void channel_block(G& g, const ForwardArgs& a, const FwdLayer& L, const Tile& t, uint32_t mask) {
     if (L.kind == 2) return;  // none: the identity
     const Scratch& sc = a.scratch;
     const FwdModel& m = a.model;
@@ -420,7 +420,7 @@ ITERA_HD inline int32_t logits_row(const Job& job, int32_t k) {
 
 // Runs tile `tile` (jobs [tile * S, tile * S + S)) through the model, chunk by chunk.
 template <class G>
-ITERA_HD void forward_tile(G& g, const ForwardArgs& a, int32_t tile, unsigned char* base) {
+ITERA_HD ITERA_PHASE void forward_tile(G& g, const ForwardArgs& a, int32_t tile, unsigned char* base) {
     const FwdModel& m = a.model;
     const Scratch& sc = a.scratch;
     const Tile t = tile_at(sc, base);

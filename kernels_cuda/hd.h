@@ -16,6 +16,15 @@
 #define ITERA_UNROLL
 #endif
 
+// The kernel body and its phases (forward.h), inlined whatever the body's size: nvcc's inliner
+// otherwise leaves one as a function when the body grows (channel_block, once the q3 / q2 dots
+// came in), and that function takes its arguments through a stack frame (ptxas: 80 -> 664 bytes).
+#ifdef __CUDACC__
+#define ITERA_PHASE __forceinline__
+#else
+#define ITERA_PHASE inline
+#endif
+
 namespace itera::cuda {
 
 ITERA_HD inline float bits_to_float(uint32_t bits) {

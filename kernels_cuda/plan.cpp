@@ -142,4 +142,35 @@ std::vector<std::pair<size_t, size_t>> split_launches(const Segment* segments, s
     return out;
 }
 
+StepPlan plan_step(const Segment* segments, size_t n, const LaunchCaps& caps, int32_t rows, int32_t sm_count,
+                   int32_t vocab) {
+    StepPlan plan;
+    for (size_t i = 0; i < n; i++) {
+        plan.shape.push_back(segments[i].n);
+        plan.shape.push_back(logits_rows(segments[i]));
+    }
+    for (const auto& [begin, end] : split_launches(segments, n, caps)) {
+        LaunchPlan l;
+        l.begin = begin;
+        l.end = end;
+        int32_t max_tokens = 0;
+        for (size_t i = begin; i < end; i++) {
+            l.tokens += segments[i].n;
+            l.logits_rows += logits_rows(segments[i]);
+            max_tokens = std::max(max_tokens, segments[i].n);
+        }
+        l.shape = tile_shape(rows, sm_count, static_cast<int32_t>(end - begin), max_tokens);
+        l.head = l.logits_rows > 0 && l.logits_rows <= kMaxRows && vocab > kHeadRowsPerBlock;
+        plan.launches.push_back(l);
+    }
+    return plan;
+}
+
+bool plan_fits(const StepPlan& plan, const Segment* segments, size_t n) {
+    if (plan.shape.size() != 2 * n) return false;
+    for (size_t i = 0; i < n; i++)
+        if (plan.shape[2 * i] != segments[i].n || plan.shape[2 * i + 1] != logits_rows(segments[i])) return false;
+    return true;
+}
+
 }  // namespace itera::cuda

@@ -30,7 +30,8 @@ struct HostModel {
     size_t span_bytes = 0;
 };
 
-// Whether the kernels read weights of this dtype (fp32, fp16, q8, q4 and nf4; not q3 and q2).
+// Whether the kernels read weights of this dtype (fp32, fp16 and the block formats of weights.h
+// is_block: every dtype a .itl file may hold).
 bool kernels_read(DType t);
 
 // Sets model.layers / model.experts to the vectors and the span to the range every weight lies in.
@@ -82,5 +83,30 @@ struct LaunchCaps {
 // Consecutive [begin, end) ranges of segments[0, n), each within caps (a single segment must fit on
 // its own, else itera::Error).
 std::vector<std::pair<size_t, size_t>> split_launches(const Segment* segments, size_t n, const LaunchCaps& caps);
+
+// One launch of a run: segments [begin, end), their tokens and logits rows, the tile shape, and
+// whether the LM head runs as its own launch (ForwardArgs::head_rows).
+struct LaunchPlan {
+    size_t begin = 0, end = 0;
+    int32_t tokens = 0, logits_rows = 0;
+    TileShape shape;
+    bool head = false;
+};
+
+// A run's launches, which depend on its shape only: how many segments, each one's tokens and
+// logits rows. A decode loop feeds the same shape step after step, so the Runner plans once per
+// shape (plan_fits) rather than per step.
+struct StepPlan {
+    std::vector<int32_t> shape;  // per segment: tokens, logits rows
+    std::vector<LaunchPlan> launches;
+};
+
+// split_launches within caps, each launch with tile_shape (tiles of `rows` tokens over sm_count
+// SMs) and the head as its own launch when it has 1..kMaxRows logits rows and the vocabulary
+// spans more than one head block.
+StepPlan plan_step(const Segment* segments, size_t n, const LaunchCaps& caps, int32_t rows, int32_t sm_count,
+                   int32_t vocab);
+// Whether `plan` was made for segments of this shape.
+bool plan_fits(const StepPlan& plan, const Segment* segments, size_t n);
 
 }  // namespace itera::cuda

@@ -41,7 +41,7 @@ void check_weights(HostModel& hm) {
         check(e.w1);
         check(e.w2);
     }
-    if (!ok) throw Error("the CUDA kernels read fp32, fp16, q8, q4 and nf4 weights only");
+    if (!ok) throw Error("the CUDA kernels read fp32, fp16, q8, q4, nf4, q3 and q2 weights only");
 }
 
 }  // namespace
@@ -66,6 +66,8 @@ struct Runner::Impl {
     int32_t* tokens_host = nullptr;
     float* logits_host = nullptr;
     std::vector<std::vector<float>> results;  // per segment of the last run
+    StepPlan plan;                            // the last run's launches, reused while its shape holds
+    int64_t plans_made = 0;
 
     Impl(const HostModel& model, const RunnerOptions& o) : options(o), host(model) {
         if (options.max_seqs < 1 || options.max_seqs > (1 << 20))
@@ -128,8 +130,9 @@ struct Runner::Impl {
         return state + static_cast<size_t>(slot) * static_cast<size_t>(fwd.state_floats);
     }
 
-    void launch(const Segment* segments, size_t begin, size_t end) {
-        int32_t n_tokens = 0, rows = 0, max_tokens = 0;
+    void launch(const Segment* segments, const LaunchPlan& l) {
+        const size_t begin = l.begin, end = l.end;
+        int32_t n_tokens = 0, rows = 0;
         for (size_t i = begin; i < end; i++) {
             const Segment& s = segments[i];
             Job& j = jobs_host[i - begin];
@@ -146,7 +149,6 @@ struct Runner::Impl {
             }
             std::memcpy(tokens_host + n_tokens, s.rows, sizeof(int32_t) * static_cast<size_t>(s.n));
             n_tokens += s.n;
-            max_tokens = std::max(max_tokens, j.n_tokens);
         }
         ForwardArgs args;
         args.model = fwd;
@@ -157,12 +159,12 @@ struct Runner::Impl {
         args.state = state;
         args.logits = logits;
         args.global_scratch = tile_scratch;
-        if (rows > 0 && rows <= kMaxRows && fwd.vocab > kHeadRowsPerBlock) {
+        if (l.head) {
             args.head_rows = rows;
             args.head_in = head_in;
             args.head_q = head_q;
         }
-        const TileShape shape = tile_shape(scratch.rows, limits.sm_count, args.n_jobs, max_tokens);
+        const TileShape& shape = l.shape;
         args.seqs_per_tile = shape.seqs;
         args.chunk = shape.chunk;
         const Copy in[2] = {{jobs, jobs_host, sizeof(Job) * static_cast<size_t>(args.n_jobs)},
@@ -189,10 +191,14 @@ struct Runner::Impl {
             for (int32_t t = 0; t < s.n; t++)
                 if (s.rows[t] < 0 || s.rows[t] >= fwd.vocab) throw Error("CUDA backend: embedding row out of range");
         }
-        results.resize(n);
-        for (size_t i = 0; i < n; i++)
-            results[i].resize(options.copy_logits ? static_cast<size_t>(logits_rows(segments[i])) * fwd.vocab : 0);
-        for (const auto& [begin, end] : split_launches(segments, n, caps)) launch(segments, begin, end);
+        if (!plan_fits(plan, segments, n)) {
+            plan = plan_step(segments, n, caps, scratch.rows, limits.sm_count, fwd.vocab);
+            plans_made++;
+            results.resize(n);
+            for (size_t i = 0; i < n; i++)
+                results[i].resize(options.copy_logits ? static_cast<size_t>(logits_rows(segments[i])) * fwd.vocab : 0);
+        }
+        for (const LaunchPlan& l : plan.launches) launch(segments, l);
     }
 };
 
@@ -220,5 +226,7 @@ void Runner::write_state(int32_t slot, const float* in) {
 }
 
 std::string Runner::device_name() const { return impl_->exec->name(); }
+
+int64_t Runner::plans_made() const { return impl_->plans_made; }
 
 }  // namespace itera::cuda

@@ -1,7 +1,8 @@
 // The CUDA backend's host side over plain weight descriptors (plan.h HostModel): the weights
 // uploaded once to device memory as they lie in the file, the per-sequence state (conv history
 // and SSM state of every layer) kept on the device, and one kernel launch per step running the
-// whole model for a batch of segments, replayed as a CUDA graph (docs/cuda.md).
+// whole model for a batch of segments, replayed as a CUDA graph (docs/cuda.md). The launches of a
+// run are planned once per shape of its segments and reused while the shape holds.
 //
 // This layer knows embedding rows and state slots, not token ids or windows: runtime/cuda_backend.cpp
 // adapts a loaded model to it behind the runtime's backend interface (runtime/backend.h).
@@ -62,6 +63,8 @@ public:
     void read_state(int32_t slot, float* out) const;
     void write_state(int32_t slot, const float* in);
     std::string device_name() const;
+    // Launch plans computed so far: one per change of the runs' shape (plan.h StepPlan), not per run.
+    int64_t plans_made() const;
 
 private:
     struct Impl;

@@ -11,7 +11,11 @@
 //   q8_0         4 bytes of a block (4 elements), 8 units per block
 //   q4_0         4 bytes of a block (elements j..j+3 and j+16..j+19), 4 units per block
 //   nf4          4 bytes of a block (elements j..j+3 of activation blocks 2b and 2b+1), 8 per block
-// Each unit adds d_w * d_x * (its integer dot) to the row's FP32 sum.
+//   q3_0         elements 4j..4j+3 of a block (a 2-bit field of one qs word, 4 bits of qh), 8 per block
+//   q2_0         elements 4j..4j+3 of an activation block (a 2-bit field of one qs word), 8 per
+//                activation block: unit u is word u % 8 of activation block u / 8, like q8_0
+// Each unit adds d_w * d_x * (its integer dot) to the row's FP32 sum. q3_0 and q2_0 codes are
+// unpacked to int8 words of n - 4 and 2n - 3 (q3_word, q2_word), so a unit is one dp4a.
 #pragma once
 
 #include <cstdint>
@@ -24,7 +28,9 @@
 namespace itera::cuda {
 
 // The block formats the CUDA kernels read; other dtypes are refused when the model is loaded.
-ITERA_HD inline bool is_block(DType t) { return t == DType::q8_0 || t == DType::q4_0 || t == DType::nf4; }
+ITERA_HD inline bool is_block(DType t) {
+    return t == DType::q8_0 || t == DType::q4_0 || t == DType::nf4 || t == DType::q3_0 || t == DType::q2_0;
+}
 
 // Bytes of one row of `cols` elements (format/dtype.h dtype_row_bytes for the dtypes above).
 ITERA_HD inline int64_t row_bytes(DType t, int32_t cols) {
@@ -34,6 +40,8 @@ ITERA_HD inline int64_t row_bytes(DType t, int32_t cols) {
         case DType::q8_0: return 34 * static_cast<int64_t>((cols + 31) / 32);
         case DType::q4_0: return 18 * static_cast<int64_t>((cols + 31) / 32);
         case DType::nf4: return 34 * static_cast<int64_t>((cols + 63) / 64);
+        case DType::q3_0: return 14 * static_cast<int64_t>((cols + 31) / 32);
+        case DType::q2_0: return 18 * static_cast<int64_t>((cols + 63) / 64);
         default: return 0;
     }
 }
@@ -70,6 +78,18 @@ ITERA_HD inline float load_element(const Weight& w, int32_t row, int32_t col) {
                                       0.7229568362236023f, 1.0f};
             return load_half(blk) * levels[n];
         }
+        case DType::q3_0: {
+            const uint8_t* blk = r + 14 * (col / 32);
+            const int i = col % 32;
+            const int n = ((blk[2 + i % 8] >> (2 * (i / 8))) & 3) | (((blk[10 + i / 8] >> (i % 8)) & 1) << 2);
+            return load_half(blk) * static_cast<float>(n - 4);
+        }
+        case DType::q2_0: {
+            const uint8_t* blk = r + 18 * (col / 64);
+            const int i = col % 64;
+            const int n = (blk[2 + i % 16] >> (2 * (i / 16))) & 3;
+            return load_half(blk) * (static_cast<float>(n) - 1.5f);
+        }
         default: return element(w, static_cast<int64_t>(row) * w.cols + col);
     }
 }
@@ -84,12 +104,34 @@ ITERA_HD inline int32_t nf4_levels(uint32_t codes) {
     return static_cast<int32_t>((lo & ~high) | (hi & high));
 }
 
+// The int8 codes n - 4 of q3_0 elements 4j..4j+3 of the block at blk (j < 8): element 4j + i is
+// field j / 2 of qs[4 (j % 2) + i] (bits 0-1) and bit 4j + i of qh (bit 2). n - 4 is the 2-bit
+// field when bit 2 is set, else the field - 4 (0xfc | field as a byte).
+ITERA_HD inline int32_t q3_word(const uint8_t* blk, int j) {
+    const uint32_t lo = (static_cast<uint32_t>(load_i32_a2(blk + 2 + 4 * (j & 1))) >> (2 * (j >> 1))) & 0x03030303u;
+    const uint32_t hi4 = (static_cast<uint32_t>(load_i32_a2(blk + 10)) >> (4 * j)) & 0xfu;
+    const uint32_t hi = (hi4 * 0x00204081u) & 0x01010101u;  // bit i of hi4 to bit 0 of byte i
+    return static_cast<int32_t>(lo | ((hi ^ 0x01010101u) * 0xfcu));
+}
+
+// The int8 codes 2n - 3 of q2_0 elements 4j..4j+3 of half h of the block at blk (j < 8, h < 2;
+// the half meets activation block 2b + h): element 32h + 4j + i is field 2h + j / 4 of
+// qs[4 (j % 4) + i]. With n = 2a + c, 2n - 3 = 2c + 1 when a = 1, else 2c + 1 - 4.
+ITERA_HD inline int32_t q2_word(const uint8_t* blk, int h, int j) {
+    const uint32_t n =
+        (static_cast<uint32_t>(load_i32_a2(blk + 2 + 4 * (j & 3))) >> (2 * (2 * h + (j >> 2)))) & 0x03030303u;
+    const uint32_t odd = ((n << 1) & 0x02020202u) | 0x01010101u, a = (n >> 1) & 0x01010101u;
+    return static_cast<int32_t>(odd | ((a ^ 0x01010101u) * 0xfcu));
+}
+
 // Units of a row (see the top of this file).
 ITERA_HD inline int32_t row_units(DType t, int32_t cols) {
     switch (t) {
         case DType::q8_0: return 8 * ((cols + 31) / 32);
         case DType::q4_0: return 4 * ((cols + 31) / 32);
         case DType::nf4: return 8 * ((cols + 63) / 64);
+        case DType::q3_0: return 8 * ((cols + 31) / 32);
+        case DType::q2_0: return 8 * ((cols + 31) / 32);  // activation blocks: an odd count ends with half a block
         default: return cols;
     }
 }
@@ -169,8 +211,52 @@ ITERA_HD inline void dot_outs(DType t, const uint8_t* row0, int64_t rb, int32_t 
             }
             return;
         }
+        case DType::q3_0: {
+            const int32_t units = row_units(t, cols);
+            for (int32_t u = lane; u < units; u += lanes) {
+                const int32_t b = u >> 3, j = u & 7;
+                const ActQ8& a = xq[b];
+                const int32_t xa = load_i32(a.q + 4 * j);
+                ITERA_UNROLL
+                for (int o = 0; o < kOut; o++) {
+                    const uint8_t* blk = row0 + o * rb + 14 * b;
+                    acc[o] += load_half(blk) * a.d * static_cast<float>(dp4a(q3_word(blk, j), xa, 0));
+                }
+            }
+            return;
+        }
+        case DType::q2_0: {
+            const int32_t units = row_units(t, cols);
+            for (int32_t u = lane; u < units; u += lanes) {
+                const int32_t ab = u >> 3, j = u & 7;  // activation block, its word
+                const ActQ8& a = xq[ab];
+                const int32_t xa = load_i32(a.q + 4 * j);
+                const float dx = a.d * 0.5f;
+                ITERA_UNROLL
+                for (int o = 0; o < kOut; o++) {
+                    const uint8_t* blk = row0 + o * rb + 18 * (ab >> 1);
+                    acc[o] += load_half(blk) * dx * static_cast<float>(dp4a(q2_word(blk, ab & 1, j), xa, 0));
+                }
+            }
+            return;
+        }
         default:
             return;
+    }
+}
+
+// acc[r] += d * (a_r.d * xscale) * (w . a_r.q) for the tile rows r in mask, a_r their activation
+// block ab: the 32 int8 weights of one activation block, as 8 words, against every row.
+template <int kRows>
+ITERA_HD inline void words_dot_rows(const int32_t (&w)[8], float d, float xscale, const ActQ8* xq, int32_t xqs,
+                                    int32_t ab, uint32_t mask, float* acc) {
+    ITERA_UNROLL
+    for (int r = 0; r < kRows; r++) {
+        if (!(mask >> r & 1u)) continue;
+        const ActQ8& a = xq[r * xqs + ab];
+        int32_t s = 0;
+        for (int j = 0; j < 8; j++) s = dp4a(w[j], load_i32(a.q + 4 * j), s);
+        acc[r] += d * (a.d * xscale) * static_cast<float>(s);
     }
 }
 
@@ -222,14 +308,7 @@ ITERA_HD inline void dot_full(DType t, const uint8_t* row, int32_t cols, const f
                 const float d = load_half(blk);
                 int32_t w[8];
                 for (int j = 0; j < 8; j++) w[j] = load_i32_a2(blk + 2 + 4 * j);
-                ITERA_UNROLL
-                for (int r = 0; r < kRows; r++) {
-                    if (!(mask >> r & 1u)) continue;
-                    const ActQ8& a = xq[r * xqs + b];
-                    int32_t s = 0;
-                    for (int j = 0; j < 8; j++) s = dp4a(w[j], load_i32(a.q + 4 * j), s);
-                    acc[r] += d * a.d * static_cast<float>(s);
-                }
+                words_dot_rows<kRows>(w, d, 1.0f, xq, xqs, b, mask, acc);
             }
             return;
         }
@@ -282,6 +361,27 @@ ITERA_HD inline void dot_full(DType t, const uint8_t* row, int32_t cols, const f
                         acc[r] += d * (h.d * (1.0f / 127.0f)) * static_cast<float>(sh);
                     }
                 }
+            }
+            return;
+        }
+        case DType::q3_0: {
+            for (int32_t b = 0; b < (cols + 31) / 32; b++) {
+                const uint8_t* blk = row + 14 * b;
+                const float d = load_half(blk);
+                int32_t w[8];  // n - 4 of elements 4j..4j+3
+                for (int j = 0; j < 8; j++) w[j] = q3_word(blk, j);
+                words_dot_rows<kRows>(w, d, 1.0f, xq, xqs, b, mask, acc);
+            }
+            return;
+        }
+        case DType::q2_0: {
+            const int32_t nx = (cols + 31) / 32;  // activation blocks; odd: the last q2_0 block is half used
+            for (int32_t ab = 0; ab < nx; ab++) {
+                const uint8_t* blk = row + 18 * (ab >> 1);
+                const float d = load_half(blk);
+                int32_t w[8];  // 2n - 3 of the half's elements 4j..4j+3
+                for (int j = 0; j < 8; j++) w[j] = q2_word(blk, ab & 1, j);
+                words_dot_rows<kRows>(w, d, 0.5f, xq, xqs, ab, mask, acc);
             }
             return;
         }

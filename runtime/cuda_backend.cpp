@@ -8,7 +8,7 @@ void build_host_model(const Model& model, cuda::HostModel* out) {
     for (const TensorView& t : model.file->tensors())
         if (!cuda::kernels_read(t.dtype))
             throw Error("tensor '" + t.name + "' is stored as " + std::string(dtype_name(t.dtype)) +
-                        ", which the CUDA backend does not read (fp32, fp16, q8, q4 and nf4 only)");
+                        ", which the CUDA backend does not read (fp32, fp16, q8, q4, nf4, q3 and q2 only)");
     const ModelConfig& cfg = model.config;
     cuda::HostModel& hm = *out;
     hm = cuda::HostModel{};

@@ -13,7 +13,8 @@
 namespace itera {
 
 // The model's weights as kernel structs, pointing into the model's mapping. Throws itera::Error
-// naming the first tensor stored in a dtype the kernels do not read (q3, q2).
+// naming the first tensor stored in a dtype the kernels do not read (cuda::kernels_read: none of
+// the dtypes a .itl file holds today).
 void build_host_model(const Model& model, cuda::HostModel* out);
 
 // Throws DeviceUnavailable (common/error.h) without a usable GPU or in a build without CUDA, itera::Error for a

@@ -128,12 +128,30 @@ TEST_CASE("cuda: shared math equals the CPU reference") {
         for (int k = 0; k < 4; k++) nf4_bad += static_cast<int8_t>(got >> (8 * k)) != kNf4I8[(codes >> (4 * k)) & 0xf];
     }
     CHECK(nf4_bad == 0);
-    for (DType t : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4})
+    // q3_0 / q2_0 codes unpacked to int8 words: n - 4 and 2n - 3 of every element of random blocks,
+    // the codes read as kernels_cpu/quant_dot_scalar.cpp reads them.
+    int q3_bad = 0, q2_bad = 0;
+    for (int i = 0; i < 2000; i++) {
+        uint8_t blk[18];
+        for (uint8_t& b : blk) b = static_cast<uint8_t>(rng());
+        for (int e = 0; e < 32; e++) {
+            const int j = e % 8, k = e / 8;
+            const int n = ((blk[2 + j] >> (2 * k)) & 3) | (((blk[10 + k] >> j) & 1) << 2);
+            q3_bad += static_cast<int8_t>(q3_word(blk, e / 4) >> (8 * (e % 4))) != n - 4;
+        }
+        for (int e = 0; e < 64; e++) {
+            const int n = (blk[2 + e % 16] >> (2 * (e / 16))) & 3;
+            q2_bad += static_cast<int8_t>(q2_word(blk, e / 32, (e % 32) / 4) >> (8 * (e % 4))) != 2 * n - 3;
+        }
+    }
+    CHECK(q3_bad == 0);
+    CHECK(q2_bad == 0);
+    for (DType t : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4, DType::q3_0, DType::q2_0})
         for (int32_t cols : {1, 31, 32, 33, 64, 96, 100})
             CHECK(row_bytes(t, cols) == static_cast<int64_t>(dtype_row_bytes(t, cols)));
     MESSAGE(
         "silu, gelu, softplus bit-equal to ref:: on 1617 points; fp16 decode on all 65536 codes; dp4a; nf4 "
-        "levels on all 65536 nibble quads; row bytes");
+        "levels on all 65536 nibble quads; q3 / q2 int8 codes of 2000 random blocks; row bytes");
 }
 
 TEST_CASE("cuda: activation quantization and block dots give the CPU's integers") {
@@ -155,7 +173,7 @@ TEST_CASE("cuda: activation quantization and block dots give the CPU's integers"
         for (size_t i = 0; i < cpu.size(); i++)
             same = same && cpu[i].d == gpu[i].d && cpu[i].sum == gpu[i].sum && std::memcmp(cpu[i].q, gpu[i].q, 32) == 0;
         CHECK_MESSAGE(same, "cols " << cols);
-        for (DType t : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4}) {
+        for (DType t : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4, DType::q3_0, DType::q2_0}) {
             const int32_t rows = 5;
             std::vector<float> values(static_cast<size_t>(rows * cols));
             for (float& v : values) v = normal(rng);
@@ -233,7 +251,7 @@ TEST_CASE("cuda: activation quantization and block dots give the CPU's integers"
     CHECK(out[0].sum == 0);
     CHECK(out[1].d == doctest::Approx(1.0f / 127.0f));
     MESSAGE(
-        "ActQ8 blocks bit-equal to quantize_activation; fp32/fp16/q8/q4/nf4 row dots (split over 1, 3 and 32 "
+        "ActQ8 blocks bit-equal to quantize_activation; fp32/fp16/q8/q4/nf4/q3/q2 row dots (split over 1, 3 and 32 "
         "lanes, 1 and 4 rows at once; and whole rows against 3 inputs at once) within 1e-5 (relative) of the CPU "
         "kernels; load_element equals ref::load_row");
 }
@@ -291,7 +309,64 @@ TEST_CASE("cuda: a run's segments are split into launches within their capacitie
     segs[1].logits = Logits::none;
     segs[2].logits = Logits::last;
     CHECK((logits_rows(segs[0]) == 3 && logits_rows(segs[1]) == 0 && logits_rows(segs[2]) == 1));
-    MESSAGE("5 segments of 3 tokens: launches of at most 7 tokens, 2 jobs or 6 logits rows; a too-big one refused");
+    // The plan of a run: the same launches with tile shapes and the head choice, valid for any run
+    // of the same shape (tokens and logits rows per segment), whatever its slots, rows and positions.
+    const StepPlan plan = plan_step(segs.data(), segs.size(), {4, 7, 100}, 16, 2, 150);
+    REQUIRE(plan.launches.size() == 3);
+    const LaunchPlan& l0 = plan.launches[0];
+    CHECK((l0.begin == 0 && l0.end == 2 && l0.tokens == 6 && l0.logits_rows == 3 && l0.head));
+    CHECK((l0.shape.seqs == 1 && l0.shape.chunk == 3 && l0.shape.tiles == 2));
+    CHECK((plan.launches[2].logits_rows == 3 && plan.launches[2].tokens == 3));
+    CHECK(!plan_step(segs.data(), 1, {4, 7, 100}, 16, 2, 64).launches[0].head);  // one head block: in the tiles
+    std::vector<Segment> same = segs;
+    for (Segment& g : same) {
+        g.slot += 10;
+        g.pos0 = 2;
+        g.reset = true;
+    }
+    CHECK(plan_fits(plan, same.data(), same.size()));
+    CHECK(!plan_fits(plan, same.data(), same.size() - 1));
+    same[3].n = 2;
+    CHECK(!plan_fits(plan, same.data(), same.size()));
+    same[3].n = 3;
+    same[0].logits = Logits::last;
+    CHECK(!plan_fits(plan, same.data(), same.size()));
+    MESSAGE(
+        "5 segments of 3 tokens: launches of at most 7 tokens, 2 jobs or 6 logits rows; a too-big one refused; "
+        "the plan fits runs of the same shape only");
+}
+
+TEST_CASE("cuda: a run's launches are planned once per shape and replanned when it changes") {
+    const auto model = model_from(random_spec(small_config(), DType::q4_0, 7));
+    HostModel hm;
+    build_host_model(*model, &hm);
+    const int32_t V = model->vocab_rows();
+    // a decodes two sequences step after step (one shape); b runs a third sequence's prefill
+    // between its steps, so each of its steps is planned afresh. Same sums in the same order
+    // (one lane per team): the reused plan gives b's logits bit for bit.
+    Runner a(hm, emulated(3)), b(hm, emulated(3));
+    const std::vector<int32_t> p0 = {3, 17, 5}, p1 = {8}, other = {4, 9}, ids = {22, 0, 9, 11};
+    const Segment prefill[2] = {{0, p0.data(), 3, 0, true, Logits::last}, {1, p1.data(), 1, 0, true, Logits::all}};
+    a.run(prefill, 2);
+    b.run(prefill, 2);
+    bool same = true;
+    for (int32_t step = 0; step < 3; step++) {
+        const Segment decode[2] = {{0, &ids[static_cast<size_t>(step)], 1, 3 + step, false, Logits::last},
+                                   {1, &ids[static_cast<size_t>(step) + 1], 1, 1 + step, false, Logits::last}};
+        const Segment third{2, other.data(), 2, 0, true, Logits::all};
+        a.run(decode, 2);
+        b.run(&third, 1);
+        b.run(decode, 2);
+        for (size_t i = 0; i < 2; i++) {
+            REQUIRE((a.logits(i) != nullptr && b.logits(i) != nullptr));
+            same = same && std::memcmp(a.logits(i), b.logits(i), sizeof(float) * static_cast<size_t>(V)) == 0;
+        }
+    }
+    CHECK(same);
+    CHECK(a.plans_made() == 2);          // the prefill's, then one for every decode step
+    CHECK(b.plans_made() == 1 + 2 * 3);  // every change of shape replans
+    MESSAGE("3 decode steps of 2 sequences: " << a.plans_made() << " plans (prefill + decode) vs " << b.plans_made()
+                                              << " with the shape changing between steps; the same logits bits");
 }
 
 TEST_CASE("cuda: the host model mirrors the loaded model") {
@@ -315,7 +390,7 @@ TEST_CASE("cuda: the host model mirrors the loaded model") {
 }
 
 TEST_CASE("cuda: emulated kernels match Context and the reference forward (decode, prefill, batches, windows, every dtype)") {
-    for (DType t : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4}) {
+    for (DType t : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4, DType::q3_0, DType::q2_0}) {
         const auto model = model_from(random_spec(small_config(), t, 17));
         const int32_t V = model->vocab_rows();
         // One sequence token by token, well past max_seq_length 6: every step's logits; teams of 4.
@@ -394,7 +469,7 @@ TEST_CASE("cuda: emulated kernels match Context and the reference forward (decod
 }
 
 TEST_CASE("cuda: emulated kernels at the shipped widths; thread counts and scratch placement agree") {
-    for (DType t : {DType::f32, DType::q8_0, DType::nf4}) {
+    for (DType t : {DType::f32, DType::q8_0, DType::nf4, DType::q3_0, DType::q2_0}) {  // nf4, q2: half blocks
         const auto model = model_from(random_spec(wide_config(), t, 29));
         const int32_t V = model->vocab_rows();
         const std::vector<int32_t> prompt = {5, 100, 42, 7, 199, 0, 13, 64, 3, 77, 150, 2, 9, 11, 180, 33, 21, 8};
@@ -429,8 +504,8 @@ TEST_CASE("cuda: emulated kernels at the shipped widths; thread counts and scrat
         }
     }
     MESSAGE(
-        "18-token prefill of a hidden-96 model: 1 and 5 threads, shared and global scratch give the same bits; "
-        "teams of 4 lanes within the bound");
+        "18-token prefill of a hidden-96 model (fp32, q8, nf4, q3, q2): 1 and 5 threads, shared and global scratch "
+        "give the same bits; teams of 4 lanes within the bound");
 }
 
 TEST_CASE("cuda: a rows16 model goes up as row_major: the same bits as its row_major twin") {
@@ -479,16 +554,19 @@ TEST_CASE("cuda: state save and restore through the backend; bad input and the n
     const std::vector<float> want = row(cpu.eval(7), V);
     CHECK(max_abs_diff(row(back.eval(7), V), want) / (1.0f + max_abs(want)) <= bound(DType::f32));
     CHECK(max_abs_diff(row(there.eval(7), V), want) / (1.0f + max_abs(want)) <= bound(DType::f32));
-    // Bad input is refused before anything runs; q3 weights are refused by name.
+    // Bad input is refused before anything runs.
     Batch b2(*model, make_cuda_backend(*model, emulated(2)));
     const int32_t bad = 150, good = 1;
     const Batch::Feed bad_feed{0, &bad, 1}, out_of_range{2, &good, 1};
     CHECK_THROWS_WITH_AS(b2.run(&bad_feed, 1), doctest::Contains("not in the model's vocabulary"), Error);
     CHECK_THROWS_WITH_AS(b2.run(&out_of_range, 1), doctest::Contains("out of range"), Error);
     CHECK(b2.position(0) == 0);  // nothing ran
-    const auto q3 = model_from(random_spec(small_config(), DType::q3_0, 3));
-    CHECK_THROWS_WITH_AS(make_cuda_backend(*q3, emulated(1)), doctest::Contains("which the CUDA backend does not read"),
-                         Error);
+    // Every dtype a .itl file holds is read (q3 and q2 in the test above); a weight of a dtype the
+    // kernels do not know (a value a later format could add) is refused before anything is uploaded.
+    HostModel unknown;
+    build_host_model(*model, &unknown);
+    unknown.layers[1].router.dtype = static_cast<DType>(7);
+    CHECK_THROWS_WITH_AS(Runner(unknown, emulated(1)), doctest::Contains("the CUDA kernels read"), Error);
     std::string why;
     if (!available(&why) && !emulated_by_environment()) {
         CHECK(!why.empty());
