@@ -72,7 +72,7 @@ struct Tally {
 }  // namespace
 
 TEST_CASE("device logits match the CPU per dtype: decode past the window, prefill, a batch of 64") {
-    for (DType t : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4}) {
+    for (DType t : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4, DType::q3_0, DType::q2_0}) {
         const auto model = model_from(random_spec(shipped_like(), t, 41));
         const int32_t V = model->vocab_rows();
         std::mt19937 rng(7);
