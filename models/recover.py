@@ -144,18 +144,28 @@ def fp16(x):
 def search_scale(v, valid, base, lo, steps, code, value):
     """format/quant_blocks.cpp search_scale, per block: the fp16 scale among base * m,
     m = float((lo + 2k) / 100), with the least squared error over the block's valid elements (the
-    first on ties). The error is summed element by element in float32, in the C++ loop's order, so
-    near-ties break the same way."""
-    m = torch.tensor([(lo + 2.0 * k) for k in range(steps)]) / 100.0  # float32 quotients, as C++'s
-    d = fp16((base[None] * m.reshape(-1, *([1] * base.dim()))).clamp(-65504.0, 65504.0))  # [steps, ...]
-    safe = torch.where(d == 0, torch.ones_like(d), d)
-    x = v.movedim(-1, 0)[:, None]  # [B, 1, ...]: element-major, so the sum below reads contiguous slices
-    e2 = (x - value(safe, code(x, safe))) ** 2 * valid.t()[:, None, None]  # valid: [blocks, B]
-    err = torch.zeros_like(d)
-    for i in range(e2.shape[0]):
-        err.add_(e2[i])
-    err = torch.where(d == 0, torch.full_like(err, math.inf), err)
-    return d.gather(0, err.argmin(0, keepdim=True))[0]
+    first on ties). C++ sums a block's error element by element in float32; a vectorized sum
+    rounds differently, which only matters where two candidates are within rounding of each
+    other, so those blocks are summed again in the C++ loop's order."""
+    ds, errs = [], []
+    for k in range(steps):
+        d = fp16((base * (torch.tensor(float(lo + 2 * k)) / 100.0)).clamp(-65504.0, 65504.0))  # float32 m, as C++
+        safe = torch.where(d == 0, torch.ones_like(d), d)[..., None]
+        err = (((v - value(safe, code(v, safe))) ** 2) * valid).sum(-1)
+        ds.append(d)
+        errs.append(torch.where(d == 0, torch.full_like(err, math.inf), err))
+    d, err = torch.stack(ds), torch.stack(errs)  # [steps, rows, blocks]
+    best = err.argmin(0)  # the first of equal minima, as C++'s strict <
+    near = (err <= err.gather(0, best[None]) * (1 + 2e-5)).sum(0) > 1  # 64 float32 terms: order moves < 1e-5
+    if near.any():
+        vb, db = v[near], d[:, near]  # [n, B], [steps, n]
+        safe = torch.where(db == 0, torch.ones_like(db), db)[..., None]
+        e2 = (vb - value(safe, code(vb, safe))) ** 2 * valid.expand(v.shape)[near]  # [steps, n, B]
+        seq = torch.zeros_like(db)
+        for i in range(e2.shape[-1]):
+            seq += e2[..., i]
+        best[near] = torch.where(db == 0, torch.full_like(seq, math.inf), seq).argmin(0)
+    return d.gather(0, best[None])[0]
 
 
 def fake_quant(w, dtype):
