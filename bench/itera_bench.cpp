@@ -25,10 +25,10 @@
 #include "common/cli_parse.h"
 #include "common/error.h"
 #include "kernels_cpu/dense_ops.h"
-#include "kernels_cuda/cuda_backend.h"
 #include "runtime/batch.h"
 #include "runtime/builtin_model.h"
 #include "runtime/context.h"
+#include "runtime/devices.h"
 #include "runtime/model.h"
 #include "runtime/sampler.h"
 #include "version.h"
@@ -87,30 +87,73 @@ std::vector<int32_t> prompt_ids(const itera::Model& m, int32_t n) {
     return ids;
 }
 
-// --device cuda: decode latency at batch 1 and throughput at batch 1 .. 4096 on the GPU
-// (kernels_cuda/cuda_backend.h bench(): median step times; docs/cuda.md).
+// Seconds per decode step (median of `steps`) of sequences 0 .. n-1 of `batch`; a sequence starts
+// over before it would reach max_seq_length, so no step slides its window.
+double median_step_seconds(itera::Batch& batch, int32_t n, const itera::Model& m, int32_t steps) {
+    std::vector<int32_t> ids(static_cast<size_t>(n));
+    std::vector<itera::Batch::Feed> feeds(static_cast<size_t>(n));
+    for (int32_t i = 0; i < n; i++) feeds[static_cast<size_t>(i)] = {i, &ids[static_cast<size_t>(i)], 1};
+    uint64_t seed = 0x9e3779b97f4a7c15ull;
+    std::vector<double> times;
+    const int32_t warmup = 3;
+    for (int32_t i = 0; i < n; i++) batch.reset(i);
+    for (int32_t s = 0; s < warmup + steps; s++) {
+        if (batch.position(0) + 1 >= m.config.max_seq_length)
+            for (int32_t i = 0; i < n; i++) batch.reset(i);
+        for (int32_t& id : ids) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            id = m.id_of(static_cast<int32_t>((seed >> 33) % static_cast<uint64_t>(m.vocab_rows())));
+        }
+        const auto t0 = Clock::now();
+        batch.run(feeds.data(), n);
+        if (s >= warmup) times.push_back(seconds_since(t0));
+    }
+    return median(times);
+}
+
+// --device cuda: decode latency at batch 1 (logits copied to the host, with and without CUDA
+// graphs) and throughput at batch 1 .. 4096 (logits left on the device), through the library's
+// backend interface (runtime/devices.h); median step times (docs/cuda.md).
 int cuda_report(const Args& args, const itera::Model& m) {
-    std::vector<int32_t> batches;
-    for (int32_t b = 1; b <= 4096; b *= 4) batches.push_back(b);
-    if (batches.back() != 4096) batches.push_back(4096);
-    const itera::cuda::BenchResult r = itera::cuda::bench(m, batches, std::min(args.tokens, 100));
+    const int32_t steps = std::min(args.tokens, 100);
+    itera::BackendOptions o;
+    o.device = itera::Device::cuda;
+    itera::Batch one(m, itera::make_backend(m, o));
+    const std::string gpu = one.backend().name();
+    const double latency_us = 1e6 * median_step_seconds(one, 1, m, steps);
+    o.cuda_graphs = false;
+    itera::Batch plain(m, itera::make_backend(m, o));
+    const double latency_us_no_graph = 1e6 * median_step_seconds(plain, 1, m, steps);
+    struct Point {
+        int32_t batch;
+        double ms_per_step, tok_s;
+    };
+    std::vector<Point> points;
+    o.cuda_graphs = true;
+    o.logits_on_host = false;
+    o.slots = 4096;
+    itera::Batch wide(m, itera::make_backend(m, o));
+    for (int32_t n = 1; n <= 4096; n *= 4) {
+        const double s = median_step_seconds(wide, n, m, steps);
+        points.push_back({n, 1e3 * s, n / s});
+    }
     const char* name = args.model_path.empty() ? "builtin" : args.model_path.c_str();
     if (args.json) {
         std::printf("{\"model\": \"%s\", \"device\": \"cuda\", \"gpu\": \"%s\", \"latency_us_batch1\": %.2f, "
                     "\"latency_us_batch1_no_graph\": %.2f, \"throughput\": [",
-                    name, r.device.c_str(), r.latency_us, r.latency_us_no_graph);
-        for (size_t i = 0; i < r.throughput.size(); i++)
-            std::printf("%s{\"batch\": %d, \"ms_per_step\": %.4f, \"tok_s\": %.1f}", i ? ", " : "", r.throughput[i].batch,
-                        r.throughput[i].ms_per_step, r.throughput[i].tokens_per_s);
+                    name, gpu.c_str(), latency_us, latency_us_no_graph);
+        for (size_t i = 0; i < points.size(); i++)
+            std::printf("%s{\"batch\": %d, \"ms_per_step\": %.4f, \"tok_s\": %.1f}", i ? ", " : "", points[i].batch,
+                        points[i].ms_per_step, points[i].tok_s);
         std::printf("]}\n");
         return 0;
     }
-    std::printf("model          %s on %s\n", name, r.device.c_str());
+    std::printf("model          %s on %s\n", name, gpu.c_str());
     std::printf("latency        %.1f us per token (batch 1, CUDA graph, logits copied to the host; %.1f us with plain launches)\n",
-                r.latency_us, r.latency_us_no_graph);
-    for (const auto& p : r.throughput)
+                latency_us, latency_us_no_graph);
+    for (const Point& p : points)
         std::printf("batch %-8d %.3f ms per step, %.0f tok/s (logits left on the device)\n", p.batch, p.ms_per_step,
-                    p.tokens_per_s);
+                    p.tok_s);
     return 0;
 }
 

@@ -4,15 +4,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <limits>
 
 #include "common/error.h"
+#include "converter/measure.h"
 #include "format/itl_file.h"
 #include "format/itl_layout.h"
-#include "runtime/context.h"
-#include "runtime/model.h"
-#include "runtime/sampler.h"
+#include "runtime/tokenizer.h"
 
 namespace itera {
 
@@ -52,79 +50,20 @@ std::vector<int> solve_knapsack(const std::vector<std::vector<KnapsackOption>>& 
     return chosen;
 }
 
-// ---- measuring a model against the FP32 reference ----
-
-namespace {
-
-std::unique_ptr<Model> load_spec(const ModelSpec& spec, std::vector<uint8_t>* bytes) {
-    *bytes = serialize_itl(spec);
-    return load_model(ItlFile::from_memory(bytes->data(), bytes->size()));
-}
-
-ModelSpec as_fp32(const ModelSpec& spec) {
-    ModelSpec fp32 = spec;
-    for (SpecTensor& t : fp32.tensors) {
-        t.dtype = DType::f32;
-        t.packed.clear();
-    }
-    return fp32;
-}
-
-}  // namespace
-
-Scorer::Scorer(const ModelSpec& fp32, const std::string& text, int64_t max_tokens) {
-    if (!fp32.has_tokenizer) throw Error("--target-size needs a tokenizer (--tokenizer TOK.json)");
-    std::vector<uint8_t> bytes;
-    const auto model = load_spec(as_fp32(fp32), &bytes);
-    ids_ = model->tokenizer.encode(text);
-    if (ids_.empty()) throw Error("calibration text has no tokens");
-    ref_rows_ = model->vocab_rows();
-    // The reference logits are kept: at most 32 M floats of them.
-    max_tokens = std::max<int64_t>(1, std::min<int64_t>(max_tokens, (int64_t{32} << 20) / ref_rows_));
-    if (static_cast<int64_t>(ids_.size()) > max_tokens) ids_.resize(static_cast<size_t>(max_tokens));
-    window_ = model->config.max_seq_length;
-    ref_row_of_id_ = model->row_of_id;
-    ref_logits_.resize(ids_.size() * static_cast<size_t>(ref_rows_));
-    Context ctx(*model);
-    for (size_t i = 0; i < ids_.size(); i++) {
-        if (i % static_cast<size_t>(window_) == 0) ctx.reset();
-        const float* row = ctx.eval(ids_[i]);
-        std::copy(row, row + ref_rows_, ref_logits_.begin() + static_cast<std::ptrdiff_t>(i * ref_rows_));
-    }
-}
-
-Agreement Scorer::score(const ModelSpec& spec) const {
-    std::vector<uint8_t> bytes;
-    const auto model = load_spec(spec, &bytes);
-    const size_t rows = static_cast<size_t>(model->vocab_rows());
-    std::vector<int32_t> ref_row(rows);  // the reference's row of each of this model's rows
-    for (size_t r = 0; r < rows; r++) {
-        const int32_t id = model->id_of(static_cast<int32_t>(r));
-        ref_row[r] = id < static_cast<int32_t>(ref_row_of_id_.size()) ? ref_row_of_id_[static_cast<size_t>(id)] : -1;
-        if (ref_row[r] < 0) throw Error("token id " + std::to_string(id) + " is not in the FP32 model");
-    }
-    Context ctx(*model);
-    std::vector<float> picked(rows);
-    std::vector<double> logp(rows), ref_logp(rows);
-    double kld = 0;
-    size_t agree = 0;
-    for (size_t i = 0; i < ids_.size(); i++) {
-        if (i % static_cast<size_t>(window_) == 0) ctx.reset();
-        const float* row = ctx.eval(ids_[i]);
-        const float* ref = ref_logits_.data() + i * static_cast<size_t>(ref_rows_);
-        for (size_t r = 0; r < rows; r++) picked[r] = ref[ref_row[r]];
-        log_softmax(row, static_cast<int32_t>(rows), logp.data());
-        log_softmax(picked.data(), static_cast<int32_t>(rows), ref_logp.data());
-        for (size_t r = 0; r < rows; r++) kld += std::exp(ref_logp[r]) * (ref_logp[r] - logp[r]);
-        agree += argmax(row, static_cast<int32_t>(rows)) == argmax(picked.data(), static_cast<int32_t>(rows));
-    }
-    const double n = static_cast<double>(ids_.size());
-    return {std::max(0.0, kld / n), static_cast<double>(agree) / n};
-}
-
 // ---- the driver ----
 
 namespace {
+
+// The calibration tokens every measurement runs over: the first max_tokens (the FP32 model's
+// logits over them are kept, at most 32 M floats).
+std::vector<int32_t> score_ids(const ModelSpec& spec, const std::string& text, int64_t max_tokens) {
+    if (!spec.has_tokenizer) throw Error("--target-size needs a tokenizer (--tokenizer TOK.json)");
+    std::vector<int32_t> ids = Tokenizer(spec.tokenizer).encode(text);
+    if (ids.empty()) throw Error("calibration text has no tokens");
+    max_tokens = std::max<int64_t>(1, std::min<int64_t>(max_tokens, (int64_t{32} << 20) / spec.config.vocab_size));
+    if (static_cast<int64_t>(ids.size()) > max_tokens) ids.resize(static_cast<size_t>(max_tokens));
+    return ids;
+}
 
 uint64_t aligned_bytes(DType dtype, const std::vector<int64_t>& shape) {
     const uint64_t b = tensor_bytes(dtype, shape);
@@ -372,7 +311,7 @@ BudgetResult plan_budget(ModelSpec& spec, const std::string& calib_text, std::ma
                     " bytes (" + std::to_string(least_overhead) + " of them header, metadata and tokenizer)");
 
     // 1. Sensitivity, on the model as given: every candidate's KLD with only its tensor lowered.
-    const Scorer scorer(spec, calib_text, options.score_tokens);
+    const Scorer scorer(spec, score_ids(spec, calib_text, options.score_tokens));
     std::map<std::pair<std::string, DType>, double> kld_of;
     {
         Lowering lowering(spec, stats, quant.layout);
@@ -433,62 +372,6 @@ BudgetResult plan_budget(ModelSpec& spec, const std::string& calib_text, std::ma
         stats = std::move(chosen.stats);
     }
     return best;
-}
-
-std::string budget_report_json(const BudgetResult& result, const BudgetOptions& options,
-                               const std::vector<TensorReport>& report) {
-    auto num = [](double v) {
-        char b[32];
-        std::snprintf(b, sizeof b, "%.6g", v);
-        return v < 0 ? std::string("null") : std::string(b);
-    };
-    std::string precision;
-    for (const BudgetTensor& bt : result.tensors)
-        precision += (precision.empty() ? "" : ",") + bt.name + "=" +
-                     std::string(dtype_name(bt.candidates[static_cast<size_t>(bt.chosen)].dtype));
-    std::string out =
-        "{\n  \"target_bytes\": " + std::to_string(options.target_bytes) +
-        ",\n  \"file_bytes\": " + std::to_string(result.file_bytes) +
-        ",\n  \"overhead_bytes\": " + std::to_string(result.overhead_bytes) +
-        ",\n  \"score_tokens\": " + std::to_string(result.score_tokens) +
-        ",\n  \"rounds\": " + std::to_string(result.rounds) +
-        ",\n  \"refined\": " + (result.refined ? "true" : "false") + ",\n  \"first_kld\": " + num(result.first_kld) +
-        ",\n  \"predicted_kld\": " + num(result.predicted_kld) + ",\n  \"measured_kld\": " + num(result.measured.kld) +
-        ",\n  \"measured_top1\": " + num(result.measured.top1) + ",\n  \"prune_ratio\": " + num(result.prune_ratio) +
-        ",\n  \"variants\": [";
-    for (size_t i = 0; i < result.variants.size(); i++) {
-        const BudgetVariant& v = result.variants[i];
-        out += std::string(i ? "," : "") + "\n    {\"prune_ratio\": " + num(v.prune_ratio) +
-               ", \"removed_weights\": " + std::to_string(v.removed_weights) +
-               ", \"predicted_prune_kld\": " + num(v.predicted_prune_kld) +
-               ", \"predicted_kld\": " + (v.file_bytes ? num(v.predicted_kld) : "null") +
-               ", \"file_bytes\": " + (v.file_bytes ? std::to_string(v.file_bytes) : "null") +
-               ", \"measured_kld\": " + (v.file_bytes ? num(v.measured.kld) : "null") +
-               ", \"measured_top1\": " + (v.file_bytes ? num(v.measured.top1) : "null") + "}";
-    }
-    out += "\n  ],\n  \"precision\": \"" + precision + "\",\n  \"tensors\": [\n";
-    for (size_t i = 0; i < result.tensors.size(); i++) {
-        const BudgetTensor& bt = result.tensors[i];
-        const BudgetCandidate& c = bt.candidates[static_cast<size_t>(bt.chosen)];
-        std::string shape = "[";
-        for (size_t d = 0; d < bt.shape.size(); d++) shape += (d ? ", " : "") + std::to_string(bt.shape[d]);
-        std::string cands;
-        for (const BudgetCandidate& o : bt.candidates)
-            cands += std::string(cands.empty() ? "" : ", ") + "{\"dtype\": \"" + std::string(dtype_name(o.dtype)) +
-                     "\", \"bytes\": " + std::to_string(o.bytes) + ", \"kld\": " + num(o.kld) +
-                     (o.kld_in_file >= 0 ? ", \"kld_in_file\": " + num(o.kld_in_file) : "") + "}";
-        std::string errors;
-        for (const TensorReport& r : report)
-            if (r.name == bt.name)
-                errors = ", \"rms_error_rtn\": " + num(r.rms_error_rtn) +
-                         ", \"rms_error_calibrated\": " + num(r.rms_error_calibrated) +
-                         ", \"output_error_calibrated\": " + num(r.output_error_calibrated);
-        out += "    {\"name\": \"" + bt.name + "\", \"shape\": " + shape + "], \"dtype\": \"" +
-               std::string(dtype_name(c.dtype)) + "\", \"bytes\": " + std::to_string(c.bytes) +
-               ", \"kld\": " + num(c.kld) + (c.kld_in_file >= 0 ? ", \"kld_in_file\": " + num(c.kld_in_file) : "") +
-               errors + ", \"candidates\": [" + cands + "]}" + (i + 1 < result.tensors.size() ? ",\n" : "\n");
-    }
-    return out + "  ]\n}\n";
 }
 
 }  // namespace itera

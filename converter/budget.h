@@ -31,6 +31,7 @@
 #include "converter/prune.h"
 #include "converter/quantize_spec.h"
 #include "format/model_spec.h"
+#include "runtime/evaluate.h"  // Agreement
 
 namespace itera {
 
@@ -45,31 +46,6 @@ struct KnapsackOption {
 // rounded up to a multiple of `unit`, is at most `budget`. Returns the chosen option index of each
 // item, or an empty vector when nothing fits. Items need at least one option, and at most 127.
 std::vector<int> solve_knapsack(const std::vector<std::vector<KnapsackOption>>& items, uint64_t budget, uint64_t unit);
-
-// ---- measuring a model against the FP32 reference ----
-
-struct Agreement {
-    double kld = 0;   // mean KL(reference || model) in nats over the scored positions
-    double top1 = 0;  // fraction of positions where both argmaxes agree
-};
-
-// The FP32 model's next-token distributions over the first `max_tokens` tokens of `text` (at
-// most 32 M logits in all), in windows of max_seq_length from zero state (as `itera-run ppl`
-// scores text). A model is compared over its own vocabulary rows, the reference renormalized
-// over them (as `ppl --kld-ref`).
-class Scorer {
-public:
-    Scorer(const ModelSpec& fp32, const std::string& text, int64_t max_tokens);
-    Agreement score(const ModelSpec& spec) const;  // serializes `spec` and runs it
-    int64_t tokens() const { return static_cast<int64_t>(ids_.size()); }
-
-private:
-    std::vector<int32_t> ids_;
-    int32_t window_ = 0;
-    int32_t ref_rows_ = 0;
-    std::vector<int32_t> ref_row_of_id_;  // -1: id not in the reference
-    std::vector<float> ref_logits_;       // [tokens, ref_rows_]
-};
 
 // ---- the driver ----
 
@@ -132,10 +108,5 @@ struct BudgetResult {
 // smallest choice does not fit.
 BudgetResult plan_budget(ModelSpec& spec, const std::string& calib_text, std::map<std::string, ActivationStats>& stats,
                          const QuantOptions& quant, const BudgetOptions& options);
-
-// The --report JSON of a budgeted conversion: the summary, the variants tried, every tensor's
-// choice with its candidates, and the quantizer's per-tensor errors.
-std::string budget_report_json(const BudgetResult& result, const BudgetOptions& options,
-                               const std::vector<TensorReport>& report);
 
 }  // namespace itera

@@ -3,9 +3,9 @@
 #include <unordered_map>
 
 #include "common/error.h"
-#include "format/itl_file.h"
+#include "converter/measure.h"
 #include "runtime/context.h"
-#include "runtime/model.h"
+#include "runtime/evaluate.h"
 
 namespace itera {
 
@@ -46,26 +46,16 @@ private:
 std::map<std::string, ActivationStats> collect_activation_stats(const ModelSpec& spec, const std::string& text,
                                                                 int64_t max_tokens) {
     if (!spec.has_tokenizer) throw Error("--calib needs a tokenizer (--tokenizer TOK.json)");
-    ModelSpec fp32 = spec;
-    for (SpecTensor& t : fp32.tensors) {
-        t.dtype = DType::f32;
-        t.packed.clear();
-    }
-    const std::vector<uint8_t> bytes = serialize_itl(fp32);
-    const auto model = load_model(ItlFile::from_memory(bytes.data(), bytes.size()));
-    std::vector<int32_t> ids = model->tokenizer.encode(text);
+    const SpecModel fp32 = load_spec(fp32_copy(spec));
+    std::vector<int32_t> ids = fp32.model->tokenizer.encode(text);
     if (ids.empty()) throw Error("calibration text has no tokens");
     if (static_cast<int64_t>(ids.size()) > max_tokens) ids.resize(static_cast<size_t>(max_tokens));
 
     std::map<std::string, ActivationStats> stats;
-    StatsObserver observer(*model->file, &stats);
-    Context ctx(*model);
+    StatsObserver observer(*fp32.model->file, &stats);
+    Context ctx(*fp32.model);
     ctx.set_observer(&observer);
-    const size_t window = static_cast<size_t>(model->config.max_seq_length);
-    for (size_t i = 0; i < ids.size(); i++) {
-        if (i % window == 0) ctx.reset();
-        ctx.eval(ids[i]);
-    }
+    run_windows(ctx, ids.data(), ids.size(), fp32.model->config.max_seq_length, [](size_t, int32_t, const float*) {});
     return stats;
 }
 

@@ -46,7 +46,7 @@ int32_t checked_size(int64_t v, const std::string& what) {
 }
 
 // The value of an integer config field, from --config first, then the checkpoint's config.
-const Value* config_field(const pt::Checkpoint& ck, const ConvertOptions& o, const std::string& key) {
+const Value* config_field(const pt::Checkpoint& ck, const CheckpointOptions& o, const std::string& key) {
     if (o.config_file) {
         if (const Value* v = o.config_file->get(key)) return v;
     }
@@ -60,33 +60,32 @@ int64_t as_int(const Value& v, const std::string& key) {
 }
 
 // Config fields the shapes already determine must agree with them.
-void check_field(const pt::Checkpoint& ck, const ConvertOptions& o, const std::string& key, int64_t actual) {
+void check_field(const pt::Checkpoint& ck, const CheckpointOptions& o, const std::string& key, int64_t actual) {
     const Value* v = config_field(ck, o, key);
     if (v && as_int(*v, key) != actual)
         throw Error("config says " + key + " = " + std::to_string(as_int(*v, key)) + " but the weights have " +
                     std::to_string(actual));
 }
 
-ModelConfig infer_config(const pt::Checkpoint& ck, const StateDict& sd, const ConvertOptions& o) {
+ModelConfig infer_config(const pt::Checkpoint& ck, const StateDict& sd, const CheckpointOptions& o) {
     ModelConfig cfg;
-    cfg.vocab_size = checked_size(sd.dim("embedding.weight", 0, 2), "vocabulary size");
-    cfg.hidden = checked_size(sd.dim("embedding.weight", 1, 2), "hidden size");
-    cfg.max_seq_length = checked_size(sd.dim("position_embedding.weight", 0, 2), "max_seq_length");
+    cfg.vocab_size = checked_size(sd.dim(kEmbeddingName, 0, 2), "vocabulary size");
+    cfg.hidden = checked_size(sd.dim(kEmbeddingName, 1, 2), "hidden size");
+    cfg.max_seq_length = checked_size(sd.dim(kPositionName, 0, 2), "max_seq_length");
     int layers = 0;
-    while (sd.find(layer_prefix(layers) + "ssm.in_proj.weight")) layers++;
+    while (sd.find(ssm_names(layers).in_proj)) layers++;
     if (layers == 0) throw Error("checkpoint has no 'layers.0.ssm.in_proj.weight': not an Itera-Lite layout");
     int64_t top_k = 2;
     if (const Value* v = config_field(ck, o, "top_k_experts")) top_k = as_int(*v, "top_k_experts");
     if (o.top_k > 0) top_k = o.top_k;
     for (int l = 0; l < layers; l++) {
-        const std::string p = layer_prefix(l);
+        const SsmNames ssm = ssm_names(l);
         LayerConfig lc;
-        lc.inner = checked_size(sd.dim(p + "ssm.conv1d.weight", 0, 3), "SSM inner width");
-        lc.conv_kernel = checked_size(sd.dim(p + "ssm.conv1d.weight", 2, 3), "conv kernel");
-        lc.state = checked_size(sd.dim(p + "ssm.ssm.A_log", 0, 1), "SSM state size");
-        const std::string m = moe_prefix(l);
-        if (sd.find(m + "router.gate.weight")) {
-            const int32_t experts = checked_size(sd.dim(m + "router.gate.weight", 0, 2), "expert count");
+        lc.inner = checked_size(sd.dim(ssm.conv_w, 0, 3), "SSM inner width");
+        lc.conv_kernel = checked_size(sd.dim(ssm.conv_w, 2, 3), "conv kernel");
+        lc.state = checked_size(sd.dim(ssm.a_log, 0, 1), "SSM state size");
+        if (sd.find(router_name(l))) {
+            const int32_t experts = checked_size(sd.dim(router_name(l), 0, 2), "expert count");
             if (experts == 0) {
                 if (!o.moe_empty_identity)
                     throw Error("layer " + std::to_string(l) +
@@ -96,7 +95,7 @@ ModelConfig infer_config(const pt::Checkpoint& ck, const StateDict& sd, const Co
             } else {
                 lc.kind = ChannelKind::moe;
                 for (int e = 0; e < experts; e++)
-                    lc.ffn_widths.push_back(checked_size(sd.dim(expert_prefix(l, e) + "w1.weight", 0, 2), "expert width"));
+                    lc.ffn_widths.push_back(checked_size(sd.dim(expert_names(l, e).w1, 0, 2), "expert width"));
                 if (top_k < 1 || top_k > experts)
                     throw Error("top-k " + std::to_string(top_k) + " is not between 1 and layer " + std::to_string(l) +
                                 "'s " + std::to_string(experts) + " experts");
@@ -104,7 +103,7 @@ ModelConfig infer_config(const pt::Checkpoint& ck, const StateDict& sd, const Co
             }
         } else {
             lc.kind = ChannelKind::ffn;
-            lc.ffn_widths.push_back(checked_size(sd.dim(p + "moe.ffn.w1.weight", 0, 2), "FFN width"));
+            lc.ffn_widths.push_back(checked_size(sd.dim(ffn_names(l).w1, 0, 2), "FFN width"));
         }
         cfg.layers.push_back(lc);
     }
@@ -113,8 +112,8 @@ ModelConfig infer_config(const pt::Checkpoint& ck, const StateDict& sd, const Co
     check_field(ck, o, "num_layers", layers);
     check_field(ck, o, "max_seq_length", cfg.max_seq_length);
     // Tied when lm_head is absent or is the embedding's own storage (or identical values).
-    const Tensor* head = sd.find("lm_head.weight");
-    const Tensor& emb = sd.get("embedding.weight");
+    const Tensor* head = sd.find(kLmHeadName);
+    const Tensor& emb = sd.get(kEmbeddingName);
     cfg.tied_head = !head || (head->shape == emb.shape &&
                               ((!head->storage_key.empty() && head->storage_key == emb.storage_key &&
                                 head->storage_offset == emb.storage_offset) ||
@@ -127,7 +126,7 @@ bool ignorable(const std::string& name, const ModelConfig& cfg) {
     const std::string suffix = "router.expert_counts";  // EMA of routing counts (training only)
     if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
         return true;
-    if (name == "lm_head.weight" && cfg.tied_head) return true;
+    if (name == kLmHeadName && cfg.tied_head) return true;
     for (size_t l = 0; l < cfg.layers.size(); l++)  // the norm of an expert-less MoE layer
         if (cfg.layers[l].kind == ChannelKind::none && name.rfind(moe_prefix(static_cast<int>(l)), 0) == 0)
             return true;
@@ -215,7 +214,7 @@ pt::Checkpoint fold_prune_masks(const pt::Checkpoint& ck) {
     return out;
 }
 
-ModelSpec convert_state_dict(const pt::Checkpoint& checkpoint, const ConvertOptions& options) {
+ModelSpec convert_state_dict(const pt::Checkpoint& checkpoint, const CheckpointOptions& options) {
     const StateDict sd(checkpoint);
     ModelSpec spec;
     spec.config = infer_config(checkpoint, sd, options);
@@ -260,7 +259,7 @@ void check_finite(const ModelSpec& spec) {
 
 }  // namespace
 
-ModelSpec checkpoint_to_spec(const pt::Checkpoint& checkpoint, const ConvertOptions& options) {
+ModelSpec checkpoint_to_spec(const pt::Checkpoint& checkpoint, const CheckpointOptions& options) {
     const bool masked = has_prune_masks(checkpoint);
     ModelSpec spec =
         masked ? convert_state_dict(fold_prune_masks(checkpoint), options) : convert_state_dict(checkpoint, options);

@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "converter/quantize_spec.h"
+#include "format/tensor_names.h"
 
 namespace itera {
 
@@ -54,11 +55,10 @@ std::map<std::string, DType> resolve_precision(const std::vector<PrecisionRule>&
             throw Error("--precision rule '" + rule + "': tensor '" + refused->name +
                         "' is read element-wise and can only be stored as fp32 or fp16");
         bool tied = true;
-        for (const SpecTensor& t : tensors) tied = tied && t.name != "lm_head.weight";
+        for (const SpecTensor& t : tensors) tied = tied && t.name != kLmHeadName;
         throw Error("--precision rule '" + rule + "' matches no tensor" +
-                    (tied && precision_matches(r.pattern, "lm_head.weight")
-                         ? " (the head is tied: it is embedding.weight)"
-                         : " (itera-run info lists the names)"));
+                    (tied && precision_matches(r.pattern, kLmHeadName) ? " (the head is tied: it is embedding.weight)"
+                                                                       : " (itera-run info lists the names)"));
     }
     return out;
 }

@@ -111,17 +111,37 @@ PrunePlan prune_spec(ModelSpec& spec, const PruneOptions& options, const std::st
 // are left in place as zeros (removing them changes the output, see above).
 PrunePlan zero_unit_plan(const ModelSpec& spec);
 
-// Embedding / head rows whose token no text can produce with the stored tokenizer (word level:
-// pieces with upper-case ASCII or whitespace; chars: pieces longer than their lead byte announces;
-// both: empty pieces, repeats of an earlier piece), except <UNK> and <EOS>: the rows to keep,
-// ascending (all of them without a tokenizer).
-std::vector<int32_t> reachable_vocab_rows(const ModelSpec& spec);
-
-// {"removed_weights": N, "groups": [{"name", "kind", "layer", "expert", "units", "kept", "tensors",
-// "keep"}...], "vocab_rows_kept": R} for --report (models/recover.py replays "keep" in PyTorch).
-std::string prune_report_json(const PrunePlan& plan);
-
 // "moe,ffn,ssm,vocab" (any subset, comma-separated) -> scope; throws itera::Error otherwise.
 PruneScope parse_prune_scope(const std::string& list);
+const char* importance_name(Importance importance);  // "magnitude", "activation", "taylor"
+const char* unit_kind_name(UnitKind kind);           // "ssm_channel", "ffn_neuron", ...
+
+// ---- the jobs, one file each: prune_units.cpp (units, slicing), prune_score.cpp (importance),
+// prune_sensitivity.cpp (measured loss per group size), prune_plan.cpp (the planner) ----
+
+// The tensors a group's units are slices of (for the report; "experts.*" for whole experts).
+std::vector<std::string> group_tensors(const UnitGroup& g);
+// The tensor of `spec` named `name`; throws itera::Error when there is none.
+SpecTensor& spec_tensor(ModelSpec& spec, const std::string& name);
+const SpecTensor& spec_tensor(const ModelSpec& spec, const std::string& name);
+// Weights a model of this config holds, and its config after `plan` (whose groups describe it).
+int64_t weights_of(const ModelConfig& config);
+ModelConfig pruned_config(const ModelConfig& config, const PrunePlan& plan);
+
+// Magnitude scores of a group's units (no data).
+void magnitude_scores(const ModelSpec& spec, UnitGroup& g);
+// Activation or taylor scores of every group's units from the runtime's FP32 forward over the
+// first `max_tokens` positions of `ids` (that have a next token), token by token in windows of
+// max_seq_length. Returns the positions used.
+int64_t calibrated_scores(const ModelSpec& spec, std::vector<UnitGroup>& groups, Importance importance,
+                          const std::vector<int32_t>& ids, int64_t max_tokens);
+// Each group's sens_keep / sens_kld: the mean KL divergence from `spec` over the first
+// options.sensitivity_tokens of `ids` with only that group cut to 7/8, 6/8, ... of its units
+// (experts: one fewer at a time), its least important units first. Needs the scores.
+void measure_sensitivity(const ModelSpec& spec, std::vector<UnitGroup>& groups, const PruneOptions& options,
+                         const std::vector<int32_t>& ids);
+// The plan keeping a group's `kept` most important units, and the fewest units a group may keep.
+GroupPlan keep_best(const UnitGroup& g, int32_t kept);
+int32_t min_keep(const UnitGroup& g, const ModelConfig& config, double max_group_ratio);
 
 }  // namespace itera

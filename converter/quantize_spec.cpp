@@ -3,20 +3,16 @@
 #include <fnmatch.h>
 
 #include <cmath>
-#include <cstdio>
 
 #include "common/error.h"
 #include "converter/quant/gptq.h"
 #include "format/dtype.h"
 #include "format/half.h"
+#include "format/tensor_names.h"
 
 namespace itera {
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 double relative_rms(const std::vector<float>& w, const std::vector<float>& q) {
     double num = 0, den = 0;
@@ -36,22 +32,7 @@ double output_energy(const std::vector<float>& w, int64_t rows, int64_t cols, co
 }  // namespace
 
 bool read_elementwise(const std::string& name, size_t rank) {
-    return rank < 2 || ends_with(name, "conv1d.weight") || ends_with(name, "ssm.C");
-}
-
-void trim_vocabulary(ModelSpec& spec) {
-    if (!spec.has_tokenizer || !spec.config.vocab_ids.empty()) return;
-    const int32_t kept = static_cast<int32_t>(spec.tokenizer.tokens.size());  // ids 0..kept-1 are producible
-    const int32_t vocab = spec.config.vocab_size;
-    if (kept >= vocab) return;
-    const int64_t H = spec.config.hidden;
-    for (SpecTensor& t : spec.tensors) {
-        if (t.name != "embedding.weight" && t.name != "lm_head.weight") continue;
-        t.shape[0] = kept;
-        t.values.resize(static_cast<size_t>(kept * H));
-    }
-    for (int32_t id = 0; id < kept; id++) spec.config.vocab_ids.push_back(id);
-    spec.config.vocab_size = kept;
+    return rank < 2 || is_conv_weight_name(name) || is_ssm_c_name(name);
 }
 
 DType choose_dtype(const std::string& name, size_t rank, const QuantOptions& options) {
@@ -61,7 +42,7 @@ DType choose_dtype(const std::string& name, size_t rank, const QuantOptions& opt
         dtype = DType::f32;  // LayerNorms, biases, A_log, D: small and sensitive
     } else if (elementwise && options.base != DType::f32) {
         dtype = DType::f16;  // conv weights, C
-    } else if (ends_with(name, "ssm.B") && is_quantized(options.base) && options.base != DType::q8_0) {
+    } else if (is_ssm_b_name(name) && is_quantized(options.base) && options.base != DType::q8_0) {
         // B [state, inner] is small; at 8 bits its error is unmeasurable (docs/quantization.md)
         // while 4 bits or fewer would be its only lossy step: q8, not fp16, keeps the files small.
         dtype = DType::q8_0;
@@ -126,36 +107,10 @@ std::vector<TensorReport> quantize_spec(ModelSpec& spec, const QuantOptions& opt
 
 void choose_layouts(ModelSpec& spec, Layout layout) {
     for (SpecTensor& t : spec.tensors) {
-        const bool lookup_only =
-            t.name == "position_embedding.weight" || (t.name == "embedding.weight" && !spec.config.tied_head);
+        const bool lookup_only = t.name == kPositionName || (t.name == kEmbeddingName && !spec.config.tied_head);
         const bool multiplied = !lookup_only && !read_elementwise(t.name, t.shape.size());
         t.layout = multiplied && layout_allows(layout, t.dtype, t.shape) ? layout : Layout::row_major;
     }
-}
-
-std::string report_json(const std::vector<TensorReport>& report, size_t file_bytes) {
-    std::string out = "{\n  \"file_bytes\": " + std::to_string(file_bytes) + ",\n  \"tensors\": [\n";
-    char buf[512];
-    for (size_t i = 0; i < report.size(); i++) {
-        const TensorReport& r = report[i];
-        std::string shape = "[";
-        for (size_t d = 0; d < r.shape.size(); d++) shape += (d ? ", " : "") + std::to_string(r.shape[d]);
-        shape += "]";
-        auto num = [](double v) {
-            char b[32];
-            std::snprintf(b, sizeof b, "%.6g", v);
-            return v < 0 ? std::string("null") : std::string(b);
-        };
-        std::snprintf(buf, sizeof buf,
-                      "    {\"name\": \"%s\", \"shape\": %s, \"dtype\": \"%s\", \"bytes\": %zu, \"rms_error_rtn\": %s, "
-                      "\"rms_error_calibrated\": %s, \"output_error_rtn\": %s, \"output_error_calibrated\": %s}%s\n",
-                      r.name.c_str(), shape.c_str(), std::string(dtype_name(r.dtype)).c_str(), r.bytes,
-                      num(r.rms_error_rtn).c_str(), num(r.rms_error_calibrated).c_str(),
-                      num(r.output_error_rtn).c_str(), num(r.output_error_calibrated).c_str(),
-                      i + 1 < report.size() ? "," : "");
-        out += buf;
-    }
-    return out + "  ]\n}\n";
 }
 
 }  // namespace itera

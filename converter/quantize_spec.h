@@ -1,5 +1,5 @@
-// Lowers a converted FP32 ModelSpec to the stored dtypes a user asked for: vocabulary trimming,
-// the per-tensor dtype policy (--quant, --keep), and round-to-nearest or calibrated (GPTQ)
+// Lowers a converted FP32 ModelSpec to the stored dtypes a user asked for: the per-tensor dtype
+// policy (--quant, --keep), and round-to-nearest or calibrated (GPTQ)
 // quantization of the block formats. Records what it did for --report.
 #pragma once
 
@@ -36,9 +36,6 @@ struct TensorReport {
 // lookup (vectors, conv weights, C): fp32 or fp16 only.
 bool read_elementwise(const std::string& name, size_t rank);
 
-// Drops embedding / lm head rows whose ids the tokenizer cannot produce; records the kept ids.
-void trim_vocabulary(ModelSpec& spec);
-
 // The dtype each tensor is stored in. Throws itera::Error for a block format on a tensor the
 // runtime reads element-wise (LayerNorms, biases, A_log, D, conv weights, C). B is a matrix
 // product: q8 when the base is a block format of fewer bits (q4, nf4, q3, q2), else the base. options.dtypes, then options.keep, override.
@@ -54,7 +51,5 @@ std::vector<TensorReport> quantize_spec(ModelSpec& spec, const QuantOptions& opt
 // is the head too), row_major for the rest (position and untied embeddings: row lookups only; C:
 // read element by element into a table at load).
 void choose_layouts(ModelSpec& spec, Layout layout);
-
-std::string report_json(const std::vector<TensorReport>& report, size_t file_bytes);
 
 }  // namespace itera

@@ -1,12 +1,13 @@
 /* Generates text with the C API, streaming each piece as it is sampled.
  *
  *   cc -std=c99 generate.c $(pkg-config --cflags --libs itera) -o generate
- *   ./generate MODEL.itl [PROMPT] [N_PREDICT] [SEED]
+ *   ./generate MODEL.itl [PROMPT] [N_PREDICT] [SEED] [DEVICE]     DEVICE: cpu (default), cuda or auto
  *
  * The installed package ships a model at $(pkg-config --variable=modeldir itera)/itera-kjv.itl. */
 #include <itera.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static int print_piece(int32_t token, const char* piece, void* user_data) {
     (void)user_data;
@@ -32,11 +33,20 @@ int main(int argc, char** argv) {
     size_t len = 0;
     int rc, status = 1;
     itera_sampler_params sampling = itera_sampler_default_params();
+    itera_context_params params = itera_context_default_params();
     const char* prompt;
     int32_t n_predict;
     if (argc < 2) {
-        fprintf(stderr, "usage: %s MODEL.itl [PROMPT] [N_PREDICT] [SEED]\n", argv[0]);
+        fprintf(stderr, "usage: %s MODEL.itl [PROMPT] [N_PREDICT] [SEED] [cpu|cuda|auto]\n", argv[0]);
         return 2;
+    }
+    if (argc > 5) {
+        for (params.device = ITERA_DEVICE_CPU; params.device <= ITERA_DEVICE_AUTO; params.device++)
+            if (strcmp(argv[5], itera_device_name(params.device)) == 0) break;
+        if (params.device > ITERA_DEVICE_AUTO) {
+            fprintf(stderr, "error: unknown device '%s' (cpu, cuda or auto)\n", argv[5]);
+            return 2;
+        }
     }
     prompt = argc > 2 ? argv[2] : "and god said";
     n_predict = argc > 3 ? (int32_t)atoi(argv[3]) : 32;
@@ -67,7 +77,8 @@ int main(int argc, char** argv) {
     }
     fputs(text, stdout);
 
-    if ((rc = itera_context_new(model, NULL, &ctx)) != ITERA_OK) {
+    /* On a GPU without one: ITERA_ERR_NO_DEVICE (or ITERA_ERR_NO_CUDA), and the message says why. */
+    if ((rc = itera_context_new(model, &params, &ctx)) != ITERA_OK) {
         status = report("creating a context", rc);
         goto done;
     }

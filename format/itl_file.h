@@ -26,7 +26,9 @@ struct WriteOptions {
     bool compress_metadata = true;  // zstd the metadata when that saves space (header flag bit 0)
 };
 std::vector<uint8_t> serialize_itl(const ModelSpec& spec, const WriteOptions& options = {});
+// Writes the file atomically: a temporary file next to `path`, fsynced, then renamed over it.
 void write_itl(const ModelSpec& spec, const std::string& path, const WriteOptions& options = {});
+void write_itl_bytes(const std::vector<uint8_t>& bytes, const std::string& path);  // serialized already
 // Throws when write_itl would refuse `path`: it exists and is not a regular file (a device or a
 // directory is never replaced). A caller with long work ahead checks first.
 void check_itl_target(const std::string& path);

@@ -194,7 +194,10 @@ void check_itl_target(const std::string& path) {
 
 // Temp file in the same directory + rename: readers never see a half-written file.
 void write_itl(const ModelSpec& spec, const std::string& path, const WriteOptions& options) {
-    const std::vector<uint8_t> bytes = serialize_itl(spec, options);
+    write_itl_bytes(serialize_itl(spec, options), path);
+}
+
+void write_itl_bytes(const std::vector<uint8_t>& bytes, const std::string& path) {
     check_itl_target(path);
     std::string tmp = path + ".tmp-XXXXXX";
     const int fd = mkstemp(tmp.data());

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace itera::fuzz {
 
@@ -19,5 +20,14 @@ void itl_loader(const uint8_t* data, size_t size, bool verify_checksum);
 // The converter's JSON inputs: parse_tokenizer_json (+ the runtime tokenizer built from it) and
 // json_to_value (--config).
 void tokenizer_json(const uint8_t* data, size_t size);
+// A saved context state (Context::restore, runtime/context.cpp: what Python's Context.restore and
+// pickle hand the library) restored into a context of one of two small models made in code, the
+// one whose fingerprint the input names (another fingerprint is refused as another model's): a
+// plain one and one with a vocabulary trimmed with gaps. With fix_checksum the payload checksum is
+// recomputed first, so that mutations reach the fields behind it. A state it accepts must save
+// back to the same bytes, and the context must go on past its window.
+void saved_state(const uint8_t* data, size_t size, bool fix_checksum);
+// Valid states of those models: windows empty, partial, full and slid, with and without logits.
+std::vector<std::vector<uint8_t>> saved_state_seeds();
 
 }  // namespace itera::fuzz

@@ -195,7 +195,13 @@ std::unique_ptr<Packed> pack(const Weight& w, const Desc& layout, dnnl::stream& 
 // multiply-adds, so they must not be scalar: the two element-wise loops get one clone per x86-64
 // level (the widest the CPU has is picked at load time), and the range search is SSE2 by hand
 // (compilers keep float min / max reductions scalar unless NaN and -0 may be ignored).
+// Under ThreadSanitizer one plain version: the clones' resolvers run while the dynamic loader
+// relocates, before the TSan runtime is up, and crash in the instrumentation they get.
+#if defined(__SANITIZE_THREAD__)
+#define ITERA_X86_CLONES
+#else
 #define ITERA_X86_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
 
 // [min(x, 0), max(x, 0)]; *finite is false when x holds a NaN or an infinity.
 void range_of(const float* x, int32_t n, float* lo, float* hi, bool* finite) {

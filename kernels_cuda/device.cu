@@ -129,6 +129,11 @@ public:
         check(cudaStreamSynchronize(stream_), "upload");
     }
 
+    void download(void* dst, const void* src, size_t bytes) override {
+        check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync");
+        check(cudaStreamSynchronize(stream_), "download");
+    }
+
     void zero(void* dst, size_t bytes) override {
         check(cudaMemsetAsync(dst, 0, bytes, stream_), "cudaMemsetAsync");
         check(cudaStreamSynchronize(stream_), "zero");
@@ -217,6 +222,8 @@ private:
 };
 
 }  // namespace
+
+bool built_with_cuda() { return true; }
 
 std::unique_ptr<Executor> make_device_executor(bool graphs, std::string* why) {
     cudaDeviceProp prop{};

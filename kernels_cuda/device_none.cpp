@@ -4,6 +4,8 @@
 
 namespace itera::cuda {
 
+bool built_with_cuda() { return false; }
+
 std::unique_ptr<Executor> make_device_executor(bool, std::string* why) {
     *why = "built without CUDA support (no nvcc when meson configured the build, or -Dgpu=disabled)";
     return nullptr;

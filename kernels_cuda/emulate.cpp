@@ -73,6 +73,7 @@ public:
     }
     void* alloc_host(size_t bytes) override { return alloc(bytes); }
     void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+    void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
     void zero(void* dst, size_t bytes) override { std::memset(dst, 0, bytes); }
 
     void forward(const ForwardArgs& args, const TileShape& shape, const Copy (&in)[2], const Copy& out) override {

@@ -40,11 +40,16 @@ public:
     virtual void* alloc(size_t bytes) = 0;
     virtual void* alloc_host(size_t bytes) = 0;
     virtual void upload(void* dst, const void* src, size_t bytes) = 0;
+    virtual void download(void* dst, const void* src, size_t bytes) = 0;  // forward memory -> host memory
     virtual void zero(void* dst, size_t bytes) = 0;
     // Copies in[0] and in[1] (staging -> forward memory), runs `args` on shape.tiles blocks, then
     // copies `out` (forward memory -> staging; bytes may be 0). Returns when everything is done.
     virtual void forward(const ForwardArgs& args, const TileShape& shape, const Copy (&in)[2], const Copy& out) = 0;
 };
+
+// Whether this build has the device code (nvcc was found); without it make_device_executor always
+// says "built without CUDA support".
+bool built_with_cuda();
 
 // The CUDA device 0, or nullptr with *why set (no driver or device, or built without CUDA).
 // graphs: capture each launch shape once as a CUDA graph and replay it.

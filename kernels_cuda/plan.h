@@ -1,16 +1,14 @@
 // Host-side planning for the CUDA backend, in plain C++ (no CUDA) and unit-tested on the CPU:
-// the model as kernel structs, the scratch layout of a tile, the tile shape of a launch, and the
-// jobs that a batch of feeds becomes (with Context::eval's window semantics).
+// the model as kernel structs, the scratch layout of a tile, the tile shape of a launch, and how
+// the segments of a run are split into launches.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
-#include "kernels_cuda/cuda_backend.h"
 #include "kernels_cuda/executor.h"
 #include "kernels_cuda/forward.h"
-#include "runtime/model.h"
 
 namespace itera::cuda {
 
@@ -19,8 +17,10 @@ struct ModelDims {
     int32_t hidden = 0, inner = 0, state = 0, ffn = 0, experts = 0, top_k = 0;
 };
 
-// The model's weights as kernel structs, pointing into the model's mapping. model.layers and
-// model.experts point into the vectors here (so a HostModel is not copied once built).
+// The model's weights as kernel structs (plain descriptors of the .itl tensors), pointing into
+// host memory (the model's mapping): what the runtime hands this layer (runtime/cuda_backend.cpp
+// builds it from a loaded Model). model.layers and model.experts point into the vectors here (so
+// a HostModel is not copied once built); every weight lies in [span, span + span_bytes).
 struct HostModel {
     FwdModel model;
     std::vector<FwdLayer> layers;
@@ -30,9 +30,11 @@ struct HostModel {
     size_t span_bytes = 0;
 };
 
-// Throws itera::Error when a tensor has a dtype the kernels do not read (fp32, fp16, q8, q4 and
-// nf4 are read; q3 and q2 are not).
-void build_host_model(const Model& model, HostModel* out);
+// Whether the kernels read weights of this dtype (fp32, fp16, q8, q4 and nf4; not q3 and q2).
+bool kernels_read(DType t);
+
+// Sets model.layers / model.experts to the vectors and the span to the range every weight lies in.
+void finish_host_model(HostModel* hm);
 
 // The span with every rows16 weight (the CPU kernels' interleaved q4_0) reordered to row_major, the
 // layout the device kernels read, and those weights marked row_major; empty (and nothing marked)
@@ -54,38 +56,31 @@ int32_t tile_rows(const ModelDims& dims, const Limits& limits, bool* global);
 // spread over sm_count blocks.
 TileShape tile_shape(int32_t rows, int32_t sm_count, int32_t n_jobs, int32_t max_tokens);
 
-// ---- feeds and jobs ----
+// ---- segments and launches ----
 
-// Logits rows a feed (cuda_backend.h) asks for.
-int32_t feed_logits_rows(const Feed& feed);
+// The logits a segment asks for: none, its last token's, or a row per token.
+enum class Logits { none, last, all };
 
-// What the host remembers of each sequence: its window (the tokens since its state was zero,
-// as Context keeps it) and whether its device state still has to be zeroed.
-struct SequenceWindow {
-    std::vector<int32_t> tokens;
-    bool zero_pending = false;
-};
-
-struct PlannedJob {
-    int32_t seq = 0, feed = 0, pos0 = 0;
+// Tokens [0, n) of one sequence at positions pos0.. on its state slot (zeroed first when reset),
+// as forward.h's Job runs them. The runtime (runtime/cuda_backend.cpp) turns token ids into
+// embedding rows and applies the window rule before anything reaches this layer.
+struct Segment {
+    int32_t slot = 0;
+    const int32_t* rows = nullptr;  // embedding rows
+    int32_t n = 0;
+    int32_t pos0 = 0;
     bool reset = false;
-    std::vector<int32_t> ids;
-    bool logits_all = false;  // a row per token (else the last token's, when logits_row >= 0)
-    int32_t logits_row = -1;  // first row of this job's logits within its feed's, or -1: none
+    Logits logits = Logits::last;
 };
 
-// The jobs of `feeds`, in waves: a sequence's k-th job is in wave k (its jobs run in order). Up
-// to max_seq_length tokens a feed is one job from the current position; each token past it
-// slides the window and re-runs it from zero state at positions 0.. (a job with reset), as
-// Context::eval does. A job whose logits nobody asked for and whose state a later reset of the
-// same feed discards is left out. Updates the windows.
-std::vector<std::vector<PlannedJob>> plan_waves(std::vector<SequenceWindow>* seqs, const std::vector<Feed>& feeds,
-                                                int32_t max_seq);
+// Logits rows a segment asks for.
+int32_t logits_rows(const Segment& s);
 
 struct LaunchCaps {
     int32_t jobs = 1, tokens = 1, logits_rows = 1;
 };
-// Consecutive [begin, end) ranges of a wave, each within caps (a single job must fit on its own).
-std::vector<std::pair<size_t, size_t>> split_wave(const std::vector<PlannedJob>& wave, const LaunchCaps& caps);
+// Consecutive [begin, end) ranges of segments[0, n), each within caps (a single segment must fit on
+// its own, else itera::Error).
+std::vector<std::pair<size_t, size_t>> split_launches(const Segment* segments, size_t n, const LaunchCaps& caps);
 
 }  // namespace itera::cuda

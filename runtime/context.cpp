@@ -7,80 +7,48 @@
 
 #include "common/error.h"
 #include "format/itl_layout.h"
-#include "kernels_cpu/quant_ops.h"
-#include "kernels_cpu/ref_ops.h"
+#include "runtime/cpu_backend.h"
 
 namespace itera {
 
-Context::Context(const Model& model) : model_(model), forward_(model) {
-    conv_.assign(forward_.layout().conv, 0.0f);
-    ssm_.assign(forward_.layout().ssm, 0.0f);
-    window_.reserve(static_cast<size_t>(model.config.max_seq_length));
-}
+Context::Context(const Model& model) : Context(model, make_cpu_backend(model, BackendOptions{})) {}
+
+Context::Context(const Model& model, std::unique_ptr<Backend> backend)
+    : model_(model), backend_(std::move(backend)), window_(model.config.max_seq_length) {}
 
 void Context::reset() {
-    zero_state();
     window_.clear();
     has_logits_ = false;
 }
 
-void Context::zero_state() {
-    std::fill(conv_.begin(), conv_.end(), 0.0f);
-    std::fill(ssm_.begin(), ssm_.end(), 0.0f);
-}
-
-void Context::run_window(size_t from, int32_t logit_rows) {
-    const int32_t n = static_cast<int32_t>(window_.size() - from);
-    forward_.run_sequence(window_.data(), static_cast<int32_t>(from), n, {conv_.data(), ssm_.data()}, logit_rows);
-    logits_ = logit_rows > 0 ? forward_.logits(logit_rows - 1) : nullptr;
-    has_logits_ = logit_rows > 0;
-}
-
 void Context::check_ids(const int32_t* tokens, int32_t n) const {
+    if (n < 1) throw Error("no tokens to evaluate");
     for (int32_t i = 0; i < n; i++)
         if (model_.row_of(tokens[i]) < 0)
             throw Error("token id " + std::to_string(tokens[i]) + " is not in the model's vocabulary");
 }
 
-const float* Context::eval_all(const int32_t* tokens, int32_t n) {
-    check_ids(tokens, n);
-    if (n <= 0) throw Error("eval_all needs at least one token");
-    if (window_.size() + static_cast<size_t>(n) > static_cast<size_t>(model_.config.max_seq_length))
-        throw Error(std::to_string(n) + " tokens after " + std::to_string(window_.size()) + " exceed max_seq_length " +
-                    std::to_string(model_.config.max_seq_length));
-    const size_t from = window_.size();
-    window_.insert(window_.end(), tokens, tokens + n);
-    run_window(from, n);
-    return forward_.logits(0);
+const float* Context::feed(const int32_t* tokens, int32_t n, LogitRows logits) {
+    const Span span = window_.advance(tokens, n, logits);
+    backend_->run(&span, 1);
+    const float* rows = backend_->logits(0);
+    // logits() is the last token's: the last row of `all`.
+    logits_ = rows && logits == LogitRows::all ? rows + static_cast<size_t>(n - 1) * model_.config.vocab_size : rows;
+    has_logits_ = logits_ != nullptr;
+    return rows;
 }
 
 const float* Context::eval(int32_t token, bool want_logits) { return eval_tokens(&token, 1, want_logits); }
 
 const float* Context::eval_tokens(const int32_t* tokens, int32_t n, bool want_logits) {
-    const size_t P = static_cast<size_t>(model_.config.max_seq_length);
     check_ids(tokens, n);
-    int32_t i = 0;
-    // Tokens that fit the window go through together.
-    if (window_.size() < P) {
-        const size_t from = window_.size();
-        const int32_t fit = static_cast<int32_t>(std::min(P - from, static_cast<size_t>(n)));
-        window_.insert(window_.end(), tokens, tokens + fit);
-        run_window(from, want_logits && fit == n ? 1 : 0);
-        i = fit;
-    }
-    // Upstream semantics past max_seq_length: slide the window and recompute it from zero state.
-    for (; i < n; i++) {
-        std::rotate(window_.begin(), window_.begin() + 1, window_.end());
-        window_.back() = tokens[i];
-        zero_state();
-        run_window(0, want_logits && i + 1 == n ? 1 : 0);
-    }
+    feed(tokens, n, want_logits ? LogitRows::last : LogitRows::none);
     return logits();
 }
 
-size_t Context::conv_index(size_t layer, size_t channel, size_t tap) const {
-    const size_t inner = static_cast<size_t>(model_.config.layers[layer].inner);
-    return forward_.layout().conv_off[layer] + tap * inner + channel;
+const float* Context::eval_all(const int32_t* tokens, int32_t n) {
+    check_ids(tokens, n);
+    return feed(tokens, n, LogitRows::all);  // the window refuses tokens that do not fit
 }
 
 // ---- saved state (layout in context.h) ----
@@ -125,34 +93,33 @@ uint64_t saved_state_fingerprint(const uint8_t* data, size_t size) {
 
 size_t Context::saved_size() const {
     const size_t logits = has_logits_ ? static_cast<size_t>(model_.config.vocab_size) : 0;
-    return kStateHeaderBytes + 4 * (window_.size() + conv_.size() + ssm_.size() + logits);
+    return kStateHeaderBytes + 4 * (window_.tokens().size() + backend_->state_floats() + logits);
 }
 
 void Context::save(uint8_t* out) const {
     const size_t logits = has_logits_ ? static_cast<size_t>(model_.config.vocab_size) : 0;
+    // The backend's state in the saved layout (zeros when the next span will zero it anyway).
+    std::vector<float> state(backend_->state_floats(), 0.0f);
+    if (!window_.fresh()) backend_->read_state(0, state.data());
+    const StateLayout layout(model_.config);
     std::memcpy(out, kStateMagic, sizeof kStateMagic);
     store_le(out + 8, kStateVersion, 4);
     store_le(out + 12, 0, 4);
     store_le(out + 16, model_.file->checksum(), 8);
-    store_le(out + 32, window_.size(), 8);
-    store_le(out + 40, conv_.size(), 8);
-    store_le(out + 48, ssm_.size(), 8);
+    store_le(out + 32, window_.tokens().size(), 8);
+    store_le(out + 40, layout.conv, 8);
+    store_le(out + 48, layout.ssm, 8);
     store_le(out + 56, logits, 8);
     uint8_t* p = out + kStateHeaderBytes;
     auto put = [&](float v) {
         store_f32(p, v);
         p += 4;
     };
-    for (int32_t t : window_) {
+    for (int32_t t : window_.tokens()) {
         store_le(p, static_cast<uint32_t>(t), 4);
         p += 4;
     }
-    // Conv history in the saved layout [inner, K-1] per layer (oldest first).
-    for (size_t l = 0; l < model_.config.layers.size(); l++)
-        for (size_t d = 0; d < static_cast<size_t>(model_.config.layers[l].inner); d++)
-            for (size_t j = 0; j + 1 < static_cast<size_t>(model_.config.layers[l].conv_kernel); j++)
-                put(conv_[conv_index(l, d, j)]);
-    for (float v : ssm_) put(v);
+    for (float v : state) put(v);
     for (size_t i = 0; i < logits; i++) put(logits_[i]);
     const size_t payload = static_cast<size_t>(p - out) - kStateHeaderBytes;
     store_le(out + 24, XXH3_64bits(out + kStateHeaderBytes, payload), 8);
@@ -170,10 +137,11 @@ void Context::restore(const uint8_t* data, size_t size) {
     if (window > static_cast<uint64_t>(cfg.max_seq_length))
         throw Error("corrupt saved state: " + std::to_string(window) + " window tokens, more than max_seq_length " +
                     std::to_string(cfg.max_seq_length));
-    if (conv != conv_.size() || ssm != ssm_.size())
+    const StateLayout layout(cfg);
+    if (conv != layout.conv || ssm != layout.ssm)
         throw Error("corrupt saved state: " + std::to_string(conv) + " conv and " + std::to_string(ssm) +
-                    " ssm values, this model has " + std::to_string(conv_.size()) + " and " +
-                    std::to_string(ssm_.size()));
+                    " ssm values, this model has " + std::to_string(layout.conv) + " and " +
+                    std::to_string(layout.ssm));
     if (logits != 0 && logits != static_cast<size_t>(model_.config.vocab_size))
         throw Error("corrupt saved state: " + std::to_string(logits) + " logits, the vocabulary is " +
                     std::to_string(model_.config.vocab_size));
@@ -189,23 +157,23 @@ void Context::restore(const uint8_t* data, size_t size) {
         if (model_.row_of(token(i)) < 0)
             throw Error("corrupt saved state: token id " + std::to_string(token(i)) +
                         " is not in the model's vocabulary");
-    restored_logits_.resize(logits);  // the one allocation, before anything changes
-    // Everything is checked: from here on nothing throws (window_ has max_seq_length reserved).
-    window_.resize(window);
-    for (uint64_t i = 0; i < window; i++) window_[i] = token(i);
+    // The allocations, before anything changes.
+    std::vector<int32_t> tokens(window);
+    std::vector<float> state(conv + ssm);
+    std::vector<float> restored(logits);
+    for (uint64_t i = 0; i < window; i++) tokens[i] = token(i);
     p += 4 * window;
     auto get = [&] {
         const float v = load_f32(p);
         p += 4;
         return v;
     };
-    for (size_t l = 0; l < model_.config.layers.size(); l++)
-        for (size_t d = 0; d < static_cast<size_t>(model_.config.layers[l].inner); d++)
-            for (size_t j = 0; j + 1 < static_cast<size_t>(model_.config.layers[l].conv_kernel); j++)
-                conv_[conv_index(l, d, j)] = get();
-    for (float& v : ssm_) v = get();
+    for (float& v : state) v = get();
+    for (float& v : restored) v = get();
+    backend_->write_state(0, state.data());  // the only step that may still fail (a device error)
+    window_.assign(tokens.data(), tokens.size());
+    restored_logits_.swap(restored);
     has_logits_ = logits != 0;
-    for (float& v : restored_logits_) v = get();
     logits_ = has_logits_ ? restored_logits_.data() : nullptr;
 }
 

@@ -1,13 +1,9 @@
 // The C API (runtime/include/itera.h) over the C++ runtime. Every entry point runs its body in
-// guarded(), which turns any exception into an error code and the thread's last-error message:
-// itera::Error -> the code that entry point documents, std::bad_alloc -> OUT_OF_MEMORY, anything
-// else -> INTERNAL.
+// guarded() (runtime/c_api_errors.h).
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdarg>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -19,9 +15,13 @@
 #include "common/file_io.h"
 #include "format/itl_file.h"
 #include "itera.h"
+#include "runtime/c_api_errors.h"
 #include "runtime/batch.h"
 #include "runtime/context.h"
+#include "runtime/devices.h"
+#include "runtime/evaluate.h"
 #include "runtime/model.h"
+#include "runtime/model_info.h"
 #include "runtime/sampler.h"
 
 struct itera_model {
@@ -29,12 +29,13 @@ struct itera_model {
     // points into them is destroyed before them.
     std::unique_ptr<uint8_t, decltype(&std::free)> copy{nullptr, &std::free};
     std::unique_ptr<itera::Model> model;
+    std::string path;  // "" when loaded from memory
 };
 
 // The C API indexes logits by token id. A model whose vocabulary was trimmed with gaps computes
 // fewer rows than ids; its logits are then spread out to one per id, -inf for the dropped ids.
 struct itera_context {
-    explicit itera_context(const itera::Model& model) : ctx(model) {}
+    itera_context(const itera::Model& model, std::unique_ptr<itera::Backend> backend) : ctx(model, std::move(backend)) {}
 
     // Call after anything that changes ctx.
     void update_logits() {
@@ -60,49 +61,29 @@ struct itera_sampler {
 };
 
 struct itera_batch {
-    itera_batch(const itera::Model& model, int32_t n, int32_t threads)
-        : batch(model, n, threads), fresh(static_cast<size_t>(n), false) {}
+    itera_batch(const itera::Model& model, std::unique_ptr<itera::Backend> backend)
+        : batch(model, std::move(backend)) {}
     itera::Batch batch;
-    std::vector<bool> fresh;  // sequence i has logits from the last eval
-    std::vector<float> by_id; // [n, id_limit] when the vocabulary was trimmed
+    std::vector<float> by_id;  // [n, id_limit] when the vocabulary was trimmed
+
+    // Call after anything that changes the batch: spreads each fed sequence's rows out to ids, as
+    // itera_context does.
+    void update_logits() {
+        const itera::Model& model = batch.model();
+        if (model.id_limit() == model.vocab_rows()) return;  // rows are ids
+        const size_t ids = static_cast<size_t>(model.id_limit());
+        by_id.resize(ids * static_cast<size_t>(batch.size()));
+        for (int32_t i = 0; i < batch.size(); i++) {
+            const float* rows = batch.logits(i);
+            if (!rows) continue;
+            float* out = by_id.data() + static_cast<size_t>(i) * ids;
+            std::fill(out, out + ids, -INFINITY);
+            for (int32_t r = 0; r < model.vocab_rows(); r++) out[model.id_of(r)] = rows[r];
+        }
+    }
 };
 
 namespace {
-
-// A fixed buffer: recording an error never allocates, so it cannot fail itself.
-thread_local char last_error[1024] = "";
-
-int fail(int code, const char* message) {
-    std::snprintf(last_error, sizeof last_error, "%s", message);
-    return code;
-}
-
-// The same, formatted into that buffer: the messages that name a value build no std::string, so
-// an error path cannot throw std::bad_alloc out of an entry point.
-[[gnu::format(printf, 2, 3)]] int failf(int code, const char* format, ...) {
-    va_list args;
-    va_start(args, format);
-    std::vsnprintf(last_error, sizeof last_error, format, args);
-    va_end(args);
-    return code;
-}
-
-// Runs `body` (which returns an error code) and maps what it throws; `error_code` is the code of
-// an itera::Error in this entry point.
-template <class Body>
-int guarded(int error_code, Body&& body) noexcept {
-    try {
-        return body();
-    } catch (const itera::Error& e) {
-        return fail(error_code, e.what());
-    } catch (const std::bad_alloc&) {
-        return fail(ITERA_ERR_OUT_OF_MEMORY, "out of memory");
-    } catch (const std::exception& e) {
-        return failf(ITERA_ERR_INTERNAL, "internal error: %s", e.what());
-    } catch (...) {
-        return fail(ITERA_ERR_INTERNAL, "internal error: unknown exception");
-    }
-}
 
 int null_argument(const char* function, const char* names) {
     return failf(ITERA_ERR_INVALID_ARGUMENT, "%s: %s must not be NULL", function, names);
@@ -127,6 +108,19 @@ int check_text_token(const itera::Model& model, int32_t token) {
         return failf(ITERA_ERR_INVALID_ARGUMENT, "token id %d is outside the vocabulary [0, %d)", token,
                      model.id_limit());
     return ITERA_OK;
+}
+
+int device_of(int device, itera::Device* out) {
+    switch (device) {
+        case ITERA_DEVICE_CPU: *out = itera::Device::cpu; return ITERA_OK;
+        case ITERA_DEVICE_CUDA: *out = itera::Device::cuda; return ITERA_OK;
+        case ITERA_DEVICE_AUTO: *out = itera::Device::automatic; return ITERA_OK;
+    }
+    return failf(ITERA_ERR_INVALID_ARGUMENT, "unknown device %d (ITERA_DEVICE_CPU, _CUDA or _AUTO)", device);
+}
+
+int device_code(const itera::Backend& backend) {
+    return backend.device() == itera::Device::cuda ? ITERA_DEVICE_CUDA : ITERA_DEVICE_CPU;
 }
 
 int no_tokenizer() { return fail(ITERA_ERR_NO_TOKENIZER, "the model has no tokenizer: use token ids"); }
@@ -180,11 +174,35 @@ const char* itera_error_name(int code) {
     case ITERA_ERR_BUFFER_TOO_SMALL: return "ITERA_ERR_BUFFER_TOO_SMALL";
     case ITERA_ERR_MODEL_MISMATCH: return "ITERA_ERR_MODEL_MISMATCH";
     case ITERA_ERR_NO_TOKENIZER: return "ITERA_ERR_NO_TOKENIZER";
+    case ITERA_ERR_NO_DEVICE: return "ITERA_ERR_NO_DEVICE";
+    case ITERA_ERR_NO_CUDA: return "ITERA_ERR_NO_CUDA";
     }
     return "ITERA_ERR_UNKNOWN_CODE";
 }
 
 const char* itera_version(void) { return ITERA_VERSION_STRING; }
+
+// ---- devices ----
+
+int itera_device_available(int device) {
+    itera::Device d = itera::Device::cpu;
+    if (const int rc = device_of(device, &d)) return rc;
+    return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
+        std::string why;
+        bool not_built = false;
+        if (itera::device_available(d, &why, &not_built)) return ITERA_OK;
+        return fail(not_built ? ITERA_ERR_NO_CUDA : ITERA_ERR_NO_DEVICE, ("no CUDA device: " + why).c_str());
+    });
+}
+
+const char* itera_device_name(int device) {
+    switch (device) {
+        case ITERA_DEVICE_CPU: return itera::device_name(itera::Device::cpu);
+        case ITERA_DEVICE_CUDA: return itera::device_name(itera::Device::cuda);
+        case ITERA_DEVICE_AUTO: return itera::device_name(itera::Device::automatic);
+    }
+    return nullptr;
+}
 
 // ---- model ----
 
@@ -208,6 +226,7 @@ int itera_model_load_file(const char* path, const itera_model_params* params, it
     return guarded(ITERA_ERR_FORMAT, [&]() -> int {
         auto m = std::make_unique<itera_model>();
         m->model = itera::load_model(itera::ItlFile::open(path, load_options(params)));
+        m->path = path;
         *out = m.release();
         return ITERA_OK;
     });
@@ -241,6 +260,14 @@ int32_t itera_model_n_layers(const itera_model* m) { return m ? static_cast<int3
 int itera_model_has_tokenizer(const itera_model* m) { return m && m->model->has_tokenizer ? 1 : 0; }
 int32_t itera_model_eos(const itera_model* m) { return m && m->model->has_tokenizer ? m->model->tokenizer.eos() : -1; }
 uint64_t itera_model_fingerprint(const itera_model* m) { return m ? m->model->file->checksum() : 0; }
+
+int itera_model_info(const itera_model* model, char* text, size_t capacity, size_t* len_out) {
+    if (!model || !len_out || (capacity > 0 && !text))
+        return null_argument("itera_model_info", "model, len_out and text (when capacity > 0)");
+    return guarded(ITERA_ERR_INTERNAL, [&] {
+        return write_text(itera::model_info_json(*model->model, model->path), text, capacity, len_out);
+    });
+}
 
 // ---- tokenizer ----
 
@@ -294,21 +321,25 @@ int itera_token_piece(const itera_model* model, int32_t id, int first, char* tex
 
 itera_context_params itera_context_default_params(void) {
     itera_context_params p;
-    p.reserved = 0;
+    p.device = ITERA_DEVICE_CPU;
     return p;
 }
 
 int itera_context_new(const itera_model* model, const itera_context_params* params, itera_context** out) {
-    (void)params;  // no options yet
     if (!model || !out) return null_argument("itera_context_new", "model and out");
     *out = nullptr;
-    return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
-        *out = new itera_context(*model->model);
+    itera::BackendOptions options;
+    if (const int rc = device_of(params ? params->device : ITERA_DEVICE_CPU, &options.device)) return rc;
+    // An error here is a model the device cannot run (q3 / q2 weights on the GPU).
+    return guarded(ITERA_ERR_FORMAT, [&]() -> int {
+        *out = new itera_context(*model->model, itera::make_backend(*model->model, options));
         return ITERA_OK;
     });
 }
 
 void itera_context_free(itera_context* ctx) { delete ctx; }
+
+int itera_context_device(const itera_context* ctx) { return ctx ? device_code(ctx->ctx.backend()) : -1; }
 
 int itera_context_reset(itera_context* ctx) {
     if (!ctx) return null_argument("itera_context_reset", "ctx");
@@ -457,18 +488,33 @@ int itera_generate(itera_context* ctx, const int32_t* prompt, int32_t n_prompt, 
 
 // ---- batch ----
 
-int itera_batch_new(const itera_model* model, int32_t n_sequences, int32_t n_threads, itera_batch** out) {
+itera_batch_params itera_batch_default_params(void) {
+    itera_batch_params p;
+    p.n_threads = 1;
+    p.device = ITERA_DEVICE_CPU;
+    return p;
+}
+
+int itera_batch_new(const itera_model* model, int32_t n_sequences, const itera_batch_params* params,
+                    itera_batch** out) {
     if (!model || !out) return null_argument("itera_batch_new", "model and out");
     *out = nullptr;
-    if (n_sequences < 1 || n_sequences > (1 << 20) || n_threads < 1 || n_threads > 1024)
+    const itera_batch_params p = params ? *params : itera_batch_default_params();
+    if (n_sequences < 1 || n_sequences > (1 << 20) || p.n_threads < 1 || p.n_threads > 1024)
         return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_batch_new: n_sequences must be 1..1048576 and n_threads 1..1024");
-    return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
-        *out = new itera_batch(*model->model, n_sequences, n_threads);
+    itera::BackendOptions options;
+    if (const int rc = device_of(p.device, &options.device)) return rc;
+    options.slots = n_sequences;
+    options.threads = p.n_threads;
+    return guarded(ITERA_ERR_FORMAT, [&]() -> int {
+        *out = new itera_batch(*model->model, itera::make_backend(*model->model, options));
         return ITERA_OK;
     });
 }
 
 void itera_batch_free(itera_batch* batch) { delete batch; }
+
+int itera_batch_device(const itera_batch* batch) { return batch ? device_code(batch->batch.backend()) : -1; }
 
 int itera_batch_eval(itera_batch* batch, const int32_t* tokens) {
     if (!batch || !tokens) return null_argument("itera_batch_eval", "batch and tokens");
@@ -477,26 +523,35 @@ int itera_batch_eval(itera_batch* batch, const int32_t* tokens) {
         if (const int rc = check_token(batch->batch.model(), tokens[i])) return rc;
     return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
         batch->batch.eval(tokens);
-        std::fill(batch->fresh.begin(), batch->fresh.end(), true);
-        const itera::Model& model = batch->batch.model();
-        if (model.id_limit() != model.vocab_rows()) {  // spread rows out to ids, as itera_context does
-            const size_t ids = static_cast<size_t>(model.id_limit());
-            batch->by_id.assign(ids * static_cast<size_t>(n), -INFINITY);
-            for (int32_t i = 0; i < n; i++) {
-                const float* rows = batch->batch.logits(i);
-                for (int32_t r = 0; r < model.vocab_rows(); r++)
-                    batch->by_id[static_cast<size_t>(i) * ids + static_cast<size_t>(model.id_of(r))] = rows[r];
-            }
-        }
+        batch->update_logits();
+        return ITERA_OK;
+    });
+}
+
+int itera_batch_run(itera_batch* batch, const itera_batch_feed* feeds, int32_t n_feeds) {
+    if (!batch || (n_feeds > 0 && !feeds)) return null_argument("itera_batch_run", "batch and feeds (when n_feeds > 0)");
+    if (n_feeds < 0 || n_feeds > batch->batch.size())
+        return failf(ITERA_ERR_INVALID_ARGUMENT, "itera_batch_run: n_feeds must be 0..%d", batch->batch.size());
+    // itera_batch_feed and Batch::Feed have the same members; the batch checks them all first.
+    std::vector<itera::Batch::Feed> list(static_cast<size_t>(n_feeds));
+    for (int32_t f = 0; f < n_feeds; f++) list[static_cast<size_t>(f)] = {feeds[f].seq, feeds[f].tokens, feeds[f].n_tokens};
+    return guarded(ITERA_ERR_INVALID_ARGUMENT, [&]() -> int {
+        batch->batch.run(list.data(), n_feeds);
+        batch->update_logits();
         return ITERA_OK;
     });
 }
 
 const float* itera_batch_logits(const itera_batch* batch, int32_t i) {
-    if (!batch || i < 0 || i >= batch->batch.size() || !batch->fresh[static_cast<size_t>(i)]) return nullptr;
+    if (!batch || i < 0 || i >= batch->batch.size()) return nullptr;
+    const float* rows = batch->batch.logits(i);
     const itera::Model& model = batch->batch.model();
-    if (model.id_limit() == model.vocab_rows()) return batch->batch.logits(i);
+    if (!rows || model.id_limit() == model.vocab_rows()) return rows;
     return batch->by_id.data() + static_cast<size_t>(i) * static_cast<size_t>(model.id_limit());
+}
+
+int32_t itera_batch_position(const itera_batch* batch, int32_t i) {
+    return batch && i >= 0 && i < batch->batch.size() ? batch->batch.position(i) : 0;
 }
 
 int itera_batch_reset(itera_batch* batch, int32_t i) {
@@ -504,8 +559,55 @@ int itera_batch_reset(itera_batch* batch, int32_t i) {
     if (i < 0 || i >= batch->batch.size())
         return failf(ITERA_ERR_INVALID_ARGUMENT, "itera_batch_reset: sequence %d is out of range", i);
     batch->batch.reset(i);
-    batch->fresh[static_cast<size_t>(i)] = false;
     return ITERA_OK;
 }
 
 int32_t itera_batch_size(const itera_batch* batch) { return batch ? batch->batch.size() : 0; }
+
+// ---- evaluation ----
+
+itera_perplexity_params itera_perplexity_default_params(void) {
+    itera_perplexity_params p;
+    p.window = 0;
+    p.reference = nullptr;
+    p.device = ITERA_DEVICE_CPU;
+    return p;
+}
+
+int itera_perplexity(const itera_model* model, const char* text, const itera_perplexity_params* params,
+                     itera_perplexity_result* out) {
+    if (!model || !text || !out) return null_argument("itera_perplexity", "model, text and out");
+    const itera_perplexity_params p = params ? *params : itera_perplexity_default_params();
+    const itera::Model& m = *model->model;
+    itera::BackendOptions options;
+    if (const int rc = device_of(p.device, &options.device)) return rc;
+    const int32_t window = p.window == 0 ? m.config.max_seq_length : p.window;
+    if (window < 1 || window > m.config.max_seq_length ||
+        (p.reference && window > p.reference->model->config.max_seq_length))
+        return failf(ITERA_ERR_INVALID_ARGUMENT, "itera_perplexity: window %d is outside [1, max_seq_length]",
+                     p.window);
+    if (!m.has_tokenizer) return no_tokenizer();
+    if (p.reference)
+        for (int32_t r = 0; r < m.vocab_rows(); r++)
+            if (p.reference->model->row_of(m.id_of(r)) < 0)
+                return failf(ITERA_ERR_INVALID_ARGUMENT, "token id %d is not in the reference's vocabulary", m.id_of(r));
+    return guarded(ITERA_ERR_FORMAT, [&]() -> int {
+        const std::vector<int32_t> ids = m.tokenizer.encode(text);  // unknown words are <UNK>, as ppl counts them
+        if (ids.size() < 2)
+            return failf(ITERA_ERR_INVALID_ARGUMENT, "itera_perplexity: the text has %zu tokens, 2 are needed",
+                         ids.size());
+        itera::Context ctx(m, itera::make_backend(m, options));
+        std::unique_ptr<itera::Context> ref;
+        if (p.reference)
+            ref = std::make_unique<itera::Context>(*p.reference->model,
+                                                   itera::make_backend(*p.reference->model, options));
+        const itera::Perplexity r = itera::perplexity(ctx, ids, window, ref.get());
+        out->perplexity = r.ppl;
+        out->tokens = static_cast<int64_t>(r.tokens);
+        out->scored = static_cast<int64_t>(r.scored);
+        out->unk_fraction = r.unk_fraction;
+        out->kld = r.has_reference ? r.vs_reference.kld : NAN;
+        out->top1 = r.has_reference ? r.vs_reference.top1 : NAN;
+        return ITERA_OK;
+    });
+}

@@ -13,10 +13,12 @@
 #include "common/error.h"
 #include "format/tensor_names.h"
 #include "common/file_io.h"
-#include "kernels_cuda/cuda_backend.h"
 #include "runtime/builtin_model.h"
 #include "runtime/context.h"
+#include "runtime/devices.h"
+#include "runtime/evaluate.h"
 #include "runtime/model.h"
+#include "runtime/model_info.h"
 #include "runtime/sampler.h"
 #include "version.h"
 
@@ -68,45 +70,12 @@ void check_finite(const float* logits, size_t n) {
         if (!std::isfinite(logits[i])) throw Error("the model produced non-finite logits (corrupt weights?)");
 }
 
-// One sequence's forward on the CPU (itera::Context) or, with --device cuda, on the GPU
-// (kernels_cuda/cuda_backend.h), which takes a prompt or a window in one launch.
-class Evaluator {
-public:
-    Evaluator(const itera::Model& model, const std::string& device) {
-        if (device == "cuda") {
-            gpu_ = std::make_unique<itera::cuda::Backend>(model);  // "no CUDA device: ..." without one
-        } else {
-            cpu_ = std::make_unique<itera::Context>(model);
-        }
-    }
-    void reset() { gpu_ ? gpu_->reset(0) : cpu_->reset(); }
-    // The logits after `id` (nullptr when !want_logits).
-    const float* eval(int32_t id, bool want_logits = true) {
-        if (cpu_) return cpu_->eval(id, want_logits);
-        gpu_->run({{0, &id, 1, want_logits ? itera::cuda::Logits::last : itera::cuda::Logits::none}});
-        return gpu_->logits(0);
-    }
-    // Feeds ids in order; returns the logits after the last one.
-    const float* prompt(const std::vector<int32_t>& ids) {
-        if (gpu_) {
-            gpu_->run({{0, ids.data(), static_cast<int32_t>(ids.size()), itera::cuda::Logits::last}});
-            return gpu_->logits(0);
-        }
-        return cpu_->eval_tokens(ids.data(), static_cast<int32_t>(ids.size()));
-    }
-    // Feeds ids[0, n) in order (n <= max_seq_length); returns the logits after each, [n][vocab rows].
-    const float* eval_all(const int32_t* ids, size_t n) {
-        if (gpu_) {
-            gpu_->run({{0, ids, static_cast<int32_t>(n), itera::cuda::Logits::all}});
-            return gpu_->logits(0);
-        }
-        return cpu_->eval_all(ids, static_cast<int32_t>(n));
-    }
-
-private:
-    std::unique_ptr<itera::Context> cpu_;
-    std::unique_ptr<itera::cuda::Backend> gpu_;
-};
+// A context on the device --device names (the library chooses the backend: runtime/devices.h).
+std::unique_ptr<itera::Context> context_on(const itera::Model& model, const std::string& device) {
+    itera::BackendOptions options;
+    options.device = itera::parse_device(device);
+    return std::make_unique<itera::Context>(model, itera::make_backend(model, options));
+}
 
 const itera::Tokenizer& tokenizer_of(const itera::Model& model) {
     if (!model.has_tokenizer) throw Error("the model has no tokenizer: pass token ids with --ids");
@@ -135,7 +104,7 @@ std::vector<int32_t> prompt_ids(const itera::Model& model, const Args& args, boo
 int generate(const Args& args) {
     const auto model = load(args);
     const std::vector<int32_t> prompt = prompt_ids(*model, args, args.model_path.empty());
-    Evaluator ctx(*model, args.device);
+    const auto ctx = context_on(*model, args.device);
     itera::SamplerParams sp = args.sampling;
     if (!args.has_seed) sp.seed = std::random_device{}();
     itera::Sampler sampler(sp);
@@ -144,7 +113,7 @@ int generate(const Args& args) {
         std::string text = tokenizer_of(*model).decode(prompt);
         std::fputs(text.c_str(), stdout);
     }
-    const float* logits = ctx.prompt(prompt);
+    const float* logits = ctx->eval_tokens(prompt.data(), static_cast<int32_t>(prompt.size()));
     const int32_t eos = model->has_tokenizer ? model->tokenizer.eos() : -1;
     for (int32_t i = 0; i < args.n_predict; i++) {
         const int32_t next = model->id_of(sampler.sample(logits, model->vocab_rows()));
@@ -155,7 +124,7 @@ int generate(const Args& args) {
             std::printf(i ? " %d" : "%d", next);
         }
         std::fflush(stdout);
-        if (i + 1 < args.n_predict) logits = ctx.eval(next);
+        if (i + 1 < args.n_predict) logits = ctx->eval(next);
     }
     std::putchar('\n');
     return 0;
@@ -166,8 +135,8 @@ int logits(const Args& args) {
     const std::vector<int32_t> ids = prompt_ids(*model, args, false);
     if (static_cast<int32_t>(ids.size()) > model->config.max_seq_length)
         throw Error(std::to_string(ids.size()) + " ids exceed max_seq_length " + std::to_string(model->config.max_seq_length));
-    Evaluator ctx(*model, args.device);
-    const float* rows = ctx.eval_all(ids.data(), ids.size());
+    const auto ctx = context_on(*model, args.device);
+    const float* rows = ctx->eval_all(ids.data(), static_cast<int32_t>(ids.size()));
     check_finite(rows, ids.size() * static_cast<size_t>(model->vocab_rows()));
     // With a trimmed vocabulary the columns are the kept ids, listed in "vocab_ids".
     std::string out = "{\"logits\": [";
@@ -205,52 +174,15 @@ int perplexity(const Args& args) {
     // --kld-ref: the reference runs the same windows; both distributions are compared over this
     // model's ids (all of the reference's when nothing was trimmed), each renormalized over them.
     std::unique_ptr<itera::Model> ref;
-    std::vector<int32_t> ref_rows;  // the reference's row for each of this model's rows
     if (!args.kld_ref.empty()) {
         ref = itera::load_model_file(args.kld_ref);
         if (n > ref->config.max_seq_length) throw Error("--ctx exceeds the reference's max_seq_length");
-        for (int32_t r = 0; r < model->vocab_rows(); r++) {
-            ref_rows.push_back(ref->row_of(model->id_of(r)));
-            if (ref_rows.back() < 0)
-                throw Error("token id " + std::to_string(model->id_of(r)) + " is not in the reference's vocabulary");
-        }
     }
-    // Non-overlapping windows from zero state; every position is scored against the token after
-    // it (for a window's last position that is the next window's first token), as upstream does.
-    Evaluator ctx(*model, args.device);
-    std::unique_ptr<Evaluator> ref_ctx = ref ? std::make_unique<Evaluator>(*ref, args.device) : nullptr;
-    std::vector<double> logp(static_cast<size_t>(model->vocab_rows())), ref_logp(logp.size());
-    std::vector<float> picked(ref_rows.size());
-    double nll = 0.0, kld = 0.0;
-    size_t scored = 0, agree = 0;
-    for (size_t start = 0; start + 1 < ids.size(); start += static_cast<size_t>(n)) {
-        ctx.reset();
-        if (ref_ctx) ref_ctx->reset();
-        const size_t end = std::min(start + static_cast<size_t>(n), ids.size() - 1);
-        const float* rows = ctx.eval_all(ids.data() + start, end - start);
-        const float* ref_all = ref_ctx ? ref_ctx->eval_all(ids.data() + start, end - start) : nullptr;
-        for (size_t t = start; t < end; t++) {
-            const float* row = rows + (t - start) * static_cast<size_t>(model->vocab_rows());
-            itera::log_softmax(row, model->vocab_rows(), logp.data());
-            nll -= logp[static_cast<size_t>(model->row_of(ids[t + 1]))];
-            scored++;
-            if (!ref_ctx) continue;
-            const float* ref_row = ref_all + (t - start) * static_cast<size_t>(ref->vocab_rows());
-            for (size_t r = 0; r < ref_rows.size(); r++) picked[r] = ref_row[ref_rows[r]];
-            itera::log_softmax(picked.data(), model->vocab_rows(), ref_logp.data());
-            for (size_t r = 0; r < logp.size(); r++) kld += std::exp(ref_logp[r]) * (ref_logp[r] - logp[r]);
-            agree += itera::argmax(row, model->vocab_rows()) == itera::argmax(picked.data(), model->vocab_rows());
-        }
-    }
-    size_t unk = 0;
-    for (int32_t id : ids) unk += id == tok.unk();
-    const double ppl = std::exp(nll / static_cast<double>(scored));
-    const double unk_fraction = static_cast<double>(unk) / static_cast<double>(ids.size());
-    const double mean_kld = kld / static_cast<double>(scored);
-    const double top1 = static_cast<double>(agree) / static_cast<double>(scored);
-    // A NaN or an infinity in the logits that matters reaches these sums (checked once, not per logit).
-    if (!std::isfinite(ppl) || (ref && !std::isfinite(mean_kld)))
-        throw Error("the model produced non-finite logits (corrupt weights?)");
+    const auto ctx = context_on(*model, args.device);
+    const auto ref_ctx = ref ? context_on(*ref, args.device) : nullptr;
+    const itera::Perplexity p = itera::perplexity(*ctx, ids, n, ref_ctx.get());
+    const double ppl = p.ppl, unk_fraction = p.unk_fraction, mean_kld = p.vs_reference.kld, top1 = p.vs_reference.top1;
+    const size_t scored = p.scored;
     if (args.json) {
         std::printf("{\"ppl\": %.6f, \"tokens\": %zu, \"scored\": %zu, \"unk_fraction\": %.6f", ppl, ids.size(), scored,
                     unk_fraction);
@@ -266,140 +198,15 @@ int perplexity(const Args& args) {
     return 0;
 }
 
-// One part of the file for `info`: the embedding, the position embedding, each layer's SSM and
-// channel blocks, the head (final LayerNorm, and lm_head when untied).
-struct Part {
-    std::string name, shape, dtypes;
-    int64_t params = 0;
-    uint64_t bytes = 0;
-};
-
-std::vector<Part> file_parts(const itera::Model& model) {
-    const itera::ModelConfig& c = model.config;
-    const itera::ItlFile& f = *model.file;
-    std::vector<Part> parts;
-    auto part_of = [&](const std::string& name, const std::string& shape) -> Part& {
-        for (Part& p : parts)
-            if (p.name == name) return p;
-        parts.push_back({name, shape, "", 0, 0});
-        return parts.back();
-    };
-    const char* kinds[] = {"ffn", "moe", "none"};
-    // Matrices listed by their short name (experts collapsed when they agree), vectors counted.
-    std::map<std::string, std::vector<std::pair<std::string, std::string>>> matrices;
-    std::map<std::string, std::map<std::string, int>> vectors;
-    for (const itera::TensorView& t : f.tensors()) {
-        const std::string& n = t.name;
-        std::string name = n, shape = itera::shape_text(t.shape), rest = n;
-        if (n == "embedding.weight") {
-            name = "embedding";
-            if (c.tied_head) shape += ", tied head";
-        } else if (n == "position_embedding.weight") {
-            name = "position";
-        } else if (n.rfind("layers.", 0) == 0) {
-            const size_t dot = n.find('.', 7);
-            const int layer = std::stoi(n.substr(7, dot - 7));
-            const itera::LayerConfig& lc = c.layers[static_cast<size_t>(layer)];
-            const bool ssm = n.compare(dot + 1, 4, "ssm.") == 0;
-            name = "layers." + std::to_string(layer) + "." + (ssm ? "ssm" : kinds[static_cast<int>(lc.kind)]);
-            rest = n.substr(dot + 5);  // after "ssm." or "moe."
-            if (ssm) {
-                shape = "inner " + std::to_string(lc.inner) + " state " + std::to_string(lc.state) + " conv " +
-                        std::to_string(lc.conv_kernel);
-            } else if (lc.kind == itera::ChannelKind::ffn) {
-                shape = "width " + std::to_string(lc.ffn_widths[0]);
-            } else {
-                shape = std::to_string(lc.ffn_widths.size()) + " experts top-" + std::to_string(lc.top_k) + " width";
-                const bool same = std::equal(lc.ffn_widths.begin() + 1, lc.ffn_widths.end(), lc.ffn_widths.begin());
-                for (size_t e = 0; e < (same ? 1 : lc.ffn_widths.size()); e++)
-                    shape += (e ? "/" : " ") + std::to_string(lc.ffn_widths[e]);
-            }
-            for (const char* inner : {"ssm.", "layer.", "ffn."})
-                if (rest.rfind(inner, 0) == 0) rest = rest.substr(std::strlen(inner));
-            if (rest.rfind("experts.", 0) == 0) rest = "experts.*" + rest.substr(rest.find('.', 8));
-        } else {
-            name = "head";
-            shape = c.tied_head ? "final norm (tied head)" : "final norm, lm_head";
-        }
-        if (rest.size() > 7 && rest.compare(rest.size() - 7, 7, ".weight") == 0) rest.resize(rest.size() - 7);
-        Part& p = part_of(name, shape);
-        p.params += t.elements();
-        p.bytes += t.bytes;
-        const std::string dtype(itera::dtype_name(t.dtype));
-        if (t.shape.size() < 2) {
-            vectors[name][dtype]++;
-            continue;
-        }
-        auto& list = matrices[name];
-        if (std::find(list.begin(), list.end(), std::make_pair(rest, dtype)) == list.end()) list.emplace_back(rest, dtype);
-    }
-    for (Part& p : parts) {
-        for (const auto& [short_name, dtype] : matrices[p.name])
-            p.dtypes += (p.dtypes.empty() ? "" : ", ") + short_name + " " + dtype;
-        std::string v;
-        for (const auto& [dtype, count] : vectors[p.name]) v += (v.empty() ? "" : ", ") + std::to_string(count) + " " + dtype;
-        if (!v.empty()) p.dtypes += (p.dtypes.empty() ? "vectors " : ", vectors ") + v;
-    }
-    return parts;
-}
-
 int info(const Args& args) {
     const auto model = load(args);
     const itera::ModelConfig& c = model->config;
     const itera::ItlFile& f = *model->file;
-    int64_t params = 0;
-    uint64_t bytes = 0;
-    for (const auto& t : f.tensors()) {
-        params += t.elements();
-        bytes += t.bytes;
-    }
-    const double bpw = 8.0 * static_cast<double>(bytes) / static_cast<double>(params);
+    const itera::TensorTotals totals = itera::tensor_totals(*model);
     const char* kinds[] = {"ffn", "moe", "none"};
     const std::string source = args.model_path.empty() ? "(built-in)" : args.model_path;
     if (args.json) {
-        std::string out = "{\"file\": \"" + source + "\", \"file_bytes\": " + std::to_string(f.file_size()) +
-                          ", \"format_version\": " + std::to_string(f.format_version()) +
-                          ", \"vocab_size\": " + std::to_string(c.vocab_size) + ", \"hidden\": " + std::to_string(c.hidden) +
-                          ", \"max_seq_length\": " + std::to_string(c.max_seq_length) +
-                          ", \"vocab_trimmed\": " + (c.vocab_ids.empty() ? "false" : "true") +
-                          ", \"kernels\": \"" + itera::kernel_path_name() + "\"" +
-                          ", \"tied_head\": " + (c.tied_head ? "true" : "false") + ", \"layers\": [";
-        for (size_t l = 0; l < c.layers.size(); l++) {
-            const auto& lc = c.layers[l];
-            out += std::string(l ? ", " : "") + "{\"inner\": " + std::to_string(lc.inner) +
-                   ", \"state\": " + std::to_string(lc.state) + ", \"conv_kernel\": " + std::to_string(lc.conv_kernel) +
-                   ", \"kind\": \"" + kinds[static_cast<int>(lc.kind)] + "\", \"top_k\": " + std::to_string(lc.top_k) +
-                   ", \"ffn_widths\": [";
-            for (size_t i = 0; i < lc.ffn_widths.size(); i++) out += (i ? ", " : "") + std::to_string(lc.ffn_widths[i]);
-            out += "]}";
-        }
-        out += "], \"parts\": [";
-        const std::vector<Part> parts = file_parts(*model);
-        uint64_t part_bytes = 0;
-        for (size_t i = 0; i < parts.size(); i++) {
-            const Part& p = parts[i];
-            char share[32];
-            std::snprintf(share, sizeof share, "%.6f", static_cast<double>(p.bytes) / static_cast<double>(f.file_size()));
-            out += std::string(i ? ", " : "") + "{\"name\": \"" + p.name + "\", \"shape\": \"" + p.shape +
-                   "\", \"dtypes\": \"" + p.dtypes + "\", \"parameters\": " + std::to_string(p.params) +
-                   ", \"bytes\": " + std::to_string(p.bytes) + ", \"share\": " + share + "}";
-            part_bytes += p.bytes;
-        }
-        out += "], \"other_bytes\": " + std::to_string(f.file_size() - part_bytes) + ", \"tensors\": [";
-        for (size_t i = 0; i < f.tensors().size(); i++) {
-            const auto& t = f.tensors()[i];
-            out += std::string(i ? ", " : "") + "{\"name\": \"" + t.name +
-                   "\", \"shape\": " + itera::shape_text(t.shape) + ", \"dtype\": \"" +
-                   std::string(itera::dtype_name(t.dtype)) + "\", \"layout\": \"" +
-                   std::string(itera::layout_name(t.layout)) + "\", \"bytes\": " + std::to_string(t.bytes) + "}";
-        }
-        char tail[160];
-        std::snprintf(tail, sizeof tail, "], \"parameters\": %lld, \"tensor_bytes\": %ju, \"bits_per_weight\": %.4f, ",
-                      static_cast<long long>(params), static_cast<uintmax_t>(bytes), bpw);
-        out += tail;
-        out += "\"tokenizer_tokens\": " + std::to_string(model->has_tokenizer ? model->tokenizer.size() : 0) +
-               ", \"source_sha256\": \"" + f.provenance().source_sha256 + "\"}\n";
-        std::fputs(out.c_str(), stdout);
+        std::printf("%s\n", itera::model_info_json(*model, source).c_str());
         return 0;
     }
     std::printf("model       %s (%zu bytes, format v%u)\n", source.c_str(), f.file_size(), f.format_version());
@@ -426,11 +233,11 @@ int info(const Args& args) {
             "  %-48s %-16s %-5s %10zu bytes%s\n", t.name.c_str(), itera::shape_text(t.shape).c_str(),
             std::string(itera::dtype_name(t.dtype)).c_str(), t.bytes,
             t.layout == itera::Layout::row_major ? "" : ("  " + std::string(itera::layout_name(t.layout))).c_str());
-    std::printf("parameters  %lld, tensor bytes %ju, %.2f bits per weight\n", static_cast<long long>(params),
-                static_cast<uintmax_t>(bytes), bpw);
+    std::printf("parameters  %lld, tensor bytes %ju, %.2f bits per weight\n", static_cast<long long>(totals.params),
+                static_cast<uintmax_t>(totals.bytes), totals.bits_per_weight);
     std::printf("%-14s %-30s %10s %10s %6s  %s\n", "part", "shape", "params", "bytes", "share", "dtypes");
     uint64_t part_bytes = 0;
-    for (const Part& p : file_parts(*model)) {
+    for (const itera::Part& p : itera::file_parts(*model)) {
         std::printf("%-14s %-30s %10lld %10ju %5.1f%%  %s\n", p.name.c_str(), p.shape.c_str(),
                     static_cast<long long>(p.params), static_cast<uintmax_t>(p.bytes),
                     100.0 * static_cast<double>(p.bytes) / static_cast<double>(f.file_size()), p.dtypes.c_str());
@@ -472,8 +279,10 @@ int run(int argc, char** argv) {
     app.add_flag("--greedy", a.sampling.greedy, "always take the most likely token");
     app.add_flag("--print-ids", a.print_ids, "print only the generated token ids, space-separated");
     app.add_flag("--allow-unk", a.allow_unk, "map prompt words missing from the vocabulary to <UNK> instead of failing");
-    app.add_option("--device", a.device, "run the model on the cpu (default) or on the GPU (cuda; docs/cuda.md)")
-        ->check(CLI::IsMember({"cpu", "cuda"}));
+    app.add_option("--device", a.device,
+                   "run the model on the cpu (default), on the GPU (cuda; docs/cuda.md), or auto (the GPU when one "
+                   "can run the model, else the cpu)")
+        ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
     app.add_option("--kernels", a.kernels,
                    "products over many rows (a prompt's prefill, each window of logits and ppl): native (default), "
                    "onednn, or auto (the faster per shape, timed at first use)")

@@ -2,6 +2,7 @@
 // error codes, tokenizer calls, evaluation, saved states that continue bit for bit, generation
 // and a model shared between threads.
 #include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
 #include <stdlib.h>
 #include <xxhash.h>
 
@@ -21,6 +22,7 @@
 #include "itera.h"
 #include "itera.hpp"
 #include "runtime/context.h"
+#include "runtime/evaluate.h"
 #include "runtime/model.h"
 #include "version.h"
 
@@ -302,6 +304,53 @@ TEST_CASE("C API: error codes and messages") {
     CHECK(contains(theirs.c_str(), "/nonexistent/other.itl"));
     MESSAGE("missing file and directory -> IO, corrupt/truncated/foreign bytes -> FORMAT, NULL or bad "
             "arguments -> INVALID_ARGUMENT, last error is thread-local");
+}
+
+TEST_CASE("C API: model info is itera-run info's JSON") {
+    TempDir dir;
+    const itera::ModelSpec spec = make_spec(3);
+    const std::string path = (dir.path / "quote\"d.itl").string();
+    itera::write_itl(spec, path);
+    itera_model* from_file = nullptr;
+    REQUIRE(itera_model_load_file(path.c_str(), nullptr, &from_file) == ITERA_OK);
+    const ModelHandle from_memory(itera::serialize_itl(spec));
+
+    size_t len = 0;
+    CHECK(itera_model_info(from_file, nullptr, 0, &len) == ITERA_ERR_BUFFER_TOO_SMALL);
+    std::string text(len, '\0');
+    CHECK(itera_model_info(from_file, text.data(), len, &len) == ITERA_ERR_BUFFER_TOO_SMALL);  // no room for the NUL
+    text.resize(len + 1);
+    REQUIRE(itera_model_info(from_file, text.data(), text.size(), &len) == ITERA_OK);
+    text.resize(len);
+    const nlohmann::json info = nlohmann::json::parse(text);  // the quote in the path is escaped
+    CHECK(info["file"] == path);
+    CHECK(info["vocab_size"] == 23);
+    CHECK(info["hidden"] == 12);
+    CHECK(info["max_seq_length"] == 6);
+    REQUIRE(info["layers"].size() == 2);
+    CHECK(info["layers"][1]["kind"] == "moe");
+    CHECK(info["layers"][1]["ffn_widths"] == nlohmann::json::array({5, 6, 4}));
+    const std::vector<itera::ExpectedTensor> expected = itera::expected_tensors(spec.config);
+    REQUIRE(info["tensors"].size() == expected.size());
+    int64_t parameters = 0;
+    for (const itera::ExpectedTensor& e : expected) {
+        int64_t n = 1;
+        for (int64_t d : e.shape) n *= d;
+        parameters += n;
+    }
+    CHECK(info["parameters"] == parameters);
+    CHECK(info["tensors"][0]["dtype"] == "fp32");
+    CHECK(info["tokenizer_tokens"] == 19);
+
+    REQUIRE(itera_model_info(from_memory.m, nullptr, 0, &len) == ITERA_ERR_BUFFER_TOO_SMALL);
+    text.assign(len + 1, '\0');
+    REQUIRE(itera_model_info(from_memory.m, text.data(), text.size(), &len) == ITERA_OK);
+    CHECK(nlohmann::json::parse(text.c_str())["file"] == "");
+    CHECK(itera_model_info(nullptr, nullptr, 0, &len) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(itera_model_info(from_file, nullptr, 8, &len) == ITERA_ERR_INVALID_ARGUMENT);
+    itera_model_free(from_file);
+    MESSAGE("itera_model_info: parseable JSON (a quote in the path escaped), config, " << expected.size()
+            << " tensors, parameter count, size query and NUL rule, \"\" from memory, NULL arguments");
 }
 
 TEST_CASE("C API: tokenize, detokenize, pieces") {
@@ -667,9 +716,18 @@ TEST_CASE("C API: a batch decodes like one context per sequence") {
         if (id != 19 && id != 21) kept.push_back(id);
     const ModelHandle model(itera::serialize_itl(make_spec(53, 6, true, kept)));
     itera_batch* batch = nullptr;
-    CHECK(itera_batch_new(model.m, 0, 1, &batch) == ITERA_ERR_INVALID_ARGUMENT);
-    CHECK(itera_batch_new(nullptr, 4, 1, &batch) == ITERA_ERR_INVALID_ARGUMENT);
-    REQUIRE(itera_batch_new(model.m, 4, 2, &batch) == ITERA_OK);
+    itera_batch_params params = itera_batch_default_params();
+    CHECK(itera_batch_new(model.m, 0, &params, &batch) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(itera_batch_new(nullptr, 4, &params, &batch) == ITERA_ERR_INVALID_ARGUMENT);
+    params.n_threads = 0;
+    CHECK(itera_batch_new(model.m, 4, &params, &batch) == ITERA_ERR_INVALID_ARGUMENT);
+    params.n_threads = 2;
+    params.device = 7;
+    CHECK(itera_batch_new(model.m, 4, &params, &batch) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(contains(itera_last_error(), "unknown device 7"));
+    params.device = ITERA_DEVICE_CPU;
+    REQUIRE(itera_batch_new(model.m, 4, &params, &batch) == ITERA_OK);
+    CHECK(itera_batch_device(batch) == ITERA_DEVICE_CPU);
     CHECK(itera_batch_size(batch) == 4);
     CHECK(itera_batch_logits(batch, 0) == nullptr);  // nothing evaluated yet
     std::deque<ContextHandle> contexts;  // handles do not move
@@ -704,6 +762,161 @@ TEST_CASE("C API: a batch decodes like one context per sequence") {
     itera_batch_free(nullptr);
     MESSAGE(compared << " (sequence, step) logits of a 4-sequence, 2-thread batch (window 6 slides, one reset, "
                      << "trimmed ids -inf) equal itera_eval's bit for bit; bad ids, sizes and indices refused");
+}
+
+TEST_CASE("C API: a batch run feeds some sequences any number of tokens, like contexts") {
+    // Continuous batching: prompts join while others decode, sequences sit out steps, windows slide.
+    const ModelHandle model(itera::serialize_itl(make_spec(61, 6)));
+    itera_batch_params params = itera_batch_default_params();
+    params.n_threads = 2;
+    itera_batch* batch = nullptr;
+    REQUIRE(itera_batch_new(model.m, 3, &params, &batch) == ITERA_OK);
+    std::deque<ContextHandle> contexts;
+    for (int i = 0; i < 3; i++) contexts.emplace_back(model.m);
+    std::mt19937 rng(5);
+    bool same = true;
+    int compared = 0;
+    for (int step = 0; step < 12; step++) {
+        std::vector<std::vector<int32_t>> ids(3);
+        std::vector<itera_batch_feed> feeds;
+        for (int32_t s = 0; s < 3; s++) {
+            if (rng() % 3 == 0) continue;  // this sequence sits out the step
+            const int32_t n = 1 + static_cast<int32_t>(rng() % (step % 4 == 0 ? 5 : 1));
+            for (int32_t i = 0; i < n; i++) ids[static_cast<size_t>(s)].push_back(4 + static_cast<int32_t>(rng() % 19));
+            feeds.push_back({s, ids[static_cast<size_t>(s)].data(), n});
+        }
+        REQUIRE(itera_batch_run(batch, feeds.data(), static_cast<int32_t>(feeds.size())) == ITERA_OK);
+        for (int32_t s = 0; s < 3; s++) {
+            const auto& v = ids[static_cast<size_t>(s)];
+            if (v.empty()) {
+                CHECK(itera_batch_logits(batch, s) == nullptr);  // not fed by this run
+                continue;
+            }
+            const float* want = nullptr;
+            REQUIRE(itera_eval_tokens(contexts[static_cast<size_t>(s)].c, v.data(), static_cast<int32_t>(v.size()),
+                                      &want) == ITERA_OK);
+            const float* got = itera_batch_logits(batch, s);
+            REQUIRE(got != nullptr);
+            for (int32_t id = 0; id < 23; id++) same = same && got[id] == want[id];
+            CHECK(itera_batch_position(batch, s) == itera_context_position(contexts[static_cast<size_t>(s)].c));
+            compared++;
+        }
+    }
+    CHECK(same);
+    // Refused, nothing changed: a sequence fed twice, out of range, an empty feed, a bad id, NULLs.
+    const int32_t one = 5, bad = 99;
+    const int32_t before = itera_batch_position(batch, 0);
+    const itera_batch_feed twice[2] = {{0, &one, 1}, {0, &one, 1}};
+    CHECK(itera_batch_run(batch, twice, 2) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(contains(itera_last_error(), "fed twice"));
+    const itera_batch_feed out_of_range = {3, &one, 1}, empty = {0, &one, 0}, unknown = {1, &bad, 1};
+    CHECK(itera_batch_run(batch, &out_of_range, 1) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(contains(itera_last_error(), "out of range"));
+    CHECK(itera_batch_run(batch, &empty, 1) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(itera_batch_run(batch, &unknown, 1) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(contains(itera_last_error(), "99"));
+    CHECK(itera_batch_run(batch, nullptr, 1) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(itera_batch_run(batch, twice, 4) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(itera_batch_run(batch, nullptr, 0) == ITERA_OK);  // an empty run is a no-op
+    CHECK(itera_batch_position(batch, 0) == before);
+    CHECK(itera_batch_position(batch, 7) == 0);
+    itera_batch_free(batch);
+    MESSAGE(compared << " (sequence, step) logits of runs mixing prompts of up to 5 tokens, single tokens and "
+                        "idle sequences past a window of 6 equal itera_eval_tokens' bit for bit; bad feeds refused");
+}
+
+TEST_CASE("C API: devices: cpu, auto, and cuda with or without a GPU") {
+    const ModelHandle model(itera::serialize_itl(make_spec(71, 8)));
+    CHECK(itera_device_available(ITERA_DEVICE_CPU) == ITERA_OK);
+    CHECK(itera_device_available(ITERA_DEVICE_AUTO) == ITERA_OK);
+    CHECK(itera_device_available(3) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(std::string(itera_device_name(ITERA_DEVICE_CUDA)) == "cuda");
+    CHECK(itera_device_name(-1) == nullptr);
+    CHECK(std::string(itera_error_name(ITERA_ERR_NO_DEVICE)) == "ITERA_ERR_NO_DEVICE");
+    CHECK(std::string(itera_error_name(ITERA_ERR_NO_CUDA)) == "ITERA_ERR_NO_CUDA");
+    itera_context_params params = itera_context_default_params();
+    CHECK(params.device == ITERA_DEVICE_CPU);
+    itera_context* ctx = nullptr;
+    params.device = 9;
+    CHECK(itera_context_new(model.m, &params, &ctx) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(ctx == nullptr);
+    // auto runs on the GPU when it can, else on the CPU: the same greedy text either way.
+    params.device = ITERA_DEVICE_AUTO;
+    REQUIRE(itera_context_new(model.m, &params, &ctx) == ITERA_OK);
+    const int device = itera_context_device(ctx);
+    CHECK((device == ITERA_DEVICE_CPU || device == ITERA_DEVICE_CUDA));
+    itera_context_free(ctx);
+    // cuda: a context where there is a GPU (or ITERA_CUDA_EMULATE=1), else NO_DEVICE / NO_CUDA with why.
+    params.device = ITERA_DEVICE_CUDA;
+    const int available = itera_device_available(ITERA_DEVICE_CUDA);
+    const std::string why = itera_last_error();
+    const int rc = itera_context_new(model.m, &params, &ctx);
+    CHECK(rc == available);
+    if (rc == ITERA_OK) {
+        CHECK(itera_context_device(ctx) == ITERA_DEVICE_CUDA);
+        const ContextHandle cpu(model.m);
+        const int32_t prompt[3] = {8, 7, 6};
+        const float* want = nullptr;
+        const float* got = nullptr;
+        REQUIRE(itera_eval_tokens(cpu.c, prompt, 3, &want) == ITERA_OK);
+        REQUIRE(itera_eval_tokens(ctx, prompt, 3, &got) == ITERA_OK);
+        float worst = 0.0f;
+        for (int32_t id = 0; id < 23; id++) worst = std::max(worst, std::fabs(got[id] - want[id]));
+        CHECK(worst < 1e-4f);
+        itera_context_free(ctx);
+        MESSAGE("cuda context (" << (std::getenv("ITERA_CUDA_EMULATE") ? "emulated" : "device")
+                                 << "): logits within " << worst << " of the CPU's");
+    } else {
+        CHECK((rc == ITERA_ERR_NO_DEVICE || rc == ITERA_ERR_NO_CUDA));
+        CHECK(contains(itera_last_error(), "no CUDA device: "));
+        CHECK(std::string(itera_last_error()) == why);
+        CHECK(ctx == nullptr);
+        itera_batch_params bp = itera_batch_default_params();
+        bp.device = ITERA_DEVICE_CUDA;
+        itera_batch* batch = nullptr;
+        CHECK(itera_batch_new(model.m, 2, &bp, &batch) == rc);
+        CHECK(batch == nullptr);
+        MESSAGE("cuda without a GPU: " << itera_error_name(rc) << ": " << why);
+    }
+}
+
+TEST_CASE("C API: perplexity as itera-run ppl computes it, with and without a reference") {
+    const std::vector<uint8_t> bytes = itera::serialize_itl(make_spec(81, 6)), ref_bytes = itera::serialize_itl(make_spec(82, 6));
+    const ModelHandle model(bytes), ref(ref_bytes);
+    const std::string text = "and god said let there be light and the light was good and god saw the light day night";
+    // The runtime's own measure on the same ids (runtime/evaluate.h, what itera-run ppl prints).
+    const auto m = itera::load_model(itera::ItlFile::from_memory(bytes.data(), bytes.size()));
+    const auto r = itera::load_model(itera::ItlFile::from_memory(ref_bytes.data(), ref_bytes.size()));
+    itera::Context ctx(*m), ref_ctx(*r);
+    const itera::Perplexity want = itera::perplexity(ctx, m->tokenizer.encode(text), 4, &ref_ctx);
+    itera_perplexity_params params = itera_perplexity_default_params();
+    CHECK((params.window == 0 && params.reference == nullptr && params.device == ITERA_DEVICE_CPU));
+    params.window = 4;
+    params.reference = ref.m;
+    itera_perplexity_result got{};
+    REQUIRE(itera_perplexity(model.m, text.c_str(), &params, &got) == ITERA_OK);
+    CHECK(got.perplexity == want.ppl);
+    CHECK((got.tokens == static_cast<int64_t>(want.tokens) && got.scored == got.tokens - 1 && got.tokens == 19));
+    CHECK(got.unk_fraction == want.unk_fraction);  // "let", "there", "be", "saw" are <UNK>
+    CHECK(got.unk_fraction > 0.2);
+    CHECK((got.kld == want.vs_reference.kld && got.top1 == want.vs_reference.top1));
+    REQUIRE(itera_perplexity(model.m, text.c_str(), nullptr, &got) == ITERA_OK);  // windows of max_seq_length
+    CHECK(std::isnan(got.kld));
+    CHECK(std::isnan(got.top1));
+    CHECK(got.perplexity > 1.0);
+    // Refused: a window out of range, too little text, no tokenizer, unknown device, NULLs.
+    params.window = 7;
+    CHECK(itera_perplexity(model.m, text.c_str(), &params, &got) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(contains(itera_last_error(), "window 7"));
+    CHECK(itera_perplexity(model.m, "god", nullptr, &got) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(contains(itera_last_error(), "2 are needed"));
+    const ModelHandle bare(itera::serialize_itl(make_spec(83, 6, false)));
+    CHECK(itera_perplexity(bare.m, text.c_str(), nullptr, &got) == ITERA_ERR_NO_TOKENIZER);
+    params.window = 0;
+    params.device = 5;
+    CHECK(itera_perplexity(model.m, text.c_str(), &params, &got) == ITERA_ERR_INVALID_ARGUMENT);
+    CHECK(itera_perplexity(model.m, nullptr, nullptr, &got) == ITERA_ERR_INVALID_ARGUMENT);
+    MESSAGE("itera_perplexity equals runtime/evaluate's perplexity, KL and top-1 bit for bit; bad input refused");
 }
 
 TEST_CASE("C API: one model shared by threads, each with its own context") {

@@ -12,9 +12,11 @@
 
 #include "format/itl_file.h"
 #include "format/tensor_names.h"
-#include "kernels_cuda/cuda_backend.h"
+#include "kernels_cuda/runner.h"
+#include "runtime/batch.h"
 #include "runtime/builtin_model.h"
 #include "runtime/context.h"
+#include "runtime/cuda_backend.h"
 #include "runtime/model.h"
 #include "runtime/sampler.h"
 #include "tests/model_fixtures.h"
@@ -77,51 +79,53 @@ TEST_CASE("device logits match the CPU per dtype: decode past the window, prefil
         std::vector<int32_t> ids(60);
         for (int32_t& id : ids) id = static_cast<int32_t>(rng() % 3000);
         // Decode, 60 tokens (windows of 24 slide from token 25 on).
-        cuda::Backend gpu(*model);
+        BackendOptions on_gpu;
+        on_gpu.device = Device::cuda;
+        Context gpu(*model, make_cuda_backend(*model, on_gpu));
         Context cpu(*model);
         Tally decode;
         for (int32_t id : ids) {
             const float* want = cpu.eval(id);
-            decode.add(rel_diff(gpu.step(&id, 1), want, V));
+            decode.add(rel_diff(gpu.eval(id), want, V));
         }
         CHECK_MESSAGE(decode.worst <= bound(t), dtype_name(t));
-        // Prefill of 30 tokens with every position's logits, against the CPU and the emulation.
-        cuda::BackendOptions emu;
+        // Prefill of 24 tokens with every position's logits, against the CPU and the emulation.
+        cuda::RunnerOptions emu;
         emu.emulate = true;
-        cuda::Backend host(*model, emu);
-        cuda::Backend pre(*model);
+        Context host(*model, make_cuda_backend(*model, emu));
+        Context pre(*model, make_cuda_backend(*model, on_gpu));
         Context fresh(*model);
-        pre.run({{0, ids.data(), 30, cuda::Logits::all}});
-        host.run({{0, ids.data(), 30, cuda::Logits::all}});
+        const int32_t P = model->config.max_seq_length;
+        const float* pre_all = pre.eval_all(ids.data(), P);
+        const float* host_all = host.eval_all(ids.data(), P);
         Tally prefill, vs_host;
-        for (int32_t p = 0; p < 30; p++) {
+        for (int32_t p = 0; p < P; p++) {
             const float* want = fresh.eval(ids[static_cast<size_t>(p)]);
-            prefill.add(rel_diff(pre.logits(0) + static_cast<size_t>(p) * V, want, V));
-            vs_host.add(
-                rel_diff(pre.logits(0) + static_cast<size_t>(p) * V, host.logits(0) + static_cast<size_t>(p) * V, V));
+            prefill.add(rel_diff(pre_all + static_cast<size_t>(p) * V, want, V));
+            vs_host.add(rel_diff(pre_all + static_cast<size_t>(p) * V, host_all + static_cast<size_t>(p) * V, V));
         }
         CHECK_MESSAGE(prefill.worst <= bound(t), dtype_name(t));
         CHECK_MESSAGE(vs_host.worst <= bound(t), dtype_name(t));
         // 64 sequences, three rounds of 1..5 tokens each.
-        cuda::BackendOptions o;
-        o.max_seqs = 64;
-        cuda::Backend batch(*model, o);
+        BackendOptions o = on_gpu;
+        o.slots = 64;
+        Batch batch(*model, make_cuda_backend(*model, o));
         std::vector<Context> ctxs;
         for (int s = 0; s < 64; s++) ctxs.emplace_back(*model);
         Tally batched;
         for (int round = 0; round < 3; round++) {
             std::vector<std::vector<int32_t>> feed_ids(64);
-            std::vector<cuda::Feed> feeds;
+            std::vector<Batch::Feed> feeds;
             for (int32_t s = 0; s < 64; s++) {
                 auto& f = feed_ids[static_cast<size_t>(s)];
                 for (uint32_t i = 0, n = 1 + rng() % 5; i < n; i++) f.push_back(static_cast<int32_t>(rng() % 3000));
-                feeds.push_back({s, f.data(), static_cast<int32_t>(f.size()), cuda::Logits::last});
+                feeds.push_back({s, f.data(), static_cast<int32_t>(f.size())});
             }
-            batch.run(feeds);
+            batch.run(feeds.data(), static_cast<int32_t>(feeds.size()));
             for (int32_t s = 0; s < 64; s++) {
                 const auto& f = feed_ids[static_cast<size_t>(s)];
                 const float* want = ctxs[static_cast<size_t>(s)].eval_tokens(f.data(), static_cast<int32_t>(f.size()));
-                batched.add(rel_diff(batch.logits(static_cast<size_t>(s)), want, V));
+                batched.add(rel_diff(batch.logits(s), want, V));
             }
         }
         CHECK_MESSAGE(batched.worst <= bound(t), dtype_name(t));
@@ -138,21 +142,20 @@ TEST_CASE("built-in model, FP32: 150 greedy tokens identical to the CPU, graphs 
     const int32_t V = model->vocab_rows();
     const std::vector<int32_t> prompt = model->tokenizer.encode("and god said");
     for (bool graphs : {true, false}) {
-        cuda::BackendOptions o;
-        o.graphs = graphs;
-        cuda::Backend gpu(*model, o);
+        BackendOptions o;
+        o.device = Device::cuda;
+        o.cuda_graphs = graphs;
+        Context gpu(*model, make_cuda_backend(*model, o));
         Context cpu(*model);
-        const float* g = nullptr;
         const float* c = cpu.eval_tokens(prompt.data(), static_cast<int32_t>(prompt.size()));
-        gpu.run({{0, prompt.data(), static_cast<int32_t>(prompt.size()), cuda::Logits::last}});
-        g = gpu.logits(0);
+        const float* g = gpu.eval_tokens(prompt.data(), static_cast<int32_t>(prompt.size()));
         int same = 0;
         float worst = 0.0f;
         for (int i = 0; i < 150; i++) {  // past max_seq_length 128
             worst = worse(worst, rel_diff(g, c, V));
             const int32_t a = model->id_of(argmax(g, V)), b = model->id_of(argmax(c, V));
             same += a == b;
-            g = gpu.step(&b, 1);
+            g = gpu.eval(b);
             c = cpu.eval(b);
         }
         CHECK(same == 150);

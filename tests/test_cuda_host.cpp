@@ -15,10 +15,13 @@
 #include "format/quant_blocks.h"
 #include "format/tensor_names.h"
 #include "kernels_cpu/ref_ops.h"
-#include "kernels_cuda/cuda_backend.h"
 #include "kernels_cuda/forward.h"
 #include "kernels_cuda/plan.h"
+#include "kernels_cuda/runner.h"
+#include "runtime/batch.h"
 #include "runtime/context.h"
+#include "runtime/cuda_backend.h"
+#include "runtime/window.h"
 #include "runtime/model.h"
 #include "runtime/sampler.h"
 #include "tests/model_fixtures.h"
@@ -68,8 +71,8 @@ float max_abs(const std::vector<float>& a) {
 
 // threads in teams of `lanes`: with lanes > 1 every product row, LayerNorm and quantized block
 // is split over the lanes and reduced as a warp does on the device.
-BackendOptions emulated(int32_t seqs, int32_t threads = 3, int64_t smem = 96 * 1024, int32_t lanes = 1) {
-    BackendOptions o;
+RunnerOptions emulated(int32_t seqs, int32_t threads = 3, int64_t smem = 96 * 1024, int32_t lanes = 1) {
+    RunnerOptions o;
     o.max_seqs = seqs;
     o.emulate = true;
     o.emulate_threads = threads;
@@ -77,6 +80,9 @@ BackendOptions emulated(int32_t seqs, int32_t threads = 3, int64_t smem = 96 * 1
     o.emulate_smem_bytes = smem;
     return o;
 }
+
+// A context / batch on the emulated CUDA backend, through the runtime's backend interface.
+Context gpu_context(const Model& model, const RunnerOptions& o) { return Context(model, make_cuda_backend(model, o)); }
 
 // Logits bound for the emulated kernels against the CPU, relative to the logits' size: FP32
 // summation order only. The block formats compute the CPU's integers, but an activation within
@@ -268,54 +274,20 @@ TEST_CASE("cuda: scratch layout and tile shapes") {
     MESSAGE("scratch regions aligned and disjoint (" << s.bytes << " bytes for 16 rows of the shipped widths)");
 }
 
-TEST_CASE("cuda: feeds become jobs with Context's window semantics") {
-    const int32_t P = 4;
-    std::vector<SequenceWindow> seqs(3);
-    const std::vector<int32_t> a = {1, 2, 3}, b = {4, 5, 6, 7, 8, 9};
-    // seq 0: three tokens, all logits; seq 1: six tokens past P=4, last logits; seq 0 again: one more.
-    const std::vector<int32_t> one = {7};
-    auto waves = plan_waves(
-        &seqs, {{0, a.data(), 3, Logits::all}, {1, b.data(), 6, Logits::last}, {0, one.data(), 1, Logits::last}}, P);
-    // seq 1: its first 4 tokens and the first slide have no logits and are discarded by the last
-    // slide's reset: one job, the window {6, 7, 8, 9} from zero state.
-    REQUIRE(waves.size() == 2);
-    REQUIRE(waves[0].size() == 2);
-    CHECK((waves[0][0].seq == 0 && waves[0][0].pos0 == 0 && waves[0][0].ids == a && waves[0][0].logits_all &&
-           waves[0][0].logits_row == 0));
-    CHECK((waves[0][1].seq == 1 && waves[0][1].reset && waves[0][1].pos0 == 0 &&
-           waves[0][1].ids == std::vector<int32_t>{6, 7, 8, 9} && waves[0][1].logits_row == 0));
-    REQUIRE(waves[1].size() == 1);
-    CHECK((waves[1][0].seq == 0 && waves[1][0].pos0 == 3 && !waves[1][0].reset && waves[1][0].ids == one &&
-           waves[1][0].feed == 2));
-    CHECK(seqs[0].tokens == std::vector<int32_t>{1, 2, 3, 7});
-    CHECK(seqs[1].tokens == std::vector<int32_t>{6, 7, 8, 9});
-    // All logits past P: the fitting part, then a slide per token with its last row.
-    const std::vector<int32_t> c = {1, 2, 3, 4, 5, 6};
-    waves = plan_waves(&seqs, {{2, c.data(), 6, Logits::all}}, P);
-    REQUIRE(waves.size() == 3);
-    CHECK((waves[0][0].ids.size() == 4 && waves[0][0].logits_all && waves[0][0].logits_row == 0));
-    CHECK((waves[1][0].reset && waves[1][0].ids == std::vector<int32_t>{2, 3, 4, 5} && !waves[1][0].logits_all &&
-           waves[1][0].logits_row == 4));
-    CHECK((waves[2][0].ids == std::vector<int32_t>{3, 4, 5, 6} && waves[2][0].logits_row == 5));
-    // A reset sequence's next job zeroes its state.
-    seqs[0].tokens.clear();
-    seqs[0].zero_pending = true;
-    waves = plan_waves(&seqs, {{0, one.data(), 1, Logits::none}}, P);
-    CHECK((waves[0][0].reset && waves[0][0].logits_row < 0));
-    CHECK(!seqs[0].zero_pending);
-    // Launch splitting keeps each launch within its capacities.
-    std::vector<PlannedJob> wave(5);
-    for (size_t i = 0; i < wave.size(); i++) {
-        wave[i].ids.assign(3, 1);
-        wave[i].logits_row = 0;
-        wave[i].logits_all = true;
-    }
-    const auto parts = split_wave(wave, {4, 7, 100});
+TEST_CASE("cuda: a run's segments are split into launches within their capacities") {
+    const std::vector<int32_t> rows(3, 1);
+    std::vector<Segment> segs(5);
+    for (size_t i = 0; i < segs.size(); i++) segs[i] = {static_cast<int32_t>(i), rows.data(), 3, 0, false, Logits::all};
+    const auto parts = split_launches(segs.data(), segs.size(), {4, 7, 100});
     REQUIRE(parts.size() == 3);
     CHECK((parts[0] == std::pair<size_t, size_t>{0, 2} && parts[1] == std::pair<size_t, size_t>{2, 4} &&
            parts[2] == std::pair<size_t, size_t>{4, 5}));
-    CHECK(split_wave(wave, {2, 100, 6}).size() == 3);
-    CHECK_THROWS_AS(split_wave(wave, {2, 2, 6}), Error);
+    CHECK(split_launches(segs.data(), segs.size(), {2, 100, 6}).size() == 3);
+    CHECK_THROWS_AS(split_launches(segs.data(), segs.size(), {2, 2, 6}), Error);
+    segs[1].logits = Logits::none;
+    segs[2].logits = Logits::last;
+    CHECK((logits_rows(segs[0]) == 3 && logits_rows(segs[1]) == 0 && logits_rows(segs[2]) == 1));
+    MESSAGE("5 segments of 3 tokens: launches of at most 7 tokens, 2 jobs or 6 logits rows; a too-big one refused");
 }
 
 TEST_CASE("cuda: the host model mirrors the loaded model") {
@@ -324,6 +296,7 @@ TEST_CASE("cuda: the host model mirrors the loaded model") {
     build_host_model(*model, &hm);
     Context ctx(*model);
     CHECK(static_cast<size_t>(hm.model.state_floats) * sizeof(float) == ctx.state_bytes());
+    CHECK((hm.layers[0].conv_off == 0 && static_cast<size_t>(hm.layers[0].ssm_off) == StateLayout(model->config).conv));
     CHECK((hm.dims.hidden == 12 && hm.dims.inner == 14 && hm.dims.state == 4 && hm.dims.ffn == 7 &&
            hm.dims.experts == 3 && hm.dims.top_k == 2));
     CHECK(hm.layers.size() == 3);
@@ -342,62 +315,67 @@ TEST_CASE("cuda: emulated kernels match Context (decode, prefill, batches, windo
         const auto model = model_from(random_spec(small_config(), t, 17));
         const int32_t V = model->vocab_rows();
         // One sequence token by token, well past max_seq_length 6: every step's logits; teams of 4.
-        Backend one(*model, emulated(1, 8, 96 * 1024, 4));
+        Context one = gpu_context(*model, emulated(1, 8, 96 * 1024, 4));
         Context ctx(*model);
         const std::vector<int32_t> seq = {3, 17, 5, 22, 0, 9, 11, 4, 8, 8, 1};
         float worst = 0.0f;
         for (int32_t id : seq) {
             const std::vector<float> want = row(ctx.eval(id), V);
-            const std::vector<float> got = row(one.step(&id, 1), V);
+            const std::vector<float> got = row(one.eval(id), V);
             worst = worse(worst, max_abs_diff(got, want) / (1.0f + max_abs(want)));
         }
         CHECK_MESSAGE(worst <= bound(t), dtype_name(t) << " decode: " << worst);
-        CHECK(one.position(0) == 6);
-        // Prefill with a logits row per token (past the window too), rows = 4 forces chunks of 4
-        // carrying the state between them; then the same again after reset().
+        CHECK(one.position() == 6);
+        // Prefill with a logits row per token, rows = 4 forces chunks of 4 carrying the state
+        // between them; then the same again after reset().
         const int64_t four_rows = make_scratch({12, 14, 4, 7, 3, 2}, 4).bytes;
-        Backend pre(*model, emulated(1, 2, four_rows));
-        Context fresh(*model);
+        Context pre = gpu_context(*model, emulated(1, 2, four_rows));
+        const int32_t P = model->config.max_seq_length;
         std::vector<float> want;
-        for (int32_t id : seq) {
-            const std::vector<float> r = row(fresh.eval(id), V);
-            want.insert(want.end(), r.begin(), r.end());
+        {
+            Context fresh(*model);
+            for (int32_t i = 0; i < P; i++) {
+                const std::vector<float> r = row(fresh.eval(seq[static_cast<size_t>(i)]), V);
+                want.insert(want.end(), r.begin(), r.end());
+            }
         }
         for (int pass = 0; pass < 2; pass++) {
-            pre.run({{0, seq.data(), static_cast<int32_t>(seq.size()), Logits::all}});
-            const std::vector<float> got = row(pre.logits(0), V * static_cast<int32_t>(seq.size()));
+            const std::vector<float> got = row(pre.eval_all(seq.data(), P), V * P);
             CHECK_MESSAGE(max_abs_diff(got, want) / (1.0f + max_abs(want)) <= bound(t),
                           dtype_name(t) << " prefill pass " << pass);
-            pre.reset(0);
+            pre.reset();
         }
+        // A prompt past the window: one slid window from zero state, as token by token.
+        const std::vector<float> slid = row(pre.eval_tokens(seq.data(), static_cast<int32_t>(seq.size())), V);
+        CHECK_MESSAGE(max_abs_diff(slid, row(ctx.logits(), V)) / (1.0f + max_abs(slid)) <= bound(t),
+                      dtype_name(t) << " prompt past the window");
         // One team of 32 lanes, a warp as the device has it (slow here: a barrier per reduction).
-        Backend warp(*model, emulated(1, 32, 96 * 1024, 32));
-        warp.run({{0, seq.data(), 4, Logits::all}});
+        Context warp = gpu_context(*model, emulated(1, 32, 96 * 1024, 32));
         const std::vector<float> first4(want.begin(), want.begin() + 4 * V);
-        CHECK_MESSAGE(max_abs_diff(row(warp.logits(0), 4 * V), first4) / (1.0f + max_abs(first4)) <= bound(t),
+        CHECK_MESSAGE(max_abs_diff(row(warp.eval_all(seq.data(), 4), 4 * V), first4) / (1.0f + max_abs(first4)) <=
+                          bound(t),
                       dtype_name(t) << " 32 lanes");
         // A batch: five sequences at different points, fed together (prefill, decode and slides in
-        // one wave), against five contexts.
-        Backend batch(*model, emulated(5, 8, 96 * 1024, 4));
+        // one run), against five contexts.
+        Batch batch(*model, make_cuda_backend(*model, emulated(5, 8, 96 * 1024, 4)));
         std::vector<Context> ctxs;
         for (int s = 0; s < 5; s++) ctxs.emplace_back(*model);
         std::mt19937 rng(static_cast<uint32_t>(t) + 1);
         float batch_worst = 0.0f;
         for (int round = 0; round < 4; round++) {
             std::vector<std::vector<int32_t>> ids(5);
-            std::vector<Feed> feeds;
+            std::vector<Batch::Feed> feeds;
             for (int32_t s = 0; s < 5; s++) {
                 const int32_t n = 1 + static_cast<int32_t>(rng() % (s == 0 ? 1 : 4));
                 for (int32_t i = 0; i < n; i++) ids[static_cast<size_t>(s)].push_back(static_cast<int32_t>(rng() % 23));
-                feeds.push_back({s, ids[static_cast<size_t>(s)].data(), n, Logits::last});
+                feeds.push_back({s, ids[static_cast<size_t>(s)].data(), n});
             }
-            batch.run(feeds);
+            batch.run(feeds.data(), static_cast<int32_t>(feeds.size()));
             for (int32_t s = 0; s < 5; s++) {
                 const auto& v = ids[static_cast<size_t>(s)];
                 const std::vector<float> w =
                     row(ctxs[static_cast<size_t>(s)].eval_tokens(v.data(), static_cast<int32_t>(v.size())), V);
-                batch_worst = worse(
-                    batch_worst, max_abs_diff(row(batch.logits(static_cast<size_t>(s)), V), w) / (1.0f + max_abs(w)));
+                batch_worst = worse(batch_worst, max_abs_diff(row(batch.logits(s), V), w) / (1.0f + max_abs(w)));
                 CHECK(batch.position(s) == ctxs[static_cast<size_t>(s)].position());
             }
         }
@@ -424,9 +402,9 @@ TEST_CASE("cuda: emulated kernels at the shipped widths; thread counts and scrat
             int64_t smem;
         };
         for (const Run& r : {Run{1, 1, 1 << 20}, Run{5, 1, 1 << 20}, Run{3, 1, 0}, Run{8, 4, 1 << 20}}) {
-            Backend b(*model, emulated(1, r.threads, r.smem, r.lanes));
-            b.run({{0, prompt.data(), static_cast<int32_t>(prompt.size()), Logits::all}});
-            const std::vector<float> got = row(b.logits(0), V * static_cast<int32_t>(prompt.size()));
+            Context b = gpu_context(*model, emulated(1, r.threads, r.smem, r.lanes));
+            const int32_t n = static_cast<int32_t>(prompt.size());
+            const std::vector<float> got = row(b.eval_all(prompt.data(), n), V * n);
             const float diff = max_abs_diff(got, want) / (1.0f + max_abs(want));
             CHECK_MESSAGE(diff <= bound(t), dtype_name(t)
                                                 << " threads " << r.threads << " lanes " << r.lanes << ": " << diff);
@@ -465,30 +443,50 @@ TEST_CASE("cuda: a rows16 model goes up as row_major: the same bits as its row_m
         CHECK(row_major_span(&none).empty());  // nothing to reorder: the mapping goes up as it is
         const int32_t V = plain->vocab_rows();
         const std::vector<int32_t> prompt = {5, 100, 42, 7, 199, 0, 13, 64};
-        Backend a(*plain, emulated(1, 4, 1 << 20, 1)), b(*inter, emulated(1, 4, 1 << 20, 1));
-        a.run({{0, prompt.data(), static_cast<int32_t>(prompt.size()), Logits::all}});
-        b.run({{0, prompt.data(), static_cast<int32_t>(prompt.size()), Logits::all}});
-        CHECK(row(a.logits(0), V * 8) == row(b.logits(0), V * 8));
+        Context a = gpu_context(*plain, emulated(1, 4, 1 << 20, 1)), b = gpu_context(*inter, emulated(1, 4, 1 << 20, 1));
+        CHECK(row(a.eval_all(prompt.data(), 8), V * 8) == row(b.eval_all(prompt.data(), 8), V * 8));
         MESSAGE("rows16 " << dtype_name(dtype)
                           << " model: the uploaded span equals the row_major file's, and 8 emulated "
                              "positions give its logits bit for bit");
     }
 }
 
-TEST_CASE("cuda: bad input and the no-device error") {
+TEST_CASE("cuda: state save and restore through the backend; bad input and the no-device error") {
     const auto model = model_from(random_spec(small_config(), DType::f32, 3));
-    Backend b(*model, emulated(2));
+    const int32_t V = model->vocab_rows();
+    // The saved state is the same bytes on both backends, and restores across them.
+    Context gpu = gpu_context(*model, emulated(1));
+    Context cpu(*model);
+    const std::vector<int32_t> ids = {4, 9, 1};
+    gpu.eval_tokens(ids.data(), 3);
+    cpu.eval_tokens(ids.data(), 3);
+    std::vector<uint8_t> a(gpu.saved_size()), b(cpu.saved_size());
+    REQUIRE(a.size() == b.size());
+    gpu.save(a.data());
+    cpu.save(b.data());
+    Context back(*model);
+    back.restore(a.data(), a.size());
+    Context there = gpu_context(*model, emulated(1));
+    there.restore(b.data(), b.size());
+    const std::vector<float> want = row(cpu.eval(7), V);
+    CHECK(max_abs_diff(row(back.eval(7), V), want) / (1.0f + max_abs(want)) <= bound(DType::f32));
+    CHECK(max_abs_diff(row(there.eval(7), V), want) / (1.0f + max_abs(want)) <= bound(DType::f32));
+    // Bad input is refused before anything runs; q3 weights are refused by name.
+    Batch b2(*model, make_cuda_backend(*model, emulated(2)));
     const int32_t bad = 150, good = 1;
-    CHECK_THROWS_WITH_AS(b.run({{0, &bad, 1, Logits::last}}), doctest::Contains("not in the model's vocabulary"),
-                         Error);
-    CHECK_THROWS_WITH_AS(b.run({{2, &good, 1, Logits::last}}), doctest::Contains("out of range"), Error);
-    CHECK(b.position(0) == 0);  // nothing ran
+    const Batch::Feed bad_feed{0, &bad, 1}, out_of_range{2, &good, 1};
+    CHECK_THROWS_WITH_AS(b2.run(&bad_feed, 1), doctest::Contains("not in the model's vocabulary"), Error);
+    CHECK_THROWS_WITH_AS(b2.run(&out_of_range, 1), doctest::Contains("out of range"), Error);
+    CHECK(b2.position(0) == 0);  // nothing ran
     const auto q3 = model_from(random_spec(small_config(), DType::q3_0, 3));
-    CHECK_THROWS_WITH_AS(Backend(*q3, emulated(1)), doctest::Contains("which the CUDA backend does not read"), Error);
+    CHECK_THROWS_WITH_AS(make_cuda_backend(*q3, emulated(1)), doctest::Contains("which the CUDA backend does not read"),
+                         Error);
     std::string why;
-    if (!available(&why)) {
+    if (!available(&why) && !emulated_by_environment()) {
         CHECK(!why.empty());
-        CHECK_THROWS_WITH_AS(Backend{*model}, ("no CUDA device: " + why).c_str(), Error);
+        CHECK_THROWS_WITH_AS(make_cuda_backend(*model, BackendOptions{}), ("no CUDA device: " + why).c_str(),
+                             DeviceUnavailable);
         MESSAGE("no CUDA device here: " << why);
     }
+    MESSAGE("saved states equal on the CPU and the emulated GPU and restore across them; bad feeds refused");
 }

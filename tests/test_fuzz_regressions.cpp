@@ -75,6 +75,22 @@ TEST_CASE("fuzz regressions: .itl loader, checksum on and off") {
 
 TEST_CASE("fuzz regressions: tokenizer JSON") { replay("tokenizer_json", itera::fuzz::tokenizer_json); }
 
+TEST_CASE("fuzz regressions: saved states, checksum as given and recomputed") {
+    replay("saved_state", [](const uint8_t* data, size_t size) { itera::fuzz::saved_state(data, size, false); });
+    replay("saved_state", [](const uint8_t* data, size_t size) { itera::fuzz::saved_state(data, size, true); });
+}
+
+TEST_CASE("fuzz seeds: every saved state of the target's models is accepted and saves back the same") {
+    const auto seeds = itera::fuzz::saved_state_seeds();
+    REQUIRE(seeds.size() == 14);
+    for (const std::vector<uint8_t>& s : seeds) CHECK_NOTHROW(itera::fuzz::saved_state(s.data(), s.size(), false));
+    // Damaged copies are refused, never more.
+    std::vector<uint8_t> bad = seeds[3];
+    bad[70] ^= 1;
+    CHECK_THROWS_AS(itera::fuzz::saved_state(bad.data(), bad.size(), false), itera::Error);
+    MESSAGE(seeds.size() << " seed states (two models, windows empty to slid) accepted; a flipped bit refused");
+}
+
 // Finding itl_loader/nonfinite_activation_nf4.itl: weights that are inf or NaN (or so small that
 // 1/scale overflows) made the activation quantizer convert non-finite floats to int (undefined
 // behaviour in the scalar path, garbage q and an overflowing `sum` in the SIMD ones). The
@@ -84,10 +100,10 @@ TEST_CASE("fuzz finding: activation blocks with inf, NaN or tiny values quantize
     const int32_t n = 4 * itera::kActBlock + 5;
     std::vector<float> x(static_cast<size_t>(n));
     for (int32_t i = 0; i < n; i++) x[static_cast<size_t>(i)] = std::sin(0.7f * static_cast<float>(i));
-    x[32 + 3] = nan;                                           // block 1
-    x[64 + 31] = inf;                                          // block 2
+    x[32 + 3] = nan;                                                         // block 1
+    x[64 + 31] = inf;                                                        // block 2
     for (int32_t i = 96; i < 128; i++) x[static_cast<size_t>(i)] *= 1e-38f;  // block 3: 1/scale overflows
-    x[128 + 2] = -inf;                                         // block 4, partial
+    x[128 + 2] = -inf;                                                       // block 4, partial
     int paths = 0;
     for (itera::KernelPath path : {itera::KernelPath::scalar, itera::KernelPath::avx2, itera::KernelPath::avx512}) {
         if (!itera::kernel_path_supported(path)) continue;
@@ -131,7 +147,8 @@ TEST_CASE("fuzz finding: a deeply nested --config JSON is refused, not recursed 
 // checked against the frame's blocks first.
 TEST_CASE("fuzz finding: a zstd frame whose blocks do not back its declared size is refused before allocating") {
     const std::pair<const char*, const char*> cases[] = {
-        {"meta_zstd_size_claim.itl", "corrupt metadata: compressed frame declares 200000000 bytes, more than its blocks hold"},
+        {"meta_zstd_size_claim.itl",
+         "corrupt metadata: compressed frame declares 200000000 bytes, more than its blocks hold"},
         {"tokenizer_zstd_size_claim.itl", "tokenizer: zstd frame declares 60000000 bytes, more than its blocks hold"},
     };
     for (const auto& [name, message] : cases) {
@@ -139,7 +156,8 @@ TEST_CASE("fuzz finding: a zstd frame whose blocks do not back its declared size
         REQUIRE(!bytes.empty());
         itera::LoadOptions no_checksum;
         no_checksum.verify_checksum = false;
-        CHECK_THROWS_WITH_AS(itera::ItlFile::from_memory(bytes.data(), bytes.size(), no_checksum), message, itera::Error);
+        CHECK_THROWS_WITH_AS(itera::ItlFile::from_memory(bytes.data(), bytes.size(), no_checksum), message,
+                             itera::Error);
     }
     MESSAGE("metadata and tokenizer frames claiming 200 MB / 60 MB from a few bytes are refused by name");
 }
@@ -164,7 +182,8 @@ TEST_CASE("fuzz finding: a config implying more tensors than the file holds is r
 // vector of int64 placed at a 4-byte boundary. FlatBuffers 2.0.8 verifies vector lengths, not the
 // alignment of 8-byte elements, so reading the shape was a misaligned load.
 TEST_CASE("fuzz finding: a tensor shape vector that is not 8-byte aligned is refused") {
-    const std::vector<uint8_t> bytes = read_bytes(fs::path(ITERA_FUZZ_REGRESSIONS_DIR) / "itl_loader" / "misaligned_shape.itl");
+    const std::vector<uint8_t> bytes =
+        read_bytes(fs::path(ITERA_FUZZ_REGRESSIONS_DIR) / "itl_loader" / "misaligned_shape.itl");
     REQUIRE(!bytes.empty());
     itera::LoadOptions no_checksum;
     no_checksum.verify_checksum = false;

@@ -4,7 +4,8 @@
 # RUNS executions (default 1000000), whichever comes first.
 #
 #   tools/fuzz.sh [SECONDS] [TARGET...]     TARGET: pt_reader checkpoint_to_spec itl_loader
-#                                           itl_loader_nochecksum tokenizer_json (default: all)
+#                                           itl_loader_nochecksum tokenizer_json saved_state
+#                                           saved_state_fixsum (default: all)
 #   RUNS=N  JOBS=N (ninja)  ITERA_UPSTREAM_DIR=DIR (default ../shared/upstream, used when present)
 #
 # Per target: build-fuzz/fuzz-logs/T.log (the last lines are printed), new inputs in
@@ -15,7 +16,7 @@ set -eu
 cd "$(dirname "$0")/.."
 seconds=${1:-600}
 [ $# -gt 0 ] && shift
-targets=${*:-pt_reader checkpoint_to_spec itl_loader itl_loader_nochecksum tokenizer_json}
+targets=${*:-pt_reader checkpoint_to_spec itl_loader itl_loader_nochecksum tokenizer_json saved_state saved_state_fixsum}
 runs=${RUNS:-1000000}
 upstream=${ITERA_UPSTREAM_DIR:-../shared/upstream}
 b=build-fuzz
@@ -63,9 +64,13 @@ convert golden_d $src/golden/d/model.pt --config $src/golden/d/cfg.json --dtype 
 convert kjv_q4 models/itera_lite_kjv.pt --tokenizer models/tokenizer_kjv.json --dtype q4
 [ -f "$upstream/data/tokenizer_tiny.json" ] && [ -f "$upstream/checkpoints/int4/itera_lite_int4.pt" ] &&
     convert upstream_int4 "$upstream/checkpoints/int4/itera_lite_int4.pt" --tokenizer "$upstream/data/tokenizer_tiny.json"
+# Saved context states of the two models fuzz_saved_state is built with (it writes them itself).
+mkdir -p $seeds/saved_state
+ITERA_FUZZ_WRITE_SEEDS=$seeds/saved_state $b/fuzz_saved_state
 # Saved findings and edge cases seed their target too.
-for t in pt_reader checkpoint_to_spec itl_loader tokenizer_json; do add $t tests/fuzz_regressions/$t/*; done
+for t in pt_reader checkpoint_to_spec itl_loader tokenizer_json saved_state; do add $t tests/fuzz_regressions/$t/*; done
 cp -r $seeds/itl_loader $seeds/itl_loader_nochecksum
+cp -r $seeds/saved_state $seeds/saved_state_fixsum
 
 # ---- the runs, one at a time ----
 status=0

@@ -2,7 +2,8 @@
 # Installs the Debian packages Itera builds and tests with, when any is missing (run as root).
 set -e
 packages="meson ninja-build pkg-config g++ libflatbuffers-dev flatbuffers-compiler libdnnl-dev libxsimd-dev
-libzstd-dev doctest-dev nlohmann-json3-dev libcli11-dev libxxhash-dev python3-torch python3-numpy"
+libzstd-dev doctest-dev nlohmann-json3-dev libcli11-dev libxxhash-dev python3-torch python3-numpy python3-venv
+python3-dev libcpp-httplib-dev chromium chromium-driver python3-selenium"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -6,6 +6,9 @@
  *   itera_sampler  picks tokens from logits with its own seeded generator; one thread at a time
  *   itera_batch    many sequences decoded in lockstep (one matrix product per weight for all)
  *
+ * Contexts and batches run on a device chosen in their params: the CPU, an NVIDIA GPU (CUDA), or
+ * "auto" (the GPU when it can run the model, else the CPU).
+ *
  * Every function that can fail returns an int: ITERA_OK (0) or an ITERA_ERR_* code, and then
  * itera_last_error() tells what went wrong. On failure a handle out-parameter is set to NULL
  * (when the other arguments were valid), a size or count out-parameter where a function says so
@@ -18,9 +21,9 @@
 #include <stdint.h>
 
 #define ITERA_VERSION_MAJOR 0
-#define ITERA_VERSION_MINOR 1
+#define ITERA_VERSION_MINOR 2
 #define ITERA_VERSION_PATCH 0
-#define ITERA_VERSION_STRING "0.1.0"
+#define ITERA_VERSION_STRING "0.2.0"
 
 /* The library is built with hidden visibility; these are the symbols it exports. */
 #if defined(__GNUC__)
@@ -50,7 +53,9 @@ enum itera_error {
     ITERA_ERR_INTERNAL = 6,         /* a bug: please report it with the message */
     ITERA_ERR_BUFFER_TOO_SMALL = 7, /* the size needed is stored in the size out-parameter */
     ITERA_ERR_MODEL_MISMATCH = 8,   /* a saved state from a different model */
-    ITERA_ERR_NO_TOKENIZER = 9      /* the model file has no tokenizer: use token ids */
+    ITERA_ERR_NO_TOKENIZER = 9,     /* the model file has no tokenizer: use token ids */
+    ITERA_ERR_NO_DEVICE = 10,       /* ITERA_DEVICE_CUDA and no usable GPU: the message says why */
+    ITERA_ERR_NO_CUDA = 11          /* ITERA_DEVICE_CUDA in a library built without CUDA support */
 };
 
 /* The message of the last failed call on this thread (successful calls leave it alone); ""
@@ -60,6 +65,21 @@ ITERA_API const char* itera_last_error(void);
 ITERA_API const char* itera_error_name(int code);
 /* The library's version, ITERA_VERSION_STRING of the build (compare with the header's). */
 ITERA_API const char* itera_version(void);
+
+/* ---- devices ---- */
+
+enum itera_device {
+    ITERA_DEVICE_CPU = 0,  /* the default */
+    ITERA_DEVICE_CUDA = 1, /* NVIDIA GPU 0, compute capability 8.0 or newer (fp32/fp16/q8/q4/nf4 weights) */
+    ITERA_DEVICE_AUTO = 2  /* the GPU when there is one that can run the model, else the CPU */
+};
+
+/* ITERA_OK when contexts and batches can be created on `device` (CPU and AUTO: always);
+ * ITERA_ERR_NO_DEVICE or ITERA_ERR_NO_CUDA otherwise, itera_last_error() saying why;
+ * INVALID_ARGUMENT for an unknown device. */
+ITERA_API int itera_device_available(int device);
+/* "cpu", "cuda", "auto"; NULL for an unknown device. Static storage. */
+ITERA_API const char* itera_device_name(int device);
 
 /* ---- model ---- */
 
@@ -92,6 +112,12 @@ ITERA_API int itera_model_has_tokenizer(const itera_model* model);
 ITERA_API int32_t itera_model_eos(const itera_model* model); /* <EOS> id, -1 when none */
 /* The .itl checksum: equal fingerprints mean the same model content (saved states are tied to it). */
 ITERA_API uint64_t itera_model_fingerprint(const itera_model* model);
+/* The model described as one JSON object, what `itera-run info --json` prints: "file" (the path it
+ * was loaded from, "" from memory), "file_bytes", the config ("vocab_size", "hidden",
+ * "max_seq_length", "layers": [{"inner", "state", "conv_kernel", "kind", "top_k", "ffn_widths"}],
+ * ...), "tensors": [{"name", "shape", "dtype", "layout", "bytes"}], "parts", "parameters",
+ * "bits_per_weight" (docs/c_api.md lists them). Buffer rules as itera_detokenize. */
+ITERA_API int itera_model_info(const itera_model* model, char* text, size_t capacity, size_t* len_out);
 
 /* ---- tokenizer ---- */
 
@@ -120,14 +146,18 @@ ITERA_API int itera_token_piece(const itera_model* model, int32_t id, int first,
 /* ---- context ---- */
 
 typedef struct itera_context_params {
-    int32_t reserved; /* no options yet: the struct keeps itera_context_new's signature stable */
+    int device; /* enum itera_device (default ITERA_DEVICE_CPU) */
 } itera_context_params;
 
 ITERA_API itera_context_params itera_context_default_params(void);
 
-/* A new, empty sequence over `model` (which must outlive it). `params` may be NULL. */
+/* A new, empty sequence over `model` (which must outlive it). `params` may be NULL. Errors:
+ * INVALID_ARGUMENT (unknown device), NO_DEVICE, NO_CUDA, FORMAT (a model the GPU cannot run:
+ * q3 or q2 weights), OUT_OF_MEMORY. */
 ITERA_API int itera_context_new(const itera_model* model, const itera_context_params* params, itera_context** out);
 ITERA_API void itera_context_free(itera_context* ctx); /* NULL is a no-op */
+/* The device the context runs on: ITERA_DEVICE_CPU or ITERA_DEVICE_CUDA (never AUTO); -1 for NULL. */
+ITERA_API int itera_context_device(const itera_context* ctx);
 /* Forgets the sequence: back to the state of a new context. */
 ITERA_API int itera_context_reset(itera_context* ctx);
 /* Tokens the state covers (at most max_seq_length: past it the context keeps the last
@@ -163,21 +193,47 @@ ITERA_API int itera_context_restore(itera_context* ctx, const void* buffer, size
 
 /* ---- batch: many independent sequences decoded in lockstep ---- */
 
-/* n_sequences new, empty sequences over `model` (which must outlive the batch). Each
+typedef struct itera_batch_params {
+    int32_t n_threads; /* CPU: threads over contiguous ranges of the sequences, 1..1024 (default 1) */
+    int device;        /* enum itera_device (default ITERA_DEVICE_CPU) */
+} itera_batch_params;
+
+ITERA_API itera_batch_params itera_batch_default_params(void);
+
+/* n_sequences (1..1048576) new, empty sequences over `model` (which must outlive the batch).
  * itera_batch_eval feeds one token to every sequence and runs them through the model together;
- * n_threads > 1 splits the sequences into contiguous ranges, one per thread (the calling thread
- * included). Each sequence behaves exactly like an itera_context fed the same tokens (the same
- * window semantics past max_seq_length). Use a batch from one thread at a time. */
-ITERA_API int itera_batch_new(const itera_model* model, int32_t n_sequences, int32_t n_threads, itera_batch** out);
+ * itera_batch_run feeds some of them any number of tokens together (a new prompt beside the
+ * others' next token: continuous batching). Each sequence behaves exactly like an itera_context
+ * fed the same tokens (the same window semantics past max_seq_length). `params` may be NULL. Use
+ * a batch from one thread at a time. Errors as itera_context_new. */
+ITERA_API int itera_batch_new(const itera_model* model, int32_t n_sequences, const itera_batch_params* params,
+                              itera_batch** out);
 ITERA_API void itera_batch_free(itera_batch* batch); /* NULL is a no-op */
 ITERA_API int32_t itera_batch_size(const itera_batch* batch);
+/* ITERA_DEVICE_CPU or ITERA_DEVICE_CUDA; -1 for NULL. */
+ITERA_API int itera_batch_device(const itera_batch* batch);
 /* Feeds tokens[i] to sequence i, for every i < n_sequences. Errors: INVALID_ARGUMENT (a token
  * outside the model's vocabulary: no sequence changes). */
 ITERA_API int itera_batch_eval(itera_batch* batch, const int32_t* tokens);
-/* The logits [vocab_size] of sequence i after the last itera_batch_eval (trimmed ids -INFINITY, as
- * itera_eval), valid until the next call that changes the batch; NULL for an out-of-range i,
- * before the first eval and after itera_batch_reset(i). */
+
+/* Sequence `seq` gets tokens[0, n_tokens), n_tokens >= 1. */
+typedef struct itera_batch_feed {
+    int32_t seq;
+    const int32_t* tokens;
+    int32_t n_tokens;
+} itera_batch_feed;
+/* Runs n_feeds (0..n_sequences) feeds together, each on a different sequence; the other sequences
+ * are untouched. Afterwards itera_batch_logits gives each fed sequence's logits after its last
+ * token, and NULL for the others. Errors: INVALID_ARGUMENT (a sequence out of range or fed twice,
+ * an empty feed, a token outside the vocabulary: no sequence changes). */
+ITERA_API int itera_batch_run(itera_batch* batch, const itera_batch_feed* feeds, int32_t n_feeds);
+/* The logits [vocab_size] of sequence i after the last itera_batch_eval or itera_batch_run that
+ * fed it (trimmed ids -INFINITY, as itera_eval), valid until the next call that changes the batch;
+ * NULL for an out-of-range i, for a sequence that call did not feed, before the first one and
+ * after itera_batch_reset(i). */
 ITERA_API const float* itera_batch_logits(const itera_batch* batch, int32_t i);
+/* Tokens sequence i's state covers (as itera_context_position); 0 for an out-of-range i. */
+ITERA_API int32_t itera_batch_position(const itera_batch* batch, int32_t i);
 /* Sequence i starts over (empty, zero state); the others are untouched. */
 ITERA_API int itera_batch_reset(itera_batch* batch, int32_t i);
 
@@ -214,6 +270,34 @@ typedef int (*itera_token_callback)(int32_t token, const char* piece, void* user
 ITERA_API int itera_generate(itera_context* ctx, const int32_t* prompt, int32_t n_prompt, int32_t n_predict,
                              const itera_sampler_params* sampling, itera_token_callback callback, void* user_data,
                              int32_t* n_generated);
+
+/* ---- evaluation ---- */
+
+typedef struct itera_perplexity_params {
+    int32_t window;               /* tokens per window, 1..max_seq_length; 0: max_seq_length (default 0) */
+    const itera_model* reference; /* NULL, or a model to compare with on the same windows (default NULL) */
+    int device;                   /* enum itera_device, for both models (default ITERA_DEVICE_CPU) */
+} itera_perplexity_params;
+
+typedef struct itera_perplexity_result {
+    double perplexity;   /* exp(mean negative log-likelihood of each next token) */
+    int64_t tokens;      /* tokens of the text; words the vocabulary lacks count as <UNK> */
+    int64_t scored;      /* positions scored: every one with a next token, tokens - 1 */
+    double unk_fraction; /* share of the tokens that are <UNK> */
+    double kld;          /* with a reference: mean KL(reference || model) in nats; NaN without */
+    double top1;         /* with a reference: share of positions whose argmaxes agree; NaN without */
+} itera_perplexity_result;
+
+ITERA_API itera_perplexity_params itera_perplexity_default_params(void);
+/* Scores NUL-terminated `text` as `itera-run ppl` does (the same numbers): tokenized whole,
+ * non-overlapping windows of `window` tokens each from zero state, every position scored against
+ * the token after it; with a reference, the KL divergence of this model's next-token distribution
+ * from the reference's (both over this model's vocabulary, the reference renormalized over it) and
+ * their top-1 agreement. `params` may be NULL. Errors: INVALID_ARGUMENT (a window out of range,
+ * fewer than 2 tokens, a reference that lacks an id of the model, unknown device), NO_TOKENIZER,
+ * NO_DEVICE, NO_CUDA, FORMAT (non-finite logits: corrupt weights), OUT_OF_MEMORY. */
+ITERA_API int itera_perplexity(const itera_model* model, const char* text, const itera_perplexity_params* params,
+                               itera_perplexity_result* out);
 
 #ifdef __cplusplus
 }

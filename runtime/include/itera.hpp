@@ -5,6 +5,7 @@
 //   itera::api::Model    owns an itera_model; immutable, shareable between threads
 //   itera::api::Context  owns an itera_context; one thread at a time; the Model must outlive it
 //   itera::api::Sampler  owns an itera_sampler
+//   itera::api::Batch    owns an itera_batch; one thread at a time; the Model must outlive it
 //
 // Each class is move-only and frees its handle in its destructor. Every failing call throws
 // itera::api::Exception carrying the ITERA_ERR_* code and the itera_last_error() message.
@@ -154,6 +155,7 @@ public:
     }
     const float* logits() const { return itera_context_logits(get()); }
     int32_t position() const { return itera_context_position(get()); }
+    int device() const { return itera_context_device(get()); }  // ITERA_DEVICE_CPU or _CUDA
     void reset() { check(itera_context_reset(get())); }
 
     std::vector<uint8_t> save() const {
@@ -207,19 +209,25 @@ private:
 // Many sequences decoded in lockstep (itera_batch_*).
 class Batch {
 public:
-    Batch(const Model& model, int32_t sequences, int32_t threads = 1) {
+    Batch(const Model& model, int32_t sequences, const itera_batch_params& params = itera_batch_default_params()) {
         itera_batch* b = nullptr;
-        check(itera_batch_new(model.get(), sequences, threads, &b));
+        check(itera_batch_new(model.get(), sequences, &params, &b));
         batch_.reset(b);
     }
     int32_t size() const { return itera_batch_size(get()); }
+    int device() const { return itera_batch_device(get()); }  // ITERA_DEVICE_CPU or _CUDA
     // One token per sequence: tokens.size() must equal size().
     void eval(const std::vector<int32_t>& tokens) {
         if (tokens.size() != static_cast<size_t>(size()))
             throw Exception(ITERA_ERR_INVALID_ARGUMENT, "Batch::eval: one token per sequence");
         check(itera_batch_eval(get(), tokens.data()));
     }
+    // Some sequences, any number of tokens each (itera_batch_run).
+    void run(const std::vector<itera_batch_feed>& feeds) {
+        check(itera_batch_run(get(), feeds.data(), static_cast<int32_t>(feeds.size())));
+    }
     const float* logits(int32_t i) const { return itera_batch_logits(get(), i); }
+    int32_t position(int32_t i) const { return itera_batch_position(get(), i); }
     void reset(int32_t i) { check(itera_batch_reset(get(), i)); }
     itera_batch* get() const { return batch_.get(); }
 
