@@ -288,7 +288,7 @@ def main():
                          "--convert), lowbit (q2 or q3 per matrix, fp16 vectors), or one of fp32 fp16 q8 q4 "
                          "nf4 q3 q2 (itera-convert --quant)")
     ap.add_argument("--convert", help="itera-convert, for --dtypes target-size and to write OUT.itl")
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--qat", type=float, default=0.3, help="fraction of the steps (the last) with fake quantization")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=6e-3)
