@@ -95,7 +95,7 @@ if [ "$what" != teacher ]; then
         [ -f "$out/$name.itl" ] || /usr/bin/time -f "%e s wall, %U s user, %S s system" \
             $py models/distill.py "$corpus" --budget "$budget" --steps "$steps" --convert "$convert" \
             --out "$out/$name.pt" > "$out/$name.log" 2>&1
-        row student "$name" "s$((budget / 1000))k" "$out/$name.itl" "distill.py --budget $budget --steps $steps"
+        row student "$name" "s$(((budget + 500) / 1000))k" "$out/$name.itl" "distill.py --budget $budget --steps $steps"
     done
 fi
 /usr/bin/python3 - "$out" docs/distill_curve.json <<'PY'
