@@ -9,8 +9,10 @@
    (straight-through estimator).
 3. Fine-tune on the KJV training text with the shipped model's objective and data loading
    (models/train.py: windows of 128, `<UNK>` targets left out, AdamW).
-4. Write `{'model_state_dict', 'config'}` holding the rounded weights, a checkpoint itera-convert
-   accepts; converting it with the same --quant stores exactly those values.
+4. Write `{'model_state_dict', 'config'}` holding the weights before rounding, a checkpoint
+   itera-convert accepts; converting it with the same --quant (round-to-nearest) stores exactly
+   the values the last step trained with. (Not the rounded weights: q3's scale search is not
+   idempotent, so rounded q3 weights would be rounded again and move.)
 
 Usage (corpus from models/make_corpus.py; OpenBLAS as in models/README.md makes it ~8x faster):
   itera-convert models/itera_lite_kjv.pt -o /tmp/p.itl --tokenizer models/tokenizer_kjv.json \\
@@ -140,17 +142,30 @@ def fp16(x):
 
 
 def search_scale(v, valid, base, lo, steps, code, value):
-    """format/quant_blocks.cpp search_scale, per block: the fp16 scale among base * (lo + 2k) / 100
-    with the least squared error over the block's valid elements (the first on ties)."""
-    best_d, best_err = torch.zeros_like(base), torch.full_like(base, math.inf)
+    """format/quant_blocks.cpp search_scale, per block: the fp16 scale among base * m,
+    m = float((lo + 2k) / 100), with the least squared error over the block's valid elements (the
+    first on ties). C++ sums a block's error element by element in float32; a vectorized sum
+    rounds differently, which only matters where two candidates are within rounding of each
+    other, so those blocks are summed again in the C++ loop's order."""
+    ds, errs = [], []
     for k in range(steps):
-        d = fp16((base * (lo + 2 * k) / 100.0).clamp(-65504.0, 65504.0))
-        safe = torch.where(d == 0, torch.ones_like(d), d)
-        err = (((v - value(safe[..., None], code(v, safe[..., None]))) ** 2) * valid).sum(-1)
-        err = torch.where(d == 0, torch.full_like(err, math.inf), err)
-        better = err < best_err
-        best_d, best_err = torch.where(better, d, best_d), torch.where(better, err, best_err)
-    return best_d
+        d = fp16((base * (torch.tensor(float(lo + 2 * k)) / 100.0)).clamp(-65504.0, 65504.0))  # float32 m, as C++
+        safe = torch.where(d == 0, torch.ones_like(d), d)[..., None]
+        err = (((v - value(safe, code(v, safe))) ** 2) * valid).sum(-1)
+        ds.append(d)
+        errs.append(torch.where(d == 0, torch.full_like(err, math.inf), err))
+    d, err = torch.stack(ds), torch.stack(errs)  # [steps, rows, blocks]
+    best = err.argmin(0)  # the first of equal minima, as C++'s strict <
+    near = (err <= err.gather(0, best[None]) * (1 + 2e-5)).sum(0) > 1  # 64 float32 terms: order moves < 1e-5
+    if near.any():
+        vb, db = v[near], d[:, near]  # [n, B], [steps, n]
+        safe = torch.where(db == 0, torch.ones_like(db), db)[..., None]
+        e2 = (vb - value(safe, code(vb, safe))) ** 2 * valid.expand(v.shape)[near]  # [steps, n, B]
+        seq = torch.zeros_like(db)
+        for i in range(e2.shape[-1]):
+            seq += e2[..., i]
+        best[near] = torch.where(db == 0, torch.full_like(seq, math.inf), seq).argmin(0)
+    return d.gather(0, best[None])[0]
 
 
 def fake_quant(w, dtype):
@@ -167,14 +182,16 @@ def fake_quant(w, dtype):
     amax = v.abs().amax(-1)
     if dtype == "q8":
         d = amax / 127.0
-        q = fp16(d)[..., None] * torch.round(v * torch.where(d == 0, torch.zeros_like(d), 1.0 / d)[..., None])
+        x = v * torch.where(d == 0, torch.zeros_like(d), 1.0 / d)[..., None]
+        half = (x - x.trunc()).abs() == 0.5  # std::lround: ties away from zero (torch.round: to even)
+        q = fp16(d)[..., None] * torch.where(half, x.trunc() + x.sign(), torch.round(x))
     elif dtype == "q4":
         signed = torch.gather(v, -1, v.abs().argmax(-1, keepdim=True))[..., 0]  # largest magnitude, with sign
         d = signed / -8.0
         inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)[..., None]
         q = fp16(d)[..., None] * (torch.clamp(torch.floor(v * inv + 8.5), max=15) - 8)
     elif dtype == "nf4":
-        x = v / torch.where(amax == 0, torch.ones_like(amax), amax)[..., None]
+        x = v * torch.where(amax == 0, torch.zeros_like(amax), 1.0 / amax)[..., None]  # C++ multiplies by 1/amax
         q = fp16(amax)[..., None] * NF4[(x[..., None] - NF4).abs().argmin(-1)]
     elif dtype == "q3":
         signed = torch.gather(v, -1, v.abs().argmax(-1, keepdim=True))[..., 0]
@@ -321,9 +338,7 @@ def main():
     print(f"after {args.steps} steps ({time.time() - t0:.0f} s): held-out perplexity {after[0]:.2f} "
           f"({after[1]:.2f} without <UNK> targets)", flush=True)
     T.use_fast_ssm(model, False)
-    fq.round()  # the stored weights are the rounded ones
-    out = {k: v for k, v in model.state_dict().items()}
-    torch.save({"model_state_dict": out, "config": cfg}, args.out)
+    torch.save({"model_state_dict": model.state_dict(), "config": cfg}, args.out)
     print(f"wrote {args.out}")
 
 

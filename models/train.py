@@ -10,6 +10,7 @@ The model is the reference module tests/reference/itera_lite.py; for speed only,
 its per-token SSM loop for an equivalent closed form, checked against the loop before and after.
 """
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -19,6 +20,10 @@ import types
 from collections import Counter
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before torch loads the BLAS
+# glibc hands every freed block above 128 kB back to the kernel, so each step's activations were
+# mapped and faulted in again: 40% of a small model's step was system time. Keep them.
+ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+ctypes.CDLL("libc.so.6").mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
