@@ -60,7 +60,12 @@ int run(int argc, char** argv) {
         std::vector<ActQ8> q(static_cast<size_t>(act_blocks(n)));
         std::printf("%-8d", n);
         for (KernelPath p : paths)
-            std::printf(" %10.1f", median_ns([&] { quantize_activation(p, x.data(), n, q.data()); g_sink = q[0].d; }, repeats));
+            std::printf(" %10.1f", median_ns(
+                                       [&] {
+                                           quantize_activation(p, x.data(), n, q.data());
+                                           g_sink = q[0].d;
+                                       },
+                                       repeats));
         std::printf("\n");
     }
 
@@ -83,7 +88,12 @@ int run(int argc, char** argv) {
             const double size = static_cast<double>(bytes.size() - 2);
             std::printf("%-12s %-6s %9.0f", shape, std::string(dtype_name(dtype)).c_str(), size);
             for (KernelPath p : paths) {
-                const double ns = median_ns([&] { matvec_quant(p, wq, xq.data(), y.data()); g_sink = y[0]; }, repeats);
+                const double ns = median_ns(
+                    [&] {
+                        matvec_quant(p, wq, xq.data(), y.data());
+                        g_sink = y[0];
+                    },
+                    repeats);
                 std::printf(" %10.1f %6.2f", ns, size / ns);
             }
             std::printf("\n");

@@ -139,9 +139,10 @@ int cuda_report(const Args& args, const itera::Model& m) {
     }
     const char* name = args.model_path.empty() ? "builtin" : args.model_path.c_str();
     if (args.json) {
-        std::printf("{\"model\": \"%s\", \"device\": \"cuda\", \"gpu\": \"%s\", \"latency_us_batch1\": %.2f, "
-                    "\"latency_us_batch1_no_graph\": %.2f, \"throughput\": [",
-                    name, gpu.c_str(), latency_us, latency_us_no_graph);
+        std::printf(
+            "{\"model\": \"%s\", \"device\": \"cuda\", \"gpu\": \"%s\", \"latency_us_batch1\": %.2f, "
+            "\"latency_us_batch1_no_graph\": %.2f, \"throughput\": [",
+            name, gpu.c_str(), latency_us, latency_us_no_graph);
         for (size_t i = 0; i < points.size(); i++)
             std::printf("%s{\"batch\": %d, \"ms_per_step\": %.4f, \"tok_s\": %.1f}", i ? ", " : "", points[i].batch,
                         points[i].ms_per_step, points[i].tok_s);
@@ -149,8 +150,10 @@ int cuda_report(const Args& args, const itera::Model& m) {
         return 0;
     }
     std::printf("model          %s on %s\n", name, gpu.c_str());
-    std::printf("latency        %.1f us per token (batch 1, CUDA graph, logits copied to the host; %.1f us with plain launches)\n",
-                latency_us, latency_us_no_graph);
+    std::printf(
+        "latency        %.1f us per token (batch 1, CUDA graph, logits copied to the host; %.1f us with plain "
+        "launches)\n",
+        latency_us, latency_us_no_graph);
     for (const Point& p : points)
         std::printf("batch %-8d %.3f ms per step, %.0f tok/s (logits left on the device)\n", p.batch, p.ms_per_step,
                     p.tok_s);
@@ -164,7 +167,8 @@ int run(int argc, char** argv) {
     app.add_option("-m,--model", args.model_path, "model file (.itl); default: the built-in model")
         ->check(itera::non_empty());
     app.add_option("-t,--threads", args.threads, "threads for the batch measurement")->check(CLI::Range(1, 256));
-    app.add_option("-b,--batch", args.batch, "sequences decoded in lockstep for batch_tok_s")->check(CLI::Range(1, 65536));
+    app.add_option("-b,--batch", args.batch, "sequences decoded in lockstep for batch_tok_s")
+        ->check(CLI::Range(1, 65536));
     app.add_option("-n,--tokens", args.tokens, "tokens decoded per measurement")->check(CLI::Range(1, 1 << 24));
     app.add_option("--prompt", args.prompt, "prompt length of the prefill measurement")->check(CLI::Range(1, 1 << 16));
     app.add_option("-r,--repeat", args.repeat, "repetitions; medians are reported")->check(CLI::Range(1, 1000));
@@ -173,7 +177,8 @@ int run(int argc, char** argv) {
     app.add_option("--kernels", args.kernels, "products over many rows: native, onednn or auto (the faster per shape)")
         ->check(CLI::IsMember({"native", "onednn", "auto"}));
     app.add_flag("--json", args.json, "print one JSON object");
-    app.add_option("--device", args.device, "cpu (default) or cuda: GPU latency at batch 1 and throughput at batch 1..4096")
+    app.add_option("--device", args.device,
+                   "cpu (default) or cuda: GPU latency at batch 1 and throughput at batch 1..4096")
         ->check(CLI::IsMember({"cpu", "cuda"}));
     if (auto status = itera::parse_command_line(app, argc, argv, "itera-bench")) return *status;
 
@@ -272,8 +277,8 @@ int run(int argc, char** argv) {
                 args.model_path.empty() ? "built-in" : args.model_path.c_str(), itera::kernel_path_name(),
                 args.kernels.c_str());
     std::printf("load           %.3f ms\n", median(load_s) * 1e3);
-    std::printf("decode         %.0f tok/s (batch 1, 1 thread, %d tokens)  %.2f GFLOP/s = %.1f%% of %.0f peak\n", decode,
-                args.tokens, decode_gflops, 100 * decode_gflops / peak, peak);
+    std::printf("decode         %.0f tok/s (batch 1, 1 thread, %d tokens)  %.2f GFLOP/s = %.1f%% of %.0f peak\n",
+                decode, args.tokens, decode_gflops, 100 * decode_gflops / peak, peak);
     std::printf("sampling       %.3f us per draw (temperature 0.8, top-k 40, top-p 0.95, %d logits)\n",
                 median(sample_s) * 1e6, V);
     std::printf("prefill        %.4f ms for %d tokens (%.0f tok/s)\n", prefill_ms, prompt, prefill_tok_s);

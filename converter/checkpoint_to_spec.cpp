@@ -114,10 +114,10 @@ ModelConfig infer_config(const pt::Checkpoint& ck, const StateDict& sd, const Ch
     // Tied when lm_head is absent or is the embedding's own storage (or identical values).
     const Tensor* head = sd.find(kLmHeadName);
     const Tensor& emb = sd.get(kEmbeddingName);
-    cfg.tied_head = !head || (head->shape == emb.shape &&
-                              ((!head->storage_key.empty() && head->storage_key == emb.storage_key &&
-                                head->storage_offset == emb.storage_offset) ||
-                               head->values == emb.values));
+    cfg.tied_head =
+        !head || (head->shape == emb.shape && ((!head->storage_key.empty() && head->storage_key == emb.storage_key &&
+                                                head->storage_offset == emb.storage_offset) ||
+                                               head->values == emb.values));
     return cfg;
 }
 
@@ -128,8 +128,7 @@ bool ignorable(const std::string& name, const ModelConfig& cfg) {
         return true;
     if (name == kLmHeadName && cfg.tied_head) return true;
     for (size_t l = 0; l < cfg.layers.size(); l++)  // the norm of an expert-less MoE layer
-        if (cfg.layers[l].kind == ChannelKind::none && name.rfind(moe_prefix(static_cast<int>(l)), 0) == 0)
-            return true;
+        if (cfg.layers[l].kind == ChannelKind::none && name.rfind(moe_prefix(static_cast<int>(l)), 0) == 0) return true;
     return false;
 }
 
@@ -160,7 +159,8 @@ Value from_json(const nlohmann::json& j, const std::string& what, int depth) {
         for (const auto& x : j) v.items.push_back(from_json(x, what, depth + 1));
     } else {
         v.kind = Value::Kind::dict;
-        for (auto it = j.begin(); it != j.end(); ++it) v.entries.emplace_back(it.key(), from_json(it.value(), what, depth + 1));
+        for (auto it = j.begin(); it != j.end(); ++it)
+            v.entries.emplace_back(it.key(), from_json(it.value(), what, depth + 1));
     }
     return v;
 }
@@ -223,7 +223,8 @@ ModelSpec convert_state_dict(const pt::Checkpoint& checkpoint, const CheckpointO
     for (const ExpectedTensor& e : expected_tensors(spec.config)) {
         const Tensor& t = sd.get(e.name);
         if (t.shape != e.shape)
-            throw Error("tensor '" + e.name + "' has shape " + shape_text(t.shape) + ", expected " + shape_text(e.shape));
+            throw Error("tensor '" + e.name + "' has shape " + shape_text(t.shape) + ", expected " +
+                        shape_text(e.shape));
         SpecTensor out;
         out.name = e.name;
         out.shape = e.shape;

@@ -14,10 +14,10 @@ namespace itera {
 struct PrunePlan;
 
 struct CheckpointOptions {
-    int32_t top_k = 0;                 // > 0: overrides any config
+    int32_t top_k = 0;                       // > 0: overrides any config
     const pt::Value* config_file = nullptr;  // --config CFG.json, parsed; wins over the checkpoint's
-    bool moe_empty_identity = false;   // a MoE layer with 0 experts becomes the identity
-    PrunePlan* masked_units = nullptr; // when set: receives the units removed because prune masks zeroed them
+    bool moe_empty_identity = false;         // a MoE layer with 0 experts becomes the identity
+    PrunePlan* masked_units = nullptr;       // when set: receives the units removed because prune masks zeroed them
 };
 
 ModelSpec checkpoint_to_spec(const pt::Checkpoint& checkpoint, const CheckpointOptions& options);

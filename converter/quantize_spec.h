@@ -14,10 +14,10 @@
 namespace itera {
 
 struct QuantOptions {
-    DType base = DType::f32;                             // --quant: the matrices' dtype
-    std::map<std::string, DType> dtypes;                 // per tensor (--precision, --target-size): wins over base
-    std::vector<std::pair<std::string, DType>> keep;     // --keep GLOB=dtype, later rules win over all
-    bool trim_vocab = true;                              // drop rows no tokenizer string can produce
+    DType base = DType::f32;                          // --quant: the matrices' dtype
+    std::map<std::string, DType> dtypes;              // per tensor (--precision, --target-size): wins over base
+    std::vector<std::pair<std::string, DType>> keep;  // --keep GLOB=dtype, later rules win over all
+    bool trim_vocab = true;                           // drop rows no tokenizer string can produce
     Layout layout = Layout::rows16;  // --layout: of the fp32 / fp16 / q4 / q8 matrices that can take it
 };
 
@@ -26,9 +26,9 @@ struct TensorReport {
     std::vector<int64_t> shape;
     DType dtype = DType::f32;
     size_t bytes = 0;
-    double rms_error_rtn = 0;         // ||W - Q|| / ||W|| with round-to-nearest (fp16: its rounding; fp32: 0)
-    double rms_error_calibrated = -1; // the same with GPTQ (-1: not calibrated)
-    double output_error_rtn = -1;     // trace((W-Q) H (W-Q)^T) / trace(W H W^T) on the calibration inputs
+    double rms_error_rtn = 0;          // ||W - Q|| / ||W|| with round-to-nearest (fp16: its rounding; fp32: 0)
+    double rms_error_calibrated = -1;  // the same with GPTQ (-1: not calibrated)
+    double output_error_rtn = -1;      // trace((W-Q) H (W-Q)^T) / trace(W H W^T) on the calibration inputs
     double output_error_calibrated = -1;
 };
 
@@ -38,7 +38,8 @@ bool read_elementwise(const std::string& name, size_t rank);
 
 // The dtype each tensor is stored in. Throws itera::Error for a block format on a tensor the
 // runtime reads element-wise (LayerNorms, biases, A_log, D, conv weights, C). B is a matrix
-// product: q8 when the base is a block format of fewer bits (q4, nf4, q3, q2), else the base. options.dtypes, then options.keep, override.
+// product: q8 when the base is a block format of fewer bits (q4, nf4, q3, q2), else the base. options.dtypes, then
+// options.keep, override.
 DType choose_dtype(const std::string& name, size_t rank, const QuantOptions& options);
 
 // Sets every tensor's dtype and, for block formats, its packed bytes: calibrated when `stats`

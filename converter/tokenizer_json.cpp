@@ -73,9 +73,11 @@ TokenizerSpec parse_tokenizer_json(const std::string& json_text) {
         const nlohmann::json& forward = j[forward_key];
         if (!forward.is_object()) throw Error(std::string("tokenizer JSON: '") + forward_key + "' must be an object");
         for (auto it = forward.begin(); it != forward.end(); ++it) {
-            if (!it.value().is_number_integer()) throw Error("tokenizer JSON: id of '" + it.key() + "' is not an integer");
+            if (!it.value().is_number_integer())
+                throw Error("tokenizer JSON: id of '" + it.key() + "' is not an integer");
             const int64_t id = it.value().get<int64_t>();
-            if (id < 0 || id >= static_cast<int64_t>(spec.tokens.size()) || spec.tokens[static_cast<size_t>(id)] != it.key())
+            if (id < 0 || id >= static_cast<int64_t>(spec.tokens.size()) ||
+                spec.tokens[static_cast<size_t>(id)] != it.key())
                 throw Error("tokenizer JSON: '" + std::string(forward_key) + "' and '" + backward_key +
                             "' disagree about '" + it.key() + "'");
         }

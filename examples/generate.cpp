@@ -2,10 +2,9 @@
 //
 //   c++ -std=c++17 generate.cpp $(pkg-config --cflags --libs itera) -o generate-cpp
 //   ./generate-cpp MODEL.itl [PROMPT] [N_PREDICT] [SEED]
-#include <itera.hpp>
-
 #include <cstdio>
 #include <cstdlib>
+#include <itera.hpp>
 #include <string>
 
 int main(int argc, char** argv) {

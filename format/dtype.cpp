@@ -20,13 +20,20 @@ bool rows16_dtype(DType dtype) {
 
 std::string_view dtype_name(DType dtype) {
     switch (dtype) {
-        case DType::f32: return "fp32";
-        case DType::f16: return "fp16";
-        case DType::q8_0: return "q8";
-        case DType::q4_0: return "q4";
-        case DType::nf4: return "nf4";
-        case DType::q3_0: return "q3";
-        case DType::q2_0: return "q2";
+        case DType::f32:
+            return "fp32";
+        case DType::f16:
+            return "fp16";
+        case DType::q8_0:
+            return "q8";
+        case DType::q4_0:
+            return "q4";
+        case DType::nf4:
+            return "nf4";
+        case DType::q3_0:
+            return "q3";
+        case DType::q2_0:
+            return "q2";
     }
     return "unknown";
 }
@@ -50,24 +57,37 @@ bool is_quantized(DType dtype) {
 
 int dtype_block(DType dtype) {
     switch (dtype) {
-        case DType::q8_0: return kQ8Block;
-        case DType::q4_0: return kQ4Block;
-        case DType::nf4: return kNf4Block;
-        case DType::q3_0: return kQ3Block;
-        case DType::q2_0: return kQ2Block;
-        default: return 1;
+        case DType::q8_0:
+            return kQ8Block;
+        case DType::q4_0:
+            return kQ4Block;
+        case DType::nf4:
+            return kNf4Block;
+        case DType::q3_0:
+            return kQ3Block;
+        case DType::q2_0:
+            return kQ2Block;
+        default:
+            return 1;
     }
 }
 
 size_t dtype_block_bytes(DType dtype) {
     switch (dtype) {
-        case DType::f32: return 4;
-        case DType::f16: return 2;
-        case DType::q8_0: return sizeof(BlockQ8);
-        case DType::q4_0: return sizeof(BlockQ4);
-        case DType::nf4: return sizeof(BlockNf4);
-        case DType::q3_0: return sizeof(BlockQ3);
-        case DType::q2_0: return sizeof(BlockQ2);
+        case DType::f32:
+            return 4;
+        case DType::f16:
+            return 2;
+        case DType::q8_0:
+            return sizeof(BlockQ8);
+        case DType::q4_0:
+            return sizeof(BlockQ4);
+        case DType::nf4:
+            return sizeof(BlockNf4);
+        case DType::q3_0:
+            return sizeof(BlockQ3);
+        case DType::q2_0:
+            return sizeof(BlockQ2);
     }
     throw Error("unknown dtype " + std::to_string(static_cast<int32_t>(dtype)));
 }

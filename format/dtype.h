@@ -22,9 +22,9 @@ constexpr int kRows16 = 16;
 std::string_view dtype_name(DType dtype);             // "fp32", "fp16", "q8", "q4", "nf4", "q3", "q2"
 bool parse_dtype(std::string_view name, DType* out);  // accepts the names above
 bool dtype_known(int32_t value);
-bool is_quantized(DType dtype);                       // a block format
-int dtype_block(DType dtype);                         // elements per block (1 for fp32 / fp16)
-size_t dtype_block_bytes(DType dtype);                // bytes per block (per element for fp32 / fp16)
+bool is_quantized(DType dtype);         // a block format
+int dtype_block(DType dtype);           // elements per block (1 for fp32 / fp16)
+size_t dtype_block_bytes(DType dtype);  // bytes per block (per element for fp32 / fp16)
 // Bytes of one row of `cols` elements: whole blocks, the last one padded.
 size_t dtype_row_bytes(DType dtype, int64_t cols);
 std::string_view layout_name(Layout layout);  // "row_major", "rows16"

@@ -74,9 +74,9 @@ private:
 
     const uint8_t* base_ = nullptr;
     size_t size_ = 0;
-    void* mapping_ = nullptr;              // munmap on destruction when set
-    std::vector<uint8_t> owned_;           // copy for from_memory when the buffer is not aligned
-    std::vector<uint64_t> meta_;           // decompressed metadata (8-byte aligned for FlatBuffers)
+    void* mapping_ = nullptr;     // munmap on destruction when set
+    std::vector<uint8_t> owned_;  // copy for from_memory when the buffer is not aligned
+    std::vector<uint64_t> meta_;  // decompressed metadata (8-byte aligned for FlatBuffers)
     uint32_t format_version_ = 0;
     uint64_t checksum_ = 0;
     ModelConfig config_;

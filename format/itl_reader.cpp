@@ -117,7 +117,8 @@ uint64_t zstd_blocks_bound(const uint8_t* src, size_t size) {
     constexpr uint32_t kMaxBlock = 128 * 1024;
     if (size < 5) return 0;
     const unsigned fhd = src[4], fcs_flag = fhd >> 6, single_segment = fhd >> 5 & 1, dict_flag = fhd & 3;
-    size_t pos = 5 + !single_segment + (dict_flag == 3 ? 4 : dict_flag) + (fcs_flag == 0 ? single_segment : 1u << fcs_flag);
+    size_t pos =
+        5 + !single_segment + (dict_flag == 3 ? 4 : dict_flag) + (fcs_flag == 0 ? single_segment : 1u << fcs_flag);
     uint64_t bound = 0;
     while (pos <= size && size - pos >= 3) {
         const uint32_t h = src[pos] | uint32_t{src[pos + 1]} << 8 | uint32_t{src[pos + 2]} << 16;

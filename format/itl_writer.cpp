@@ -12,9 +12,9 @@
 #include <string_view>
 
 #include "common/error.h"
-#include "format/quant_blocks.h"
 #include "format/itl_file.h"
 #include "format/itl_layout.h"
+#include "format/quant_blocks.h"
 #include "itera_generated.h"
 
 namespace itera {
@@ -149,8 +149,8 @@ std::vector<uint8_t> serialize_itl(const ModelSpec& spec, const WriteOptions& op
                                            static_cast<fb::DType>(t.dtype), static_cast<fb::Layout>(t.layout),
                                            placed[i].offset, placed[i].length));
     }
-    fb::FinishModelBuffer(
-        fbb, fb::CreateModel(fbb, kItlFormatVersion, kQuantVersion, config, tokenizer, provenance, fbb.CreateVector(tensors)));
+    fb::FinishModelBuffer(fbb, fb::CreateModel(fbb, kItlFormatVersion, kQuantVersion, config, tokenizer, provenance,
+                                               fbb.CreateVector(tensors)));
     if (fbb.GetSize() > kItlMaxMetaBytes) throw Error("metadata is larger than the format allows");
     // The metadata (names, shapes) is a sizeable part of a tiny model: compress it when that pays.
     std::vector<uint8_t> meta(fbb.GetBufferPointer(), fbb.GetBufferPointer() + fbb.GetSize());
@@ -171,7 +171,8 @@ std::vector<uint8_t> serialize_itl(const ModelSpec& spec, const WriteOptions& op
     h.header_bytes = kItlHeaderBytes;
     h.meta_offset = kItlHeaderBytes;
     h.meta_length = meta_length;
-    h.data_offset = align_up(h.meta_offset + meta_length, data_length < kItlSmallData ? kItlTensorAlign : kItlDataAlign);
+    h.data_offset =
+        align_up(h.meta_offset + meta_length, data_length < kItlSmallData ? kItlTensorAlign : kItlDataAlign);
     h.data_length = data_length;
     std::vector<uint8_t> out(h.data_offset + data_length, 0);
     std::memcpy(out.data() + h.meta_offset, meta.data(), meta_length);

@@ -17,8 +17,8 @@ struct LayerConfig {
     int32_t state = 0;        // SSM state size N
     int32_t conv_kernel = 0;  // causal depthwise conv kernel K
     ChannelKind kind = ChannelKind::ffn;
-    int32_t top_k = 0;                 // moe only: experts mixed per token
-    std::vector<int32_t> ffn_widths;   // ffn: one width; moe: one width per expert; none: empty
+    int32_t top_k = 0;                // moe only: experts mixed per token
+    std::vector<int32_t> ffn_widths;  // ffn: one width; moe: one width per expert; none: empty
 };
 
 struct ModelConfig {

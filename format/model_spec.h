@@ -19,17 +19,17 @@ struct TokenizerSpec {
 };
 
 struct Provenance {
-    std::string source_name;     // checkpoint file name (no directories)
-    std::string source_sha256;   // hex
+    std::string source_name;    // checkpoint file name (no directories)
+    std::string source_sha256;  // hex
     std::string converter_version;
-    std::string options;         // the converter's command-line options
+    std::string options;  // the converter's command-line options
 };
 
 struct SpecTensor {
-    std::string name;             // PyTorch state-dict name
+    std::string name;  // PyTorch state-dict name
     std::vector<int64_t> shape;
-    DType dtype = DType::f32;     // stored type
-    std::vector<float> values;    // row-major, product(shape) values
+    DType dtype = DType::f32;   // stored type
+    std::vector<float> values;  // row-major, product(shape) values
     // Already-encoded bytes in `dtype` (e.g. from a calibrated quantizer), row-major, written
     // verbatim (reordered for rows16); when empty the writer encodes `values` (round-to-nearest
     // for block formats).

@@ -61,9 +61,7 @@ int q3_0_code(float v, float d) {
     return static_cast<int>(std::fmax(0.0f, std::fmin(7.0f, std::nearbyint(v / d) + 4.0f)));
 }
 
-int q2_0_code(float v, float d) {
-    return static_cast<int>(std::fmax(0.0f, std::fmin(3.0f, std::floor(v / d) + 2.0f)));
-}
+int q2_0_code(float v, float d) { return static_cast<int>(std::fmax(0.0f, std::fmin(3.0f, std::floor(v / d) + 2.0f))); }
 
 uint16_t q3_0_scale(const float* v, int n) {
     float amax = 0.0f, max = 0.0f;
@@ -221,19 +219,27 @@ void dequantize_row_q2_0(const BlockQ2* in, int64_t cols, float* out) {
 
 void quantize_row(DType dtype, const float* x, int64_t cols, void* out) {
     switch (dtype) {
-        case DType::f32: std::memcpy(out, x, 4 * static_cast<size_t>(cols)); return;
+        case DType::f32:
+            std::memcpy(out, x, 4 * static_cast<size_t>(cols));
+            return;
         case DType::f16:
             for (int64_t c = 0; c < cols; c++) {
                 const uint16_t h = fp32_to_fp16(x[c]);
                 std::memcpy(static_cast<uint8_t*>(out) + 2 * c, &h, 2);
             }
             return;
-        case DType::q8_0: return quantize_row_q8_0(x, cols, static_cast<BlockQ8*>(out));
-        case DType::q4_0: return quantize_row_q4_0(x, cols, static_cast<BlockQ4*>(out));
-        case DType::nf4: return quantize_row_nf4(x, cols, static_cast<BlockNf4*>(out));
-        case DType::q3_0: return quantize_row_q3_0(x, cols, static_cast<BlockQ3*>(out));
-        case DType::q2_0: return quantize_row_q2_0(x, cols, static_cast<BlockQ2*>(out));
-        default: throw Error("quantize_row: unknown dtype " + std::to_string(static_cast<int32_t>(dtype)));
+        case DType::q8_0:
+            return quantize_row_q8_0(x, cols, static_cast<BlockQ8*>(out));
+        case DType::q4_0:
+            return quantize_row_q4_0(x, cols, static_cast<BlockQ4*>(out));
+        case DType::nf4:
+            return quantize_row_nf4(x, cols, static_cast<BlockNf4*>(out));
+        case DType::q3_0:
+            return quantize_row_q3_0(x, cols, static_cast<BlockQ3*>(out));
+        case DType::q2_0:
+            return quantize_row_q2_0(x, cols, static_cast<BlockQ2*>(out));
+        default:
+            throw Error("quantize_row: unknown dtype " + std::to_string(static_cast<int32_t>(dtype)));
     }
 }
 
@@ -326,7 +332,9 @@ void row_from_rows16(DType dtype, const uint8_t* rows16, int64_t rows, int64_t c
 
 void dequantize_row(DType dtype, const void* in, int64_t cols, float* out) {
     switch (dtype) {
-        case DType::f32: std::memcpy(out, in, 4 * static_cast<size_t>(cols)); return;
+        case DType::f32:
+            std::memcpy(out, in, 4 * static_cast<size_t>(cols));
+            return;
         case DType::f16:
             for (int64_t c = 0; c < cols; c++) {
                 uint16_t h;
@@ -334,12 +342,18 @@ void dequantize_row(DType dtype, const void* in, int64_t cols, float* out) {
                 out[c] = fp16_to_fp32(h);
             }
             return;
-        case DType::q8_0: return dequantize_row_q8_0(static_cast<const BlockQ8*>(in), cols, out);
-        case DType::q4_0: return dequantize_row_q4_0(static_cast<const BlockQ4*>(in), cols, out);
-        case DType::nf4: return dequantize_row_nf4(static_cast<const BlockNf4*>(in), cols, out);
-        case DType::q3_0: return dequantize_row_q3_0(static_cast<const BlockQ3*>(in), cols, out);
-        case DType::q2_0: return dequantize_row_q2_0(static_cast<const BlockQ2*>(in), cols, out);
-        default: throw Error("dequantize_row: unknown dtype " + std::to_string(static_cast<int32_t>(dtype)));
+        case DType::q8_0:
+            return dequantize_row_q8_0(static_cast<const BlockQ8*>(in), cols, out);
+        case DType::q4_0:
+            return dequantize_row_q4_0(static_cast<const BlockQ4*>(in), cols, out);
+        case DType::nf4:
+            return dequantize_row_nf4(static_cast<const BlockNf4*>(in), cols, out);
+        case DType::q3_0:
+            return dequantize_row_q3_0(static_cast<const BlockQ3*>(in), cols, out);
+        case DType::q2_0:
+            return dequantize_row_q2_0(static_cast<const BlockQ2*>(in), cols, out);
+        default:
+            throw Error("dequantize_row: unknown dtype " + std::to_string(static_cast<int32_t>(dtype)));
     }
 }
 

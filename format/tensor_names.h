@@ -22,9 +22,9 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig& config);
 std::string shape_text(const std::vector<int64_t>& shape);
 
 // "layers.3.ssm.in_proj.weight" style prefixes used by both sides.
-std::string layer_prefix(int layer);                 // "layers.3."
-std::string moe_prefix(int layer);                   // "layers.3.moe.layer."
-std::string expert_prefix(int layer, int expert);    // "layers.3.moe.layer.experts.1."
+std::string layer_prefix(int layer);               // "layers.3."
+std::string moe_prefix(int layer);                 // "layers.3.moe.layer."
+std::string expert_prefix(int layer, int expert);  // "layers.3.moe.layer.experts.1."
 
 // Every tensor's name is built here (expected_tensors lists them all for a config).
 inline constexpr const char* kEmbeddingName = "embedding.weight";

@@ -261,7 +261,8 @@ constexpr DenseKernels dense_kernels() {
         const int32_t h = K - 1, body = channels - channels % D::L;
         for (int32_t i = 0; i < body; i += D::L) {
             const F ui = F::load_unaligned(u + i);
-            F acc = xsimd::fma(F::load_unaligned(wt + static_cast<int64_t>(h) * channels + i), ui, F::load_unaligned(bias + i));
+            F acc = xsimd::fma(F::load_unaligned(wt + static_cast<int64_t>(h) * channels + i), ui,
+                               F::load_unaligned(bias + i));
             for (int32_t j = 0; j < h; j++) {
                 float* hj = hist + static_cast<int64_t>(j) * channels + i;
                 const F past = F::load_unaligned(hj);

@@ -334,7 +334,8 @@ bool OnednnGemm::handles(const Weight& w) {
         case DType::q3_0:
         case DType::q2_0:
             return w.cols <= 65536;  // u8 * s8 sums: 255 * 127 * cols must stay below 2^31
-        default: return false;
+        default:
+            return false;
     }
 }
 

@@ -121,8 +121,8 @@ void rows_nf4(const uint8_t* row, size_t stride, int32_t nx, const ActQ8* x, flo
             const __m256i raw = load32(blk + 2);
             const __m256i lo = _mm256_and_si256(raw, m4);
             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-            const __m256i p0 = dot_u8_s8(_mm256_shuffle_epi8(magnitudes, lo),
-                                         _mm256_sign_epi8(q0, _mm256_shuffle_epi8(levels, lo)));
+            const __m256i p0 =
+                dot_u8_s8(_mm256_shuffle_epi8(magnitudes, lo), _mm256_sign_epi8(q0, _mm256_shuffle_epi8(levels, lo)));
             const __m256 dw = scale_of(blk);
             acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx0), _mm256_cvtepi32_ps(p0), acc[i]);
             if (both) {

@@ -203,8 +203,7 @@ void rows_q2_0(const uint8_t* row, size_t stride, int32_t nx, const ActQ8* x, fl
 
 // Lanes [0, count) of 16 set, count clamped to [0, 16].
 inline __mmask16 first_lanes(int32_t count) {
-    return count >= 16 ? static_cast<__mmask16>(0xffff)
-                       : static_cast<__mmask16>(count > 0 ? (1u << count) - 1u : 0u);
+    return count >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>(count > 0 ? (1u << count) - 1u : 0u);
 }
 
 }  // namespace
@@ -223,8 +222,10 @@ void quantize_activation(const float* x, int32_t n, ActQ8* out) {
         }
         const float d = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1)) / 127.0f;
         const __m512 id = _mm512_set1_ps(d >= std::numeric_limits<float>::min() ? 1.0f / d : 0.0f);
-        const __m512i q0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v0, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        const __m512i q1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v1, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m512i q0 =
+            _mm512_cvt_roundps_epi32(_mm512_mul_ps(v0, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m512i q1 =
+            _mm512_cvt_roundps_epi32(_mm512_mul_ps(v1, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].q), _mm512_cvtepi32_epi8(q0));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].q + 16), _mm512_cvtepi32_epi8(q1));
         out[b].d = d;
@@ -237,7 +238,8 @@ void matvec_q8_0(const QuantRows& w, const ActQ8* x, float* y) { each_rows(w, x,
 // micro and shipped models (sixteen spills registers: 25% fewer).
 void matvec_q4_0(const QuantRows& w, const ActQ8* x, float* y) {
     int32_t r = 0;
-    for (; r + 8 <= w.rows; r += 8) rows_q4_0<8>(w.data + static_cast<size_t>(r) * w.row_bytes, w.row_bytes, w.nx, x, y + r);
+    for (; r + 8 <= w.rows; r += 8)
+        rows_q4_0<8>(w.data + static_cast<size_t>(r) * w.row_bytes, w.row_bytes, w.nx, x, y + r);
     const QuantRows rest = {w.data + static_cast<size_t>(r) * w.row_bytes, w.row_bytes, w.rows - r, w.nx};
     each_rows(rest, x, y + r, rows_q4_0<4>, rows_q4_0<1>);
 }

@@ -41,11 +41,15 @@ constexpr KernelPath kWidestFirst[] = {KernelPath::avx512, KernelPath::avx2, Ker
 
 // Only a supported path's table is ever handed out.
 const Kernels& kernels(KernelPath path) {
-    if (!kernel_path_supported(path)) throw Error(std::string("kernel path ") + kernel_path_name(path) + " is not supported by this CPU");
+    if (!kernel_path_supported(path))
+        throw Error(std::string("kernel path ") + kernel_path_name(path) + " is not supported by this CPU");
     switch (path) {
-        case KernelPath::avx512: return kAvx512;
-        case KernelPath::avx2: return kAvx2;
-        case KernelPath::scalar: break;
+        case KernelPath::avx512:
+            return kAvx512;
+        case KernelPath::avx2:
+            return kAvx2;
+        case KernelPath::scalar:
+            break;
     }
     return kScalar;
 }
@@ -74,18 +78,24 @@ void check_weight(const Weight& w) {
 bool kernel_path_supported(KernelPath path) {
     const CpuFeatures& f = cpu_features();
     switch (path) {
-        case KernelPath::scalar: return true;
-        case KernelPath::avx2: return f.avx2 && f.fma && f.f16c;
-        case KernelPath::avx512: return f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
+        case KernelPath::scalar:
+            return true;
+        case KernelPath::avx2:
+            return f.avx2 && f.fma && f.f16c;
+        case KernelPath::avx512:
+            return f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
     }
     return false;
 }
 
 const char* kernel_path_name(KernelPath path) {
     switch (path) {
-        case KernelPath::scalar: return "scalar";
-        case KernelPath::avx2: return "avx2";
-        case KernelPath::avx512: return "avx512";
+        case KernelPath::scalar:
+            return "scalar";
+        case KernelPath::avx2:
+            return "avx2";
+        case KernelPath::avx512:
+            return "avx512";
     }
     return "unknown";
 }
@@ -112,9 +122,7 @@ KernelPath kernel_path() {
 
 const char* kernel_path_name() { return kernel_path_name(kernel_path()); }
 
-void quantize_activation(KernelPath path, const float* x, int32_t n, ActQ8* out) {
-    kernels(path).quantize(x, n, out);
-}
+void quantize_activation(KernelPath path, const float* x, int32_t n, ActQ8* out) { kernels(path).quantize(x, n, out); }
 
 void quantize_activation(const float* x, int32_t n, ActQ8* out) { active().quantize(x, n, out); }
 

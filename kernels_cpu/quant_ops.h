@@ -39,7 +39,7 @@ constexpr int8_t kNf4I8[16] = {-127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31
 
 enum class KernelPath { scalar, avx2, avx512 };
 
-bool kernel_path_supported(KernelPath path);  // this CPU (and OS) can run it
+bool kernel_path_supported(KernelPath path);    // this CPU (and OS) can run it
 const char* kernel_path_name(KernelPath path);  // "scalar", "avx2", "avx512"
 // The path named by `name` (an ITERA_KERNELS value), or the widest supported one when name is
 // null or empty. Throws itera::Error for an unknown name or a path this CPU cannot run.

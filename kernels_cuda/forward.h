@@ -29,7 +29,7 @@
 
 namespace itera::cuda {
 
-constexpr int32_t kMaxRows = 16;  // tokens a tile carries at once (a row mask is a uint32_t)
+constexpr int32_t kMaxRows = 16;    // tokens a tile carries at once (a row mask is a uint32_t)
 constexpr int32_t kOneRowOuts = 4;  // weight rows a team reads at once when a product has one row
 
 struct FwdLayer {
@@ -57,13 +57,13 @@ struct FwdModel {
 
 // n_tokens consecutive tokens of one sequence, from position pos0, on the state in `slot`.
 struct Job {
-    int32_t token_off = 0;   // first of its tokens in ForwardArgs::tokens (embedding rows)
+    int32_t token_off = 0;  // first of its tokens in ForwardArgs::tokens (embedding rows)
     int32_t n_tokens = 0;
     int32_t pos0 = 0;
     int32_t slot = 0;
-    int32_t reset = 0;       // zero the slot's state first
-    int32_t logits_off = -1; // its first logits row, or -1: no logits
-    int32_t logits_all = 0;  // 1: a logits row per token, 0: the last token's only
+    int32_t reset = 0;        // zero the slot's state first
+    int32_t logits_off = -1;  // its first logits row, or -1: no logits
+    int32_t logits_all = 0;   // 1: a logits row per token, 0: the last token's only
 };
 
 // Where each activation of a tile lives: byte offsets from the tile's scratch base, and row
@@ -88,11 +88,11 @@ struct ForwardArgs {
     Scratch scratch;
     const Job* jobs = nullptr;
     int32_t n_jobs = 0;
-    int32_t seqs_per_tile = 1;  // S
-    int32_t chunk = 1;          // Tc
-    const int32_t* tokens = nullptr;  // embedding rows
-    float* state = nullptr;           // [slots][model.state_floats]
-    float* logits = nullptr;          // [rows][model.vocab]
+    int32_t seqs_per_tile = 1;                // S
+    int32_t chunk = 1;                        // Tc
+    const int32_t* tokens = nullptr;          // embedding rows
+    float* state = nullptr;                   // [slots][model.state_floats]
+    float* logits = nullptr;                  // [rows][model.vocab]
     unsigned char* global_scratch = nullptr;  // null: shared memory; else scratch.bytes per tile
     // The LM head in a second launch over many blocks (head_block), for launches with at most
     // kMaxRows logits rows: the tiles leave each logits row's final LayerNorm output (and its q8
@@ -268,8 +268,8 @@ ITERA_HD ITERA_PHASE void ssm_block(G& g, const ForwardArgs& a, const FwdLayer& 
     for (int32_t i = g.tid; i < ch.ns * Di; i += g.nthreads) {
         const int32_t s = i / Di, d = i % Di;
         const Job& job = ch.jobs[s];
-        float* past = a.state + static_cast<int64_t>(job.slot) * m.state_floats + L.conv_off +
-                      static_cast<int64_t>(d) * (K - 1);
+        float* past =
+            a.state + static_cast<int64_t>(job.slot) * m.state_floats + L.conv_off + static_cast<int64_t>(d) * (K - 1);
         const int64_t w0 = static_cast<int64_t>(d) * K;
         for (int32_t k = 0; k < ch.tc && ch.c0 + k < job.n_tokens; k++) {
             const int32_t r = s * ch.tc + k;
@@ -288,7 +288,7 @@ ITERA_HD ITERA_PHASE void ssm_block(G& g, const ForwardArgs& a, const FwdLayer& 
         g.sync();
     }
     gemm(g, L.delta_w, t.v, sc.sv, t.act0, sc.sact0, mask, t.a, sc.sa, nullptr);  // delta (bias below)
-    gemm(g, L.b, t.v, sc.sv, t.act0, sc.sact0, mask, t.bv, sc.sst, nullptr);       // B v
+    gemm(g, L.b, t.v, sc.sv, t.act0, sc.sact0, mask, t.bv, sc.sst, nullptr);      // B v
     g.sync();
     // Step size: dt = mean_i softplus(delta_i + bias_i), a team per row.
     for (int32_t r = g.team; r < kMaxRows; r += g.teams) {
@@ -342,8 +342,8 @@ ITERA_HD ITERA_PHASE void ssm_block(G& g, const ForwardArgs& a, const FwdLayer& 
 // One FFN expert over the rows in emask: x_r += weight_r * w2 GELU(w1 a_r); the weight is 1 for a
 // dense FFN (expert < 0), else the row's routing weight of `expert`. a / act0 hold LN(x).
 template <class G>
-ITERA_HD ITERA_PHASE void expert_rows(G& g, const ForwardArgs& a, const FwdLayer& L, const FwdExpert& e,
-                                      int32_t expert, const Tile& t, uint32_t emask) {
+ITERA_HD ITERA_PHASE void expert_rows(G& g, const ForwardArgs& a, const FwdLayer& L, const FwdExpert& e, int32_t expert,
+                                      const Tile& t, uint32_t emask) {
     const Scratch& sc = a.scratch;
     const int32_t H = a.model.hidden, F = e.w1.rows;
     gemm(g, e.w1, t.a, sc.sa, t.act0, sc.sact0, emask, t.uz, sc.suz, nullptr);  // hidden: uz[0, F)
@@ -454,8 +454,8 @@ ITERA_HD ITERA_PHASE void forward_tile(G& g, const ForwardArgs& a, int32_t tile,
             if (!has_row(mask, r)) continue;
             const Job& job = ch.jobs[r / ch.tc];
             const int32_t k = ch.c0 + r % ch.tc;
-            t.x[r * sc.sx + h] = load_element(m.embedding, a.tokens[job.token_off + k], h) +
-                                 load_element(m.position, job.pos0 + k, h);
+            t.x[r * sc.sx + h] =
+                load_element(m.embedding, a.tokens[job.token_off + k], h) + load_element(m.position, job.pos0 + k, h);
             if (h == 0) t.lrow[r] = logits_row(job, k);
         }
         g.sync();

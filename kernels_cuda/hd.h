@@ -64,9 +64,7 @@ ITERA_HD inline float half_to_float(uint16_t h) {
 }
 
 // An fp16 value at a 2-byte aligned address.
-ITERA_HD inline float load_half(const uint8_t* p) {
-    return half_to_float(static_cast<uint16_t>(p[0] | (p[1] << 8)));
-}
+ITERA_HD inline float load_half(const uint8_t* p) { return half_to_float(static_cast<uint16_t>(p[0] | (p[1] << 8))); }
 
 // Four little-endian bytes at a 2-byte aligned address (block payloads follow a 2-byte scale).
 ITERA_HD inline int32_t load_i32_a2(const uint8_t* p) {

@@ -35,14 +35,22 @@ ITERA_HD inline bool is_block(DType t) {
 // Bytes of one row of `cols` elements (format/dtype.h dtype_row_bytes for the dtypes above).
 ITERA_HD inline int64_t row_bytes(DType t, int32_t cols) {
     switch (t) {
-        case DType::f32: return 4 * static_cast<int64_t>(cols);
-        case DType::f16: return 2 * static_cast<int64_t>(cols);
-        case DType::q8_0: return 34 * static_cast<int64_t>((cols + 31) / 32);
-        case DType::q4_0: return 18 * static_cast<int64_t>((cols + 31) / 32);
-        case DType::nf4: return 34 * static_cast<int64_t>((cols + 63) / 64);
-        case DType::q3_0: return 14 * static_cast<int64_t>((cols + 31) / 32);
-        case DType::q2_0: return 18 * static_cast<int64_t>((cols + 63) / 64);
-        default: return 0;
+        case DType::f32:
+            return 4 * static_cast<int64_t>(cols);
+        case DType::f16:
+            return 2 * static_cast<int64_t>(cols);
+        case DType::q8_0:
+            return 34 * static_cast<int64_t>((cols + 31) / 32);
+        case DType::q4_0:
+            return 18 * static_cast<int64_t>((cols + 31) / 32);
+        case DType::nf4:
+            return 34 * static_cast<int64_t>((cols + 63) / 64);
+        case DType::q3_0:
+            return 14 * static_cast<int64_t>((cols + 31) / 32);
+        case DType::q2_0:
+            return 18 * static_cast<int64_t>((cols + 63) / 64);
+        default:
+            return 0;
     }
 }
 
@@ -71,11 +79,22 @@ ITERA_HD inline float load_element(const Weight& w, int32_t row, int32_t col) {
             const int i = col % 64;
             const int n = i < 32 ? blk[2 + i] & 0x0f : blk[2 + i - 32] >> 4;
             // kNf4 (format/quant_blocks.h), spelled out: a host constexpr array is not visible on the device
-            const float levels[16] = {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
-                                      -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
-                                      0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f,
-                                      0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
-                                      0.7229568362236023f, 1.0f};
+            const float levels[16] = {-1.0f,
+                                      -0.6961928009986877f,
+                                      -0.5250730514526367f,
+                                      -0.39491748809814453f,
+                                      -0.28444138169288635f,
+                                      -0.18477343022823334f,
+                                      -0.09105003625154495f,
+                                      0.0f,
+                                      0.07958029955625534f,
+                                      0.16093020141124725f,
+                                      0.24611230194568634f,
+                                      0.33791524171829224f,
+                                      0.44070982933044434f,
+                                      0.5626170039176941f,
+                                      0.7229568362236023f,
+                                      1.0f};
             return load_half(blk) * levels[n];
         }
         case DType::q3_0: {
@@ -90,7 +109,8 @@ ITERA_HD inline float load_element(const Weight& w, int32_t row, int32_t col) {
             const int n = (blk[2 + i % 16] >> (2 * (i / 16))) & 3;
             return load_half(blk) * (static_cast<float>(n) - 1.5f);
         }
-        default: return element(w, static_cast<int64_t>(row) * w.cols + col);
+        default:
+            return element(w, static_cast<int64_t>(row) * w.cols + col);
     }
 }
 
@@ -127,12 +147,18 @@ ITERA_HD inline int32_t q2_word(const uint8_t* blk, int h, int j) {
 // Units of a row (see the top of this file).
 ITERA_HD inline int32_t row_units(DType t, int32_t cols) {
     switch (t) {
-        case DType::q8_0: return 8 * ((cols + 31) / 32);
-        case DType::q4_0: return 4 * ((cols + 31) / 32);
-        case DType::nf4: return 8 * ((cols + 63) / 64);
-        case DType::q3_0: return 8 * ((cols + 31) / 32);
-        case DType::q2_0: return 8 * ((cols + 31) / 32);  // activation blocks: an odd count ends with half a block
-        default: return cols;
+        case DType::q8_0:
+            return 8 * ((cols + 31) / 32);
+        case DType::q4_0:
+            return 4 * ((cols + 31) / 32);
+        case DType::nf4:
+            return 8 * ((cols + 63) / 64);
+        case DType::q3_0:
+            return 8 * ((cols + 31) / 32);
+        case DType::q2_0:
+            return 8 * ((cols + 31) / 32);  // activation blocks: an odd count ends with half a block
+        default:
+            return cols;
     }
 }
 
@@ -385,7 +411,8 @@ ITERA_HD inline void dot_full(DType t, const uint8_t* row, int32_t cols, const f
             }
             return;
         }
-        default: return;
+        default:
+            return;
     }
 }
 

@@ -31,9 +31,10 @@ bool same_file(const std::string& a, const std::string& b) {
 }
 
 int run(int argc, char** argv) {
-    CLI::App app{"itera-convert: convert an Itera-Lite PyTorch checkpoint (.pt) into a .itl model file.\n"
-                 "The checkpoint is read natively: pickle globals are resolved against an allowlist and\n"
-                 "no code from the file is ever executed."};
+    CLI::App app{
+        "itera-convert: convert an Itera-Lite PyTorch checkpoint (.pt) into a .itl model file.\n"
+        "The checkpoint is read natively: pickle globals are resolved against an allowlist and\n"
+        "no code from the file is ever executed."};
     std::string checkpoint_path, output, tokenizer_path, config_path, dtype_name = "fp32", moe_empty = "error",
                                                                       layout_name = "rows16";
     std::string calib_path, report_path;
@@ -52,8 +53,9 @@ int run(int argc, char** argv) {
     app.add_option("--config", config_path,
                    "config JSON (upstream IteraLiteConfig keys); wins over the checkpoint's own config")
         ->check(itera::non_empty());
-    app.add_option("--top-k", top_k, "experts mixed per token in MoE layers (not recoverable from weights; default: "
-                                     "config's top_k_experts, else 2)")
+    app.add_option("--top-k", top_k,
+                   "experts mixed per token in MoE layers (not recoverable from weights; default: "
+                   "config's top_k_experts, else 2)")
         ->check(CLI::Range(1, 1 << 20));
     app.add_option("--quant,--dtype", dtype_name,
                    "storage type of the matrices (projections, experts, router, embeddings, LM head): fp32 (default), "
@@ -64,11 +66,12 @@ int run(int argc, char** argv) {
                    "per-tensor override 'GLOB=dtype' (e.g. 'lm_head.weight=q8', 'layers.*.ssm.in_proj.weight=fp16'); "
                    "repeatable, later rules win")
         ->take_all();
-    app.add_option("--precision", precision_maps,
-                   "per-tensor dtypes as a glob map 'GLOB=dtype,...' over the file's tensor names (e.g. "
-                   "'embedding=q8,layers.*.ssm.*=fp16,layers.*.moe.*=q4'): a pattern matches a name or its dot-separated "
-                   "prefix, later rules win, a rule that changes no tensor is an error; wins over --quant, --keep wins "
-                   "over it")
+    app.add_option(
+           "--precision", precision_maps,
+           "per-tensor dtypes as a glob map 'GLOB=dtype,...' over the file's tensor names (e.g. "
+           "'embedding=q8,layers.*.ssm.*=fp16,layers.*.moe.*=q4'): a pattern matches a name or its dot-separated "
+           "prefix, later rules win, a rule that changes no tensor is an error; wins over --quant, --keep wins "
+           "over it")
         ->take_all();
     app.add_option("--target-size", target_size,
                    "choose every tensor's dtype so that the file is at most BYTES, with the least KL divergence "

@@ -11,8 +11,8 @@
 
 #include "common/cli_parse.h"
 #include "common/error.h"
-#include "format/tensor_names.h"
 #include "common/file_io.h"
+#include "format/tensor_names.h"
 #include "runtime/builtin_model.h"
 #include "runtime/context.h"
 #include "runtime/devices.h"
@@ -53,7 +53,8 @@ std::vector<int32_t> parse_ids(const std::string& text) {
     while (p < end) {
         int32_t id = 0;
         auto [next, ec] = std::from_chars(p, end, id);
-        if (ec != std::errc() || id < 0) throw Error("--ids must be a comma-separated list of token ids, got '" + text + "'");
+        if (ec != std::errc() || id < 0)
+            throw Error("--ids must be a comma-separated list of token ids, got '" + text + "'");
         ids.push_back(id);
         p = next;
         if (p < end && (*p != ',' || p + 1 == end))  // a separator, and an id after it
@@ -93,7 +94,8 @@ std::vector<int32_t> prompt_ids(const itera::Model& model, const Args& args, boo
         std::vector<std::string> unknown;
         ids = tokenizer_of(model).encode(text, &unknown);
         if (!unknown.empty() && !args.allow_unk)
-            throw Error("'" + unknown[0] + "' is not in the model's vocabulary (use --allow-unk to map unknown words to <UNK>)");
+            throw Error("'" + unknown[0] +
+                        "' is not in the model's vocabulary (use --allow-unk to map unknown words to <UNK>)");
     }
     if (ids.empty()) throw Error("empty prompt");
     for (int32_t id : ids)
@@ -134,7 +136,8 @@ int logits(const Args& args) {
     const auto model = load(args);
     const std::vector<int32_t> ids = prompt_ids(*model, args, false);
     if (static_cast<int32_t>(ids.size()) > model->config.max_seq_length)
-        throw Error(std::to_string(ids.size()) + " ids exceed max_seq_length " + std::to_string(model->config.max_seq_length));
+        throw Error(std::to_string(ids.size()) + " ids exceed max_seq_length " +
+                    std::to_string(model->config.max_seq_length));
     const auto ctx = context_on(*model, args.device);
     const float* rows = ctx->eval_all(ids.data(), static_cast<int32_t>(ids.size()));
     check_finite(rows, ids.size() * static_cast<size_t>(model->vocab_rows()));
@@ -189,8 +192,8 @@ int perplexity(const Args& args) {
         if (ref) std::printf(", \"kld\": %.9g, \"top1\": %.6f", mean_kld, top1);
         std::printf("}\n");
     } else {
-        std::printf("perplexity %.4f over %zu scored positions (%zu tokens, %.2f%% <UNK>, windows of %d)\n", ppl, scored,
-                    ids.size(), 100.0 * unk_fraction, n);
+        std::printf("perplexity %.4f over %zu scored positions (%zu tokens, %.2f%% <UNK>, windows of %d)\n", ppl,
+                    scored, ids.size(), 100.0 * unk_fraction, n);
         if (ref)
             std::printf("vs %s: mean KL divergence %.6f nats, top-1 agreement %.2f%%\n", args.kld_ref.c_str(), mean_kld,
                         100.0 * top1);
@@ -221,13 +224,17 @@ int info(const Args& args) {
         const auto& lc = c.layers[l];
         std::printf("layer %-4zu  ssm inner %d state %d conv %d; %s", l, lc.inner, lc.state, lc.conv_kernel,
                     kinds[static_cast<int>(lc.kind)]);
-        if (lc.kind == itera::ChannelKind::moe) std::printf(" %zu experts top-%d width %d", lc.ffn_widths.size(), lc.top_k, lc.ffn_widths[0]);
+        if (lc.kind == itera::ChannelKind::moe)
+            std::printf(" %zu experts top-%d width %d", lc.ffn_widths.size(), lc.top_k, lc.ffn_widths[0]);
         if (lc.kind == itera::ChannelKind::ffn) std::printf(" width %d", lc.ffn_widths[0]);
         std::printf("\n");
     }
-    std::printf("tokenizer   %s\n", model->has_tokenizer ? (std::to_string(model->tokenizer.size()) + " tokens, " +
-                                                           (model->tokenizer.kind() == itera::TokenizerKind::word ? "word" : "char") + " level").c_str()
-                                                        : "none");
+    std::printf("tokenizer   %s\n",
+                model->has_tokenizer
+                    ? (std::to_string(model->tokenizer.size()) + " tokens, " +
+                       (model->tokenizer.kind() == itera::TokenizerKind::word ? "word" : "char") + " level")
+                          .c_str()
+                    : "none");
     for (const auto& t : f.tensors())
         std::printf(
             "  %-48s %-16s %-5s %10zu bytes%s\n", t.name.c_str(), itera::shape_text(t.shape).c_str(),
@@ -251,8 +258,9 @@ int info(const Args& args) {
 }
 
 int run(int argc, char** argv) {
-    CLI::App app{"itera-run: generate text with an Itera-Lite model (.itl); without -m it uses the built-in model.\n"
-                 "Subcommands: generate (default), logits, ppl, info."};
+    CLI::App app{
+        "itera-run: generate text with an Itera-Lite model (.itl); without -m it uses the built-in model.\n"
+        "Subcommands: generate (default), logits, ppl, info."};
     Args a;
     app.add_option("-m,--model", a.model_path, "model file (.itl); default: the built-in model")
         ->check(itera::non_empty());
@@ -262,7 +270,8 @@ int run(int argc, char** argv) {
     app.add_option("-n,--n-predict", a.n_predict, "tokens to generate (default 64)")->check(CLI::Range(0, 1 << 30));
     app.add_option("--temp", a.sampling.temperature, "sampling temperature (default 0.8; 0 = greedy)")
         ->check(itera::number_in(0.0, 100.0));
-    app.add_option("--top-k", a.sampling.top_k, "keep the k most likely tokens (default 40; 0 = all)")->check(CLI::Range(0, 1 << 30));
+    app.add_option("--top-k", a.sampling.top_k, "keep the k most likely tokens (default 40; 0 = all)")
+        ->check(CLI::Range(0, 1 << 30));
     app.add_option("--top-p", a.sampling.top_p, "nucleus sampling mass (default 0.95; 1 = off)")
         ->check(itera::number_in(0.0, 1.0));
     // CLI11 2.1 reads "-1" as 2^64 - 1 and an overflow as the largest value: the digits are checked first.
@@ -278,7 +287,8 @@ int run(int argc, char** argv) {
             "UINT64"));
     app.add_flag("--greedy", a.sampling.greedy, "always take the most likely token");
     app.add_flag("--print-ids", a.print_ids, "print only the generated token ids, space-separated");
-    app.add_flag("--allow-unk", a.allow_unk, "map prompt words missing from the vocabulary to <UNK> instead of failing");
+    app.add_flag("--allow-unk", a.allow_unk,
+                 "map prompt words missing from the vocabulary to <UNK> instead of failing");
     app.add_option("--device", a.device,
                    "run the model on the cpu (default), on the GPU (cuda; docs/cuda.md), or auto (the GPU when one "
                    "can run the model, else the cpu)")
@@ -289,8 +299,11 @@ int run(int argc, char** argv) {
         ->check(CLI::IsMember({"native", "onednn", "auto"}));
     app.set_version_flag("--version", ITERA_VERSION);
     app.add_subcommand("generate", "generate text (the default)")->fallthrough();
-    auto* lg = app.add_subcommand("logits", "print JSON logits for every position of --ids/-p (one forward from zero state)")->fallthrough();
-    auto* ppl = app.add_subcommand("ppl", "perplexity of a text file: non-overlapping windows from zero state")->fallthrough();
+    auto* lg =
+        app.add_subcommand("logits", "print JSON logits for every position of --ids/-p (one forward from zero state)")
+            ->fallthrough();
+    auto* ppl =
+        app.add_subcommand("ppl", "perplexity of a text file: non-overlapping windows from zero state")->fallthrough();
     ppl->add_option("--file", a.file, "text file to score")->required()->check(itera::non_empty());
     ppl->add_option("--ctx", a.ctx, "window length in tokens (default max_seq_length)");
     ppl->add_option(

@@ -15,9 +15,9 @@
 #include "common/file_io.h"
 #include "format/itl_file.h"
 #include "itera.h"
+#include "runtime/batch.h"
 #include "runtime/c_api_errors.h"
 #include "runtime/c_api_objects.h"
-#include "runtime/batch.h"
 #include "runtime/context.h"
 #include "runtime/devices.h"
 #include "runtime/evaluate.h"
@@ -54,9 +54,15 @@ int check_text_token(const itera::Model& model, int32_t token) {
 
 int device_of(int device, itera::Device* out) {
     switch (device) {
-        case ITERA_DEVICE_CPU: *out = itera::Device::cpu; return ITERA_OK;
-        case ITERA_DEVICE_CUDA: *out = itera::Device::cuda; return ITERA_OK;
-        case ITERA_DEVICE_AUTO: *out = itera::Device::automatic; return ITERA_OK;
+        case ITERA_DEVICE_CPU:
+            *out = itera::Device::cpu;
+            return ITERA_OK;
+        case ITERA_DEVICE_CUDA:
+            *out = itera::Device::cuda;
+            return ITERA_OK;
+        case ITERA_DEVICE_AUTO:
+            *out = itera::Device::automatic;
+            return ITERA_OK;
     }
     return failf(ITERA_ERR_INVALID_ARGUMENT, "unknown device %d (ITERA_DEVICE_CPU, _CUDA or _AUTO)", device);
 }
@@ -84,7 +90,8 @@ bool has_nan(const float* logits, int32_t n) {
 
 int sampler_params(const itera_sampler_params* p, itera::SamplerParams* out) {
     const itera_sampler_params params = p ? *p : itera_sampler_default_params();
-    if (!std::isfinite(params.temperature)) return fail(ITERA_ERR_INVALID_ARGUMENT, "sampler temperature must be finite");
+    if (!std::isfinite(params.temperature))
+        return fail(ITERA_ERR_INVALID_ARGUMENT, "sampler temperature must be finite");
     if (params.top_k < 0) return fail(ITERA_ERR_INVALID_ARGUMENT, "sampler top_k must be >= 0");
     if (!(params.top_p >= 0.0f && params.top_p <= 1.0f))
         return fail(ITERA_ERR_INVALID_ARGUMENT, "sampler top_p must be in [0, 1]");
@@ -106,18 +113,30 @@ const char* itera_last_error(void) { return last_error; }
 
 const char* itera_error_name(int code) {
     switch (code) {
-    case ITERA_OK: return "ITERA_OK";
-    case ITERA_ERR_INVALID_ARGUMENT: return "ITERA_ERR_INVALID_ARGUMENT";
-    case ITERA_ERR_IO: return "ITERA_ERR_IO";
-    case ITERA_ERR_FORMAT: return "ITERA_ERR_FORMAT";
-    case ITERA_ERR_UNKNOWN_TOKEN: return "ITERA_ERR_UNKNOWN_TOKEN";
-    case ITERA_ERR_OUT_OF_MEMORY: return "ITERA_ERR_OUT_OF_MEMORY";
-    case ITERA_ERR_INTERNAL: return "ITERA_ERR_INTERNAL";
-    case ITERA_ERR_BUFFER_TOO_SMALL: return "ITERA_ERR_BUFFER_TOO_SMALL";
-    case ITERA_ERR_MODEL_MISMATCH: return "ITERA_ERR_MODEL_MISMATCH";
-    case ITERA_ERR_NO_TOKENIZER: return "ITERA_ERR_NO_TOKENIZER";
-    case ITERA_ERR_NO_DEVICE: return "ITERA_ERR_NO_DEVICE";
-    case ITERA_ERR_NO_CUDA: return "ITERA_ERR_NO_CUDA";
+        case ITERA_OK:
+            return "ITERA_OK";
+        case ITERA_ERR_INVALID_ARGUMENT:
+            return "ITERA_ERR_INVALID_ARGUMENT";
+        case ITERA_ERR_IO:
+            return "ITERA_ERR_IO";
+        case ITERA_ERR_FORMAT:
+            return "ITERA_ERR_FORMAT";
+        case ITERA_ERR_UNKNOWN_TOKEN:
+            return "ITERA_ERR_UNKNOWN_TOKEN";
+        case ITERA_ERR_OUT_OF_MEMORY:
+            return "ITERA_ERR_OUT_OF_MEMORY";
+        case ITERA_ERR_INTERNAL:
+            return "ITERA_ERR_INTERNAL";
+        case ITERA_ERR_BUFFER_TOO_SMALL:
+            return "ITERA_ERR_BUFFER_TOO_SMALL";
+        case ITERA_ERR_MODEL_MISMATCH:
+            return "ITERA_ERR_MODEL_MISMATCH";
+        case ITERA_ERR_NO_TOKENIZER:
+            return "ITERA_ERR_NO_TOKENIZER";
+        case ITERA_ERR_NO_DEVICE:
+            return "ITERA_ERR_NO_DEVICE";
+        case ITERA_ERR_NO_CUDA:
+            return "ITERA_ERR_NO_CUDA";
     }
     return "ITERA_ERR_UNKNOWN_CODE";
 }
@@ -139,9 +158,12 @@ int itera_device_available(int device) {
 
 const char* itera_device_name(int device) {
     switch (device) {
-        case ITERA_DEVICE_CPU: return itera::device_name(itera::Device::cpu);
-        case ITERA_DEVICE_CUDA: return itera::device_name(itera::Device::cuda);
-        case ITERA_DEVICE_AUTO: return itera::device_name(itera::Device::automatic);
+        case ITERA_DEVICE_CPU:
+            return itera::device_name(itera::Device::cpu);
+        case ITERA_DEVICE_CUDA:
+            return itera::device_name(itera::Device::cuda);
+        case ITERA_DEVICE_AUTO:
+            return itera::device_name(itera::Device::automatic);
     }
     return nullptr;
 }
@@ -217,7 +239,8 @@ int itera_tokenize(const itera_model* model, const char* text, int32_t* ids, int
                    int flags) {
     if (!model || !text || !n_out) return null_argument("itera_tokenize", "model, text and n_out");
     if (capacity < 0 || (capacity > 0 && !ids))
-        return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_tokenize: capacity must be >= 0, and ids not NULL when it is > 0");
+        return fail(ITERA_ERR_INVALID_ARGUMENT,
+                    "itera_tokenize: capacity must be >= 0, and ids not NULL when it is > 0");
     if (flags & ~ITERA_TOKENIZE_ALLOW_UNKNOWN)
         return failf(ITERA_ERR_INVALID_ARGUMENT, "itera_tokenize: unknown flags %d", flags);
     if (!model->model->has_tokenizer) return no_tokenizer();
@@ -378,7 +401,8 @@ int itera_sampler_new(const itera_sampler_params* params, itera_sampler** out) {
 void itera_sampler_free(itera_sampler* sampler) { delete sampler; }
 
 int itera_sampler_sample(itera_sampler* sampler, const float* logits, int32_t n, int32_t* token_out) {
-    if (!sampler || !logits || !token_out) return null_argument("itera_sampler_sample", "sampler, logits and token_out");
+    if (!sampler || !logits || !token_out)
+        return null_argument("itera_sampler_sample", "sampler, logits and token_out");
     if (n < 1) return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_sampler_sample: n must be >= 1");
     // NaN breaks the ordering the sampler sorts by.
     if (has_nan(logits, n)) return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_sampler_sample: the logits hold a NaN");
@@ -403,7 +427,8 @@ int itera_generate(itera_context* ctx, const int32_t* prompt, int32_t n_prompt, 
     for (int32_t i = 0; i < n_prompt; i++)
         if (const int rc = check_token(model, prompt[i])) return rc;
     if (n_prompt == 0 && !ctx->logits)
-        return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_generate: empty prompt and the context has no logits to continue from");
+        return fail(ITERA_ERR_INVALID_ARGUMENT,
+                    "itera_generate: empty prompt and the context has no logits to continue from");
     return guarded(ITERA_ERR_INTERNAL, [&]() -> int {
         if (n_prompt > 0) ctx->ctx.eval_tokens(prompt, n_prompt);
         ctx->update_logits();
@@ -443,7 +468,8 @@ int itera_batch_new(const itera_model* model, int32_t n_sequences, const itera_b
     *out = nullptr;
     const itera_batch_params p = params ? *params : itera_batch_default_params();
     if (n_sequences < 1 || n_sequences > (1 << 20) || p.n_threads < 1 || p.n_threads > 1024)
-        return fail(ITERA_ERR_INVALID_ARGUMENT, "itera_batch_new: n_sequences must be 1..1048576 and n_threads 1..1024");
+        return fail(ITERA_ERR_INVALID_ARGUMENT,
+                    "itera_batch_new: n_sequences must be 1..1048576 and n_threads 1..1024");
     itera::BackendOptions options;
     if (const int rc = device_of(p.device, &options.device)) return rc;
     options.slots = n_sequences;
@@ -471,12 +497,14 @@ int itera_batch_eval(itera_batch* batch, const int32_t* tokens) {
 }
 
 int itera_batch_run(itera_batch* batch, const itera_batch_feed* feeds, int32_t n_feeds) {
-    if (!batch || (n_feeds > 0 && !feeds)) return null_argument("itera_batch_run", "batch and feeds (when n_feeds > 0)");
+    if (!batch || (n_feeds > 0 && !feeds))
+        return null_argument("itera_batch_run", "batch and feeds (when n_feeds > 0)");
     if (n_feeds < 0 || n_feeds > batch->batch.size())
         return failf(ITERA_ERR_INVALID_ARGUMENT, "itera_batch_run: n_feeds must be 0..%d", batch->batch.size());
     // itera_batch_feed and Batch::Feed have the same members; the batch checks them all first.
     std::vector<itera::Batch::Feed> list(static_cast<size_t>(n_feeds));
-    for (int32_t f = 0; f < n_feeds; f++) list[static_cast<size_t>(f)] = {feeds[f].seq, feeds[f].tokens, feeds[f].n_tokens};
+    for (int32_t f = 0; f < n_feeds; f++)
+        list[static_cast<size_t>(f)] = {feeds[f].seq, feeds[f].tokens, feeds[f].n_tokens};
     return guarded(ITERA_ERR_INVALID_ARGUMENT, [&]() -> int {
         batch->batch.run(list.data(), n_feeds);
         batch->update_logits();
@@ -532,7 +560,8 @@ int itera_perplexity(const itera_model* model, const char* text, const itera_per
     if (p.reference)
         for (int32_t r = 0; r < m.vocab_rows(); r++)
             if (p.reference->model->row_of(m.id_of(r)) < 0)
-                return failf(ITERA_ERR_INVALID_ARGUMENT, "token id %d is not in the reference's vocabulary", m.id_of(r));
+                return failf(ITERA_ERR_INVALID_ARGUMENT, "token id %d is not in the reference's vocabulary",
+                             m.id_of(r));
     return guarded(ITERA_ERR_FORMAT, [&]() -> int {
         const std::vector<int32_t> ids = m.tokenizer.encode(text);  // unknown words are <UNK>, as ppl counts them
         if (ids.size() < 2)

@@ -63,8 +63,8 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, std::vector<std::s
 
 std::string Tokenizer::piece(int32_t id, bool first) const {
     const std::string& token = (id >= 0 && id < size()) ? tokens_[static_cast<size_t>(id)]
-                               : unk_ >= 0             ? tokens_[static_cast<size_t>(unk_)]
-                                                       : std::string("<UNK>");
+                               : unk_ >= 0              ? tokens_[static_cast<size_t>(unk_)]
+                                                        : std::string("<UNK>");
     if (kind_ == TokenizerKind::word && !first) return " " + token;
     return token;
 }

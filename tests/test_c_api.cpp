@@ -2,7 +2,6 @@
 // error codes, tokenizer calls, evaluation, saved states that continue bit for bit, generation
 // and a model shared between threads.
 #include <doctest/doctest.h>
-#include <nlohmann/json.hpp>
 #include <stdlib.h>
 #include <xxhash.h>
 
@@ -12,6 +11,7 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <thread>
@@ -30,9 +30,9 @@ namespace {
 
 using Logits = std::vector<float>;
 
-const std::vector<std::string> kWords = {"<PAD>", "<UNK>", "<BOS>", "<EOS>", "the",  "lord", "said", "god",
-                                         "and",   "unto",  "moses", "light", "was",  "good", "earth", "heaven",
-                                         "waters", "day", "night"};  // 19 of the 23 ids
+const std::vector<std::string> kWords = {"<PAD>", "<UNK>",  "<BOS>",  "<EOS>", "the",   "lord", "said",
+                                         "god",   "and",    "unto",   "moses", "light", "was",  "good",
+                                         "earth", "heaven", "waters", "day",   "night"};  // 19 of the 23 ids
 
 // vocab_ids: a trimmed vocabulary, the token id of each embedding row (empty: 23 rows, ids 0..22).
 itera::ModelSpec make_spec(uint32_t seed, int32_t max_seq_length = 6, bool tokenizer = true,
@@ -62,7 +62,8 @@ itera::ModelSpec make_spec(uint32_t seed, int32_t max_seq_length = 6, bool token
 }
 
 std::vector<float>& values(itera::ModelSpec& spec, const std::string& name) {
-    auto it = std::find_if(spec.tensors.begin(), spec.tensors.end(), [&](const itera::SpecTensor& t) { return t.name == name; });
+    auto it = std::find_if(spec.tensors.begin(), spec.tensors.end(),
+                           [&](const itera::SpecTensor& t) { return t.name == name; });
     REQUIRE(it != spec.tensors.end());
     return it->values;
 }
@@ -78,7 +79,8 @@ struct TempDir {
 };
 
 void write_bytes(const std::filesystem::path& path, const std::vector<uint8_t>& bytes) {
-    std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    std::ofstream(path, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
 }
 
 // Owns a model loaded from bytes (copied, so the bytes may go away).
@@ -197,7 +199,9 @@ TEST_CASE("C API: version, loading from file and memory, queries") {
     itera_model_free(in_place);
     itera_model_free(copied);
     itera_model_free(nullptr);
-    MESSAGE("file, in-place memory and copied memory (buffer wiped after load) give bit-identical logits, equal to itera::Context");
+    MESSAGE(
+        "file, in-place memory and copied memory (buffer wiped after load) give bit-identical logits, equal to "
+        "itera::Context");
 }
 
 TEST_CASE("C API: error codes and messages") {
@@ -302,8 +306,9 @@ TEST_CASE("C API: error codes and messages") {
     }).join();
     CHECK(itera_last_error() == mine);
     CHECK(contains(theirs.c_str(), "/nonexistent/other.itl"));
-    MESSAGE("missing file and directory -> IO, corrupt/truncated/foreign bytes -> FORMAT, NULL or bad "
-            "arguments -> INVALID_ARGUMENT, last error is thread-local");
+    MESSAGE(
+        "missing file and directory -> IO, corrupt/truncated/foreign bytes -> FORMAT, NULL or bad "
+        "arguments -> INVALID_ARGUMENT, last error is thread-local");
 }
 
 TEST_CASE("C API: model info is itera-run info's JSON") {
@@ -349,7 +354,8 @@ TEST_CASE("C API: model info is itera-run info's JSON") {
     CHECK(itera_model_info(nullptr, nullptr, 0, &len) == ITERA_ERR_INVALID_ARGUMENT);
     CHECK(itera_model_info(from_file, nullptr, 8, &len) == ITERA_ERR_INVALID_ARGUMENT);
     itera_model_free(from_file);
-    MESSAGE("itera_model_info: parseable JSON (a quote in the path escaped), config, " << expected.size()
+    MESSAGE("itera_model_info: parseable JSON (a quote in the path escaped), config, "
+            << expected.size()
             << " tensors, parameter count, size query and NUL rule, \"\" from memory, NULL arguments");
 }
 
@@ -400,8 +406,9 @@ TEST_CASE("C API: tokenize, detokenize, pieces") {
     CHECK(itera_model_eos(bare.m) == -1);
     CHECK(itera_tokenize(bare.m, "the", ids, 8, &n, 0) == ITERA_ERR_NO_TOKENIZER);
     CHECK(itera_detokenize(bare.m, words, 1, text, sizeof text, &len) == ITERA_ERR_NO_TOKENIZER);
-    MESSAGE("word tokenizer via C: case folding, UNKNOWN_TOKEN naming the word, ALLOW_UNKNOWN, size queries, "
-            "pieces with and without the joining space, NO_TOKENIZER");
+    MESSAGE(
+        "word tokenizer via C: case folding, UNKNOWN_TOKEN naming the word, ALLOW_UNKNOWN, size queries, "
+        "pieces with and without the joining space, NO_TOKENIZER");
 }
 
 TEST_CASE("C API: eval checks the token and leaves the context unchanged on error") {
@@ -466,7 +473,8 @@ TEST_CASE("C API: a restored context continues bit for bit, also past max_seq_le
     const std::vector<uint8_t> s2 = save(a.c);
     ContextHandle c(model.m);
     REQUIRE(itera_context_restore(c.c, s2.data(), s2.size()) == ITERA_OK);
-    CHECK(same_bits(continue_greedy(c.c, V, steps - 4), std::vector<Logits>(uninterrupted.begin() + 4, uninterrupted.end())));
+    CHECK(same_bits(continue_greedy(c.c, V, steps - 4),
+                    std::vector<Logits>(uninterrupted.begin() + 4, uninterrupted.end())));
 
     // Without logits: restored as such, and feeding the next token matches.
     REQUIRE(itera_context_restore(c.c, no_logits.data(), no_logits.size()) == ITERA_OK);
@@ -490,14 +498,15 @@ TEST_CASE("C API: a restored context continues bit for bit, also past max_seq_le
     CHECK(written == s1.size());
     CHECK(itera_context_save(a.c, nullptr, 0, &written) == ITERA_ERR_BUFFER_TOO_SMALL);
     MESSAGE("saved at position 4 (recurrent state), 4+4 (window sliding) and 3 without logits: "
-            << steps << " greedy steps after restore, into fresh and used contexts, match the uninterrupted run bit for bit");
+            << steps
+            << " greedy steps after restore, into fresh and used contexts, match the uninterrupted run bit for bit");
 }
 
 TEST_CASE("C API: restore refuses other models and damaged states") {
     const itera::ModelSpec spec = make_spec(11);
     const ModelHandle model(itera::serialize_itl(spec));
-    const ModelHandle other(itera::serialize_itl(make_spec(12)));       // same shapes, other weights
-    const ModelHandle longer(itera::serialize_itl(make_spec(11, 8)));   // another config
+    const ModelHandle other(itera::serialize_itl(make_spec(12)));      // same shapes, other weights
+    const ModelHandle longer(itera::serialize_itl(make_spec(11, 8)));  // another config
     ContextHandle a(model.m), x(other.m), y(longer.m);
     const int32_t prompt[] = {8, 7, 6, 4};
     REQUIRE(itera_eval_tokens(a.c, prompt, 4, nullptr) == ITERA_OK);
@@ -548,7 +557,8 @@ TEST_CASE("C API: restore refuses other models and damaged states") {
     REQUIRE(itera_context_restore(a.c, state.data(), state.size()) == ITERA_OK);
     CHECK(same_bits(continue_greedy(a.c, 23, 5), expected));
     MESSAGE("other weights / other config -> MODEL_MISMATCH; all " << state.size() << " truncations and "
-                                                                   << state.size() << " one-byte flips refused; "
+                                                                   << state.size()
+                                                                   << " one-byte flips refused; "
                                                                       "resealed bad counts and tokens refused");
 }
 
@@ -596,7 +606,8 @@ TEST_CASE("C API: generate streams pieces, stops on request and at <EOS>, resume
     CHECK(n == static_cast<int32_t>(got.size()));
     std::vector<char> text(256);
     size_t len = 0;
-    REQUIRE(itera_detokenize(model.m, got.data(), static_cast<int32_t>(got.size()), text.data(), text.size(), &len) == ITERA_OK);
+    REQUIRE(itera_detokenize(model.m, got.data(), static_cast<int32_t>(got.size()), text.data(), text.size(), &len) ==
+            ITERA_OK);
     CHECK(all.text == (got.empty() ? "" : " " + std::string(text.data())));
 
     // The callback stops it after 3 tokens; they have been fed (position 3 + 3).
@@ -650,8 +661,10 @@ TEST_CASE("C API: generate streams pieces, stops on request and at <EOS>, resume
     ContextHandle z(nan_model.m);
     CHECK(itera_generate(z.c, prompt, 3, 10, nullptr, collect, &none, &n) == ITERA_ERR_FORMAT);
     CHECK(contains(itera_last_error(), "NaN"));
-    MESSAGE("greedy generate == hand-fed argmax (" << got.size() << " tokens); stop after 3 then resume, live and "
-            "restored, give the same tokens; seeded sampling repeats; <EOS> ends it unfed; NaN logits refused");
+    MESSAGE("greedy generate == hand-fed argmax ("
+            << got.size()
+            << " tokens); stop after 3 then resume, live and "
+               "restored, give the same tokens; seeded sampling repeats; <EOS> ends it unfed; NaN logits refused");
 }
 
 TEST_CASE("C API: a trimmed vocabulary keeps token ids; logits are indexed by id") {
@@ -705,8 +718,9 @@ TEST_CASE("C API: a trimmed vocabulary keeps token ids; logits are indexed by id
     REQUIRE(itera_generate(resumed.c, nullptr, 0, 40, &hot, collect, &second, nullptr) == ITERA_OK);
     CHECK(first.tokens == second.tokens);
     for (int32_t t : first.tokens) CHECK((t != 19 && t != 21));
-    MESSAGE("rows for 21 of 23 ids: ids 19 and 21 refused, logits by id equal the runtime's rows, -inf for the dropped "
-            "ids; 3000 hot draws reach all 21 kept ids and never a dropped one; generation repeats after restore");
+    MESSAGE(
+        "rows for 21 of 23 ids: ids 19 and 21 refused, logits by id equal the runtime's rows, -inf for the dropped "
+        "ids; 3000 hot draws reach all 21 kept ids and never a dropped one; generation repeats after restore");
 }
 
 TEST_CASE("C API: a batch decodes like one context per sequence") {
@@ -730,7 +744,7 @@ TEST_CASE("C API: a batch decodes like one context per sequence") {
     CHECK(itera_batch_device(batch) == ITERA_DEVICE_CPU);
     CHECK(itera_batch_size(batch) == 4);
     CHECK(itera_batch_logits(batch, 0) == nullptr);  // nothing evaluated yet
-    std::deque<ContextHandle> contexts;  // handles do not move
+    std::deque<ContextHandle> contexts;              // handles do not move
     for (int i = 0; i < 4; i++) contexts.emplace_back(model.m);
     int compared = 0;
     bool same = true;
@@ -864,8 +878,8 @@ TEST_CASE("C API: devices: cpu, auto, and cuda with or without a GPU") {
         for (int32_t id = 0; id < 23; id++) worst = std::max(worst, std::fabs(got[id] - want[id]));
         CHECK(worst < 1e-4f);
         itera_context_free(ctx);
-        MESSAGE("cuda context (" << (std::getenv("ITERA_CUDA_EMULATE") ? "emulated" : "device")
-                                 << "): logits within " << worst << " of the CPU's");
+        MESSAGE("cuda context (" << (std::getenv("ITERA_CUDA_EMULATE") ? "emulated" : "device") << "): logits within "
+                                 << worst << " of the CPU's");
     } else {
         CHECK((rc == ITERA_ERR_NO_DEVICE || rc == ITERA_ERR_NO_CUDA));
         CHECK(contains(itera_last_error(), "no CUDA device: "));
@@ -881,7 +895,8 @@ TEST_CASE("C API: devices: cpu, auto, and cuda with or without a GPU") {
 }
 
 TEST_CASE("C API: perplexity as itera-run ppl computes it, with and without a reference") {
-    const std::vector<uint8_t> bytes = itera::serialize_itl(make_spec(81, 6)), ref_bytes = itera::serialize_itl(make_spec(82, 6));
+    const std::vector<uint8_t> bytes = itera::serialize_itl(make_spec(81, 6)),
+                               ref_bytes = itera::serialize_itl(make_spec(82, 6));
     const ModelHandle model(bytes), ref(ref_bytes);
     const std::string text = "and god said let there be light and the light was good and god saw the light day night";
     // The runtime's own measure on the same ids (runtime/evaluate.h, what itera-run ppl prints).
@@ -1011,6 +1026,7 @@ TEST_CASE("C++ wrapper: RAII handles, exceptions with codes, save/restore, gener
     CHECK(sampler.sample(ctx.eval(prompt), 23) == argmax(ctx.logits(), 23));
     itera::api::Model moved = std::move(model);
     CHECK(moved.vocab_size() == 23);
-    MESSAGE("itera::api wraps the C API: exceptions carry codes, save/restore and generate work, callback "
-            "exceptions propagate, handles move");
+    MESSAGE(
+        "itera::api wraps the C API: exceptions carry codes, save/restore and generate work, callback "
+        "exceptions propagate, handles move");
 }

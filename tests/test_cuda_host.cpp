@@ -21,9 +21,9 @@
 #include "runtime/batch.h"
 #include "runtime/context.h"
 #include "runtime/cuda_backend.h"
-#include "runtime/window.h"
 #include "runtime/model.h"
 #include "runtime/sampler.h"
+#include "runtime/window.h"
 #include "tests/model_fixtures.h"
 #include "tests/reference_context.h"
 
@@ -389,7 +389,8 @@ TEST_CASE("cuda: the host model mirrors the loaded model") {
     CHECK(static_cast<const uint8_t*>(hm.layers[1].router.data) == copy.data() + (old - hm.span));
 }
 
-TEST_CASE("cuda: emulated kernels match Context and the reference forward (decode, prefill, batches, windows, every dtype)") {
+TEST_CASE(
+    "cuda: emulated kernels match Context and the reference forward (decode, prefill, batches, windows, every dtype)") {
     for (DType t : {DType::f32, DType::f16, DType::q8_0, DType::q4_0, DType::nf4, DType::q3_0, DType::q2_0}) {
         const auto model = model_from(random_spec(small_config(), t, 17));
         const int32_t V = model->vocab_rows();
@@ -407,7 +408,8 @@ TEST_CASE("cuda: emulated kernels match Context and the reference forward (decod
             worst_ref = worse(worst_ref, max_abs_diff(got, truth) / (1.0f + max_abs(truth)));
         }
         CHECK_MESSAGE(worst <= bound(t), dtype_name(t) << " decode: " << worst);
-        CHECK_MESSAGE(worst_ref <= reference_bound(t), dtype_name(t) << " decode vs the reference forward: " << worst_ref);
+        CHECK_MESSAGE(worst_ref <= reference_bound(t), dtype_name(t)
+                                                           << " decode vs the reference forward: " << worst_ref);
         CHECK(one.position() == 6);
         // Prefill with a logits row per token, rows = 4 forces chunks of 4 carrying the state
         // between them; then the same again after reset().
@@ -435,9 +437,9 @@ TEST_CASE("cuda: emulated kernels match Context and the reference forward (decod
         // One team of 32 lanes, a warp as the device has it (slow here: a barrier per reduction).
         Context warp = gpu_context(*model, emulated(1, 32, 96 * 1024, 32));
         const std::vector<float> first4(want.begin(), want.begin() + 4 * V);
-        CHECK_MESSAGE(max_abs_diff(row(warp.eval_all(seq.data(), 4), 4 * V), first4) / (1.0f + max_abs(first4)) <=
-                          bound(t),
-                      dtype_name(t) << " 32 lanes");
+        CHECK_MESSAGE(
+            max_abs_diff(row(warp.eval_all(seq.data(), 4), 4 * V), first4) / (1.0f + max_abs(first4)) <= bound(t),
+            dtype_name(t) << " 32 lanes");
         // A batch: five sequences at different points, fed together (prefill, decode and slides in
         // one run), against five contexts.
         Batch batch(*model, make_cuda_backend(*model, emulated(5, 8, 96 * 1024, 4)));
@@ -526,7 +528,8 @@ TEST_CASE("cuda: a rows16 model goes up as row_major: the same bits as its row_m
         CHECK(row_major_span(&none).empty());  // nothing to reorder: the mapping goes up as it is
         const int32_t V = plain->vocab_rows();
         const std::vector<int32_t> prompt = {5, 100, 42, 7, 199, 0, 13, 64};
-        Context a = gpu_context(*plain, emulated(1, 4, 1 << 20, 1)), b = gpu_context(*inter, emulated(1, 4, 1 << 20, 1));
+        Context a = gpu_context(*plain, emulated(1, 4, 1 << 20, 1)),
+                b = gpu_context(*inter, emulated(1, 4, 1 << 20, 1));
         CHECK(row(a.eval_all(prompt.data(), 8), V * 8) == row(b.eval_all(prompt.data(), 8), V * 8));
         MESSAGE("rows16 " << dtype_name(dtype)
                           << " model: the uploaded span equals the row_major file's, and 8 emulated "

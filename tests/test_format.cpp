@@ -564,7 +564,7 @@ TEST_CASE("compressed metadata: round trip, and damaged frames are rejected") {
     const ModelSpec spec = small_spec();
     const std::vector<uint8_t> plain = serialize_plain(spec);
     const std::vector<uint8_t> packed = serialize_itl(spec);
-    REQUIRE((u64_at(packed, 56) & 0xffffffffu) == 1);  // flags: metadata zstd
+    REQUIRE((u64_at(packed, 56) & 0xffffffffu) == 1);        // flags: metadata zstd
     CHECK((u64_at(packed, 56) >> 32) == u64_at(plain, 24));  // reserved: the raw metadata length
     CHECK(u64_at(packed, 24) < u64_at(plain, 24));
     CHECK(packed.size() < plain.size());

@@ -5,8 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <iterator>
 #include <cstdio>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -74,7 +74,8 @@ std::vector<float> weights(int64_t rows, int64_t cols, uint32_t seed) {
 
 // Decodes packed rows with format/quant_blocks.cpp, `cols` values per row (a multiple of the block
 // reads the padding too).
-std::vector<float> decode(const std::vector<uint8_t>& packed, DType dtype, int64_t rows, int64_t cols, int64_t stored_cols) {
+std::vector<float> decode(const std::vector<uint8_t>& packed, DType dtype, int64_t rows, int64_t cols,
+                          int64_t stored_cols) {
     const size_t row_bytes = dtype_row_bytes(dtype, stored_cols);
     std::vector<float> out(static_cast<size_t>(rows * cols));
     for (int64_t r = 0; r < rows; r++) {
@@ -129,12 +130,13 @@ TEST_CASE("gptq: lower output error than round-to-nearest on held-out activation
                 for (int v = 0; v < 2; v++) {
                     const QuantResult g = quantize_gptq(w.data(), rows, cols, dtype, h_cal.data(), tokens, variants[v]);
                     check_encoding(g, dtype, rows, cols);
-                    const double ratio = weighted_error(w.data(), g.dequantized.data(), rows, cols, h_test.data()) / e_rtn;
+                    const double ratio =
+                        weighted_error(w.data(), g.dequantized.data(), rows, cols, h_test.data()) / e_rtn;
                     const double ratio_cal =
                         weighted_error(w.data(), g.dequantized.data(), rows, cols, h_cal.data()) / e_rtn_cal;
                     char buf[96];
-                    std::snprintf(buf, sizeof buf, "  %s %.3f (%.3f)", v == 0 ? "rule scales" : "searched scales", ratio,
-                                  ratio_cal);
+                    std::snprintf(buf, sizeof buf, "  %s %.3f (%.3f)", v == 0 ? "rule scales" : "searched scales",
+                                  ratio, ratio_cal);
                     line += buf;
                     CHECK(ratio < 0.75);
                     worst[v] = std::max(worst[v], ratio);
@@ -210,8 +212,8 @@ TEST_CASE("gptq: dead input channels are rounded to nearest and do not disturb t
         const QuantResult rtn = quantize_rtn(w.data(), rows, cols, dtype);
         const double ratio = weighted_error(w.data(), g.dequantized.data(), rows, cols, h_test.data()) /
                              weighted_error(w.data(), rtn.dequantized.data(), rows, cols, h_test.data());
-        MESSAGE(name(dtype) << " with 5 dead channels: held-out error GPTQ / RTN "
-                            << ratio << ", live columns off their nearest code " << live_not_nearest);
+        MESSAGE(name(dtype) << " with 5 dead channels: held-out error GPTQ / RTN " << ratio
+                            << ", live columns off their nearest code " << live_not_nearest);
         CHECK(ratio < 0.75);
     }
 }
@@ -295,7 +297,8 @@ TEST_CASE("gptq: errors and the error measures") {
     for (int64_t t = 0; t < tokens; t++)
         for (int64_t r = 0; r < rows; r++) {
             double y = 0.0;
-            for (int64_t c = 0; c < cols; c++) y += (static_cast<double>(w[r * cols + c]) - q.dequantized[r * cols + c]) * x[t * cols + c];
+            for (int64_t c = 0; c < cols; c++)
+                y += (static_cast<double>(w[r * cols + c]) - q.dequantized[r * cols + c]) * x[t * cols + c];
             direct += y * y;
         }
     const double weighted = weighted_error(w.data(), q.dequantized.data(), rows, cols, h.data());

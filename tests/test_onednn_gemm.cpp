@@ -162,9 +162,9 @@ TEST_CASE("onednn gemm and gemm_native match the exact product: f32, f16, q8_0, 
                 // nf4's native dot uses int8 levels round(127 * level) (kNf4I8), an error this bound
                 // leaves out; tests/test_quant_kernels.cpp measures that path.
                 if (dtype != DType::nf4)
-                    worst_native = std::max(worst_native, check_product(m, x, batch, y_native,
-                                                                        block ? Bound::q8_native : Bound::fp32,
-                                                                        "native " + what));
+                    worst_native = std::max(
+                        worst_native,
+                        check_product(m, x, batch, y_native, block ? Bound::q8_native : Bound::fp32, "native " + what));
                 products++;
             }
         }

@@ -608,8 +608,8 @@ TEST_CASE("pt: torch.save fixtures match expected.json") {
     for (const auto& item : expected["errors"].items()) {
         const std::string file = item.key(), message = item.value();
         INFO("file ", file);
-        CHECK_THROWS_WITH_AS(itera::pt::read_checkpoint(dir + "/" + file),
-                             doctest::Contains(message.c_str()), itera::Error);
+        CHECK_THROWS_WITH_AS(itera::pt::read_checkpoint(dir + "/" + file), doctest::Contains(message.c_str()),
+                             itera::Error);
     }
     CHECK(files >= 8);
     MESSAGE(files, " torch.save files (", values, " values, dtypes/shapes/offsets/sharing/config) and ",

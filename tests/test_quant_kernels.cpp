@@ -113,8 +113,8 @@ TEST_CASE("nf4 int8 levels are round(127 * level) and add little error") {
     const double e_i8 = rms(w.data(), mapped.data(), w.size());
     const double e_map = rms(exact.data(), mapped.data(), w.size());
     MESSAGE("nf4 on N(0,1), n=" << n << ": round-trip RMS " << e_nf4 << " with fp32 levels, " << e_i8
-                                << " with int8 levels (+" << 100.0 * (e_i8 / e_nf4 - 1.0)
-                                << "%); mapping alone RMS " << e_map);
+                                << " with int8 levels (+" << 100.0 * (e_i8 / e_nf4 - 1.0) << "%); mapping alone RMS "
+                                << e_map);
     CHECK(e_map < 0.01);
     CHECK(e_i8 < 1.02 * e_nf4);
 }
@@ -339,7 +339,8 @@ TEST_CASE("matvec on odd sizes and unaligned rows: fast == scalar integer path, 
                                 exact += static_cast<double>(wf[static_cast<size_t>(r) * cols + c]) * xf[c];
                             }
                             if (dtype == DType::nf4) {
-                                const auto* blk = reinterpret_cast<const BlockNf4*>(m.bytes.data() + offset + r * row_bytes);
+                                const auto* blk =
+                                    reinterpret_cast<const BlockNf4*>(m.bytes.data() + offset + r * row_bytes);
                                 for (int32_t c = 0; c < cols; c++)
                                     map_bound += fp16_to_fp32(blk[c / kNf4Block].d) * (0.5 / 127.0) * std::fabs(xd[c]);
                             }
@@ -372,9 +373,9 @@ TEST_CASE("matvec on odd sizes and unaligned rows: fast == scalar integer path, 
         }
         MESSAGE(label(dtype) << ": " << cases << " rows (cols 1,32,40,64,97,200,256 x rows 1,3,17 x offsets 0,2 x "
                              << paths.size() << " paths); max |fast - scalar| / sum|wx| = " << max_vs_scalar
-                             << " (limit 1e-5); max |fast - ref| / (|w||x|) = " << max_vs_ref
-                             << " (limit 0.02), " << max_vs_ref_bound << " of its bound; max |fast - fp32 unquantized| / (|w||x|) = "
-                             << max_vs_fp32);
+                             << " (limit 1e-5); max |fast - ref| / (|w||x|) = " << max_vs_ref << " (limit 0.02), "
+                             << max_vs_ref_bound
+                             << " of its bound; max |fast - fp32 unquantized| / (|w||x|) = " << max_vs_fp32);
     }
 }
 
@@ -469,7 +470,8 @@ TEST_CASE("q8_0 weight -128 (a file may hold it; the quantizer never writes it) 
     QMatrix m = quantize_matrix(DType::q8_0, wf, rows, cols, 2);
     for (int32_t r = 0; r < rows; r++)  // the first two weights of each row's blocks, at full activation
         for (int32_t b = 0; b < 2; b++) {
-            int8_t* q = reinterpret_cast<int8_t*>(m.bytes.data() + 2 + r * dtype_row_bytes(DType::q8_0, cols) + b * 34 + 2);
+            int8_t* q =
+                reinterpret_cast<int8_t*>(m.bytes.data() + 2 + r * dtype_row_bytes(DType::q8_0, cols) + b * 34 + 2);
             q[0] = q[1] = -128;
         }
     std::vector<float> x_full = xf;
@@ -501,8 +503,8 @@ TEST_CASE("kernel path selection and bad input") {
     }
     const char* active = kernel_path_name();
     CHECK((std::string(active) == "scalar" || std::string(active) == "avx2" || std::string(active) == "avx512"));
-    MESSAGE("widest path on this CPU: " << std::string(kernel_path_name(widest)) << "; active (ITERA_KERNELS or widest): "
-                                         << std::string(active));
+    MESSAGE("widest path on this CPU: " << std::string(kernel_path_name(widest))
+                                        << "; active (ITERA_KERNELS or widest): " << std::string(active));
 
     const float wf[4] = {1, 2, 3, 4};
     const Weight f32 = {DType::f32, 1, 4, wf};

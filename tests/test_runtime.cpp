@@ -30,7 +30,6 @@ std::vector<float> run(Context& ctx, const std::vector<int32_t>& ids) {
     return {logits, logits + ctx.model().config.vocab_size};
 }
 
-
 }  // namespace
 
 TEST_CASE("reference kernels follow their formulas") {
@@ -39,9 +38,10 @@ TEST_CASE("reference kernels follow their formulas") {
     std::vector<float> out(4);
     ref::layer_norm(x.data(), view(gamma, 1, 4), view(beta, 1, 4), 1e-5f, 4, out.data());
     const float mean = 1.0f, var = (0.0f + 1.0f + 9.0f + 16.0f) / 4.0f;
-    for (int i = 0; i < 4; i++) CHECK(out[i] == doctest::Approx((x[i] - mean) / std::sqrt(var + 1e-5f) * gamma[i] + beta[i]));
+    for (int i = 0; i < 4; i++)
+        CHECK(out[i] == doctest::Approx((x[i] - mean) / std::sqrt(var + 1e-5f) * gamma[i] + beta[i]));
 
-    CHECK(ref::gelu(1.0f) == doctest::Approx(0.8413447f));   // 0.5 * (1 + erf(1/sqrt 2))
+    CHECK(ref::gelu(1.0f) == doctest::Approx(0.8413447f));  // 0.5 * (1 + erf(1/sqrt 2))
     CHECK(ref::silu(2.0f) == doctest::Approx(2.0f / (1.0f + std::exp(-2.0f))));
     CHECK(ref::softplus(30.0f) == 30.0f);
     CHECK(ref::softplus(0.0f) == doctest::Approx(std::log(2.0f)));
@@ -112,7 +112,8 @@ TEST_CASE("reference row and sum ops, and matvec over every dtype, follow their 
 
 TEST_CASE("scan_step matches the diagonal SSM recurrence") {
     const int32_t inner = 3, state = 2;
-    const std::vector<float> a_log = {0.0f, std::log(2.0f)}, B = {1, 0, 1, 0, 1, -1}, C = {1, 0, 0, 1, 1, 1}, D = {0.5f, 0.5f, 0.5f};
+    const std::vector<float> a_log = {0.0f, std::log(2.0f)}, B = {1, 0, 1, 0, 1, -1}, C = {1, 0, 0, 1, 1, 1},
+                             D = {0.5f, 0.5f, 0.5f};
     const std::vector<float> v = {1.0f, 2.0f, 3.0f}, delta = {0.0f, 0.0f, 0.0f};
     std::vector<float> s = {1.0f, -1.0f}, y(3), bv(2);
     ref::matvec(view(B, 2, 3), v.data(), bv.data());
@@ -185,8 +186,9 @@ TEST_CASE("sampler: greedy, seeds and filters") {
     const std::vector<float> with_nan = {0.1f, std::nanf(""), 2.0f};
     CHECK_THROWS_WITH_AS(Sampler(p).sample(with_nan.data(), 3), doctest::Contains("NaN logits"), Error);
     CHECK_THROWS_WITH_AS(Sampler(greedy).sample(with_nan.data(), 3), doctest::Contains("NaN logits"), Error);
-    MESSAGE("greedy picks argmax; same seed gives the same 200 draws; top-k 2 and top-p 0.1 restrict the choice; "
-            "NaN logits are an error");
+    MESSAGE(
+        "greedy picks argmax; same seed gives the same 200 draws; top-k 2 and top-p 0.1 restrict the choice; "
+        "NaN logits are an error");
 }
 
 namespace {

@@ -20,7 +20,7 @@ struct Value {
     int64_t i = 0;
     double f = 0;
     std::string s;
-    std::vector<Value> items;                  // list / tuple
+    std::vector<Value> items;                            // list / tuple
     std::vector<std::pair<std::string, Value>> entries;  // dict with string keys, insertion order
     const Value* get(const std::string& key) const;      // dict lookup, nullptr when absent
 
@@ -35,11 +35,11 @@ struct Value {
 };
 
 struct Tensor {
-    std::string dtype;            // "f32", "f64", "f16", "bf16", "i64", "i32", "i16", "i8", "u8", "bool", "qint8"
+    std::string dtype;  // "f32", "f64", "f16", "bf16", "i64", "i32", "i16", "i8", "u8", "bool", "qint8"
     std::vector<int64_t> shape;
-    std::string storage_key;      // zip entry data/<key>; equal keys + offset = shared storage
-    int64_t storage_offset = 0;   // in elements
-    std::vector<float> values;    // row-major FP32 (strides honoured, qint8 dequantized, f16/bf16 widened)
+    std::string storage_key;     // zip entry data/<key>; equal keys + offset = shared storage
+    int64_t storage_offset = 0;  // in elements
+    std::vector<float> values;   // row-major FP32 (strides honoured, qint8 dequantized, f16/bf16 widened)
 };
 
 struct Checkpoint {
@@ -49,7 +49,7 @@ struct Checkpoint {
     std::map<std::string, Tensor> tensors;
     std::vector<std::string> order;  // state-dict order of the names above
     bool has_config = false;
-    Value config;                    // dict: from `config` (dict or pickled object)
+    Value config;  // dict: from `config` (dict or pickled object)
 };
 
 // The largest checkpoint file read: what a zip without zip64 extensions can address.

@@ -31,18 +31,24 @@ constexpr double kMaxScale = 65504.0;
 // The largest |level| a scale multiplies: |w| <= 65504 times it has a finite fp16 scale.
 double max_level(DType dtype) {
     switch (dtype) {
-        case DType::q8_0: return 127.0;
-        case DType::q4_0: return 8.0;
-        case DType::q3_0: return 4.0;
-        case DType::q2_0: return 1.5;
-        default: return 1.0;  // nf4
+        case DType::q8_0:
+            return 127.0;
+        case DType::q4_0:
+            return 8.0;
+        case DType::q3_0:
+            return 4.0;
+        case DType::q2_0:
+            return 1.5;
+        default:
+            return 1.0;  // nf4
     }
 }
 
 // Throws unless dtype is a block format and every weight is finite and within reach of a finite
 // fp16 scale (|w| <= 65504 times the format's largest level).
 void check_input(DType dtype, const float* w, int64_t count) {
-    if (!is_quantized(dtype)) throw Error("cannot quantize to " + std::string(dtype_name(dtype)) + ": not a block format");
+    if (!is_quantized(dtype))
+        throw Error("cannot quantize to " + std::string(dtype_name(dtype)) + ": not a block format");
     const double limit = kMaxScale * max_level(dtype);
     for (int64_t i = 0; i < count; i++) {
         if (!std::isfinite(w[i])) throw Error("cannot quantize: weight " + std::to_string(i) + " is not finite");
@@ -83,19 +89,28 @@ constexpr std::array<double, 15> kNf4Mid = [] {
 int nearest_code(DType dtype, float d, double v) {
     if (d == 0.0f) {  // the zero code (q2_0 has none: 0.5 d = 0)
         switch (dtype) {
-            case DType::q8_0: return 0;
-            case DType::q4_0: return 8;
-            case DType::q3_0: return 4;
-            case DType::q2_0: return 2;
-            default: return 7;
+            case DType::q8_0:
+                return 0;
+            case DType::q4_0:
+                return 8;
+            case DType::q3_0:
+                return 4;
+            case DType::q2_0:
+                return 2;
+            default:
+                return 7;
         }
     }
     const double x = std::clamp(v / d, -1e6, 1e6);
     switch (dtype) {
-        case DType::q8_0: return static_cast<int>(std::clamp(std::nearbyint(x), -127.0, 127.0));
-        case DType::q4_0: return static_cast<int>(std::clamp(std::nearbyint(x) + 8.0, 0.0, 15.0));
-        case DType::q3_0: return static_cast<int>(std::clamp(std::nearbyint(x) + 4.0, 0.0, 7.0));
-        case DType::q2_0: return static_cast<int>(std::clamp(std::floor(x) + 2.0, 0.0, 3.0));
+        case DType::q8_0:
+            return static_cast<int>(std::clamp(std::nearbyint(x), -127.0, 127.0));
+        case DType::q4_0:
+            return static_cast<int>(std::clamp(std::nearbyint(x) + 8.0, 0.0, 15.0));
+        case DType::q3_0:
+            return static_cast<int>(std::clamp(std::nearbyint(x) + 4.0, 0.0, 7.0));
+        case DType::q2_0:
+            return static_cast<int>(std::clamp(std::floor(x) + 2.0, 0.0, 3.0));
         default: {
             int n = 0;
             for (double m : kNf4Mid) n += x > m;
@@ -107,11 +122,16 @@ int nearest_code(DType dtype, float d, double v) {
 // The value of code n under scale d, computed as dequantize_row_* computes it (float product).
 float code_value(DType dtype, float d, int n) {
     switch (dtype) {
-        case DType::q8_0: return d * static_cast<float>(n);
-        case DType::q4_0: return d * static_cast<float>(n - 8);
-        case DType::q3_0: return d * static_cast<float>(n - 4);
-        case DType::q2_0: return d * (static_cast<float>(n) - 1.5f);
-        default: return d * kNf4[n];
+        case DType::q8_0:
+            return d * static_cast<float>(n);
+        case DType::q4_0:
+            return d * static_cast<float>(n - 8);
+        case DType::q3_0:
+            return d * static_cast<float>(n - 4);
+        case DType::q2_0:
+            return d * (static_cast<float>(n) - 1.5f);
+        default:
+            return d * kNf4[n];
     }
 }
 
@@ -264,7 +284,8 @@ QuantResult quantize_gptq(const float* w, int64_t rows, int64_t cols, DType dtyp
     // H per token (a positive factor leaves GPTQ unchanged; this keeps magnitudes tame).
     std::vector<double> h(static_cast<size_t>(cols * cols), 0.0);
     for (int64_t i = 0; i < cols * cols; i++) {
-        if (!std::isfinite(hessian[i])) throw Error("cannot quantize: Hessian entry " + std::to_string(i) + " is not finite");
+        if (!std::isfinite(hessian[i]))
+            throw Error("cannot quantize: Hessian entry " + std::to_string(i) + " is not finite");
         h[i] = tokens > 0 ? hessian[i] / static_cast<double>(tokens) : (i % (cols + 1) == 0 ? 1.0 : 0.0);
     }
     // An input never seen carries no signal: H[i][i] = 1 with no coupling leaves its weight

@@ -130,8 +130,8 @@ enum itera_tokenize_flags {
  * `capacity` nothing is written to `ids` and ITERA_ERR_BUFFER_TOO_SMALL is returned (so
  * ids = NULL, capacity = 0 asks for the count). Errors: INVALID_ARGUMENT, NO_TOKENIZER,
  * UNKNOWN_TOKEN (the message quotes the first unknown piece), BUFFER_TOO_SMALL. */
-ITERA_API int itera_tokenize(const itera_model* model, const char* text, int32_t* ids, int32_t capacity,
-                             int32_t* n_out, int flags);
+ITERA_API int itera_tokenize(const itera_model* model, const char* text, int32_t* ids, int32_t capacity, int32_t* n_out,
+                             int flags);
 /* Writes the text of `n` ids, NUL-terminated, to `text`. *len_out receives its length without the
  * NUL; when capacity < length + 1 nothing is written and BUFFER_TOO_SMALL is returned. Ids must be
  * in [0, vocab_size) (INVALID_ARGUMENT otherwise); ids past the tokenizer's list read "<UNK>".

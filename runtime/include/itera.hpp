@@ -93,7 +93,8 @@ public:
         });
     }
     std::string piece(int32_t id, bool first = false) const {
-        return text([&](char* buf, size_t cap, size_t* len) { return itera_token_piece(get(), id, first, buf, cap, len); });
+        return text(
+            [&](char* buf, size_t cap, size_t* len) { return itera_token_piece(get(), id, first, buf, cap, len); });
     }
 
     const itera_model* get() const noexcept { return model_.get(); }
@@ -150,7 +151,8 @@ public:
     }
     const float* eval(const std::vector<int32_t>& tokens, bool want_logits = true) {
         const float* logits = nullptr;
-        check(itera_eval_tokens(get(), tokens.data(), static_cast<int32_t>(tokens.size()), want_logits ? &logits : nullptr));
+        check(itera_eval_tokens(get(), tokens.data(), static_cast<int32_t>(tokens.size()),
+                                want_logits ? &logits : nullptr));
         return logits;
     }
     const float* logits() const { return itera_context_logits(get()); }
