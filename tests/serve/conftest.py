@@ -1,24 +1,19 @@
-"""The Ray Serve tests' cluster: two Ray nodes on 127.0.0.1 in this process's children
-(ray.cluster_utils.Cluster, as Ray's own tests run several nodes on one machine), one CPU each and
-one `itera_replica` resource each, so the two replicas land one per node; Serve's HTTP proxy on the
-head only, on a free loopback port. The cluster is stopped at the end of the module also when a
-test fails (and run_serve_tests.py kills whatever is left)."""
+"""The Ray Serve tests' cluster: two Ray nodes on 127.0.0.1 (itera_serve.local_cluster), one CPU
+and one `itera_replica` resource each, and the application of serve/config.yaml on it (two replicas,
+one per node; the model path replaced by the build's). The cluster is stopped at the end of the
+module also when a test fails (and run_serve_tests.py kills whatever is left)."""
 import json
 import os
-import shutil
-import socket
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-# Ray turns "127.0.0.1" into this machine's outward address unless this is 0 (run_serve_tests.py sets it).
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-# The proxy (on the head only) would route every request to the head's replica while it has room.
-os.environ.setdefault("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING", "0")
+import itera_serve.local_cluster  # noqa: F401  before Ray is imported: it sets Ray's loopback environment
+
+SOURCE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def pytest_addoption(parser):
@@ -38,12 +33,6 @@ def options(request):
     o = request.config.option
     os.makedirs(o.workdir, exist_ok=True)
     return {"run": os.path.abspath(o.run), "model": os.path.abspath(o.model), "workdir": os.path.abspath(o.workdir)}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(url, body=None, timeout=30):
@@ -66,10 +55,11 @@ def itera_run(options, *args):
 
 
 class Deployment:
-    """The cluster, its nodes, and the Serve application on it."""
+    """The cluster (a LocalCluster), its nodes, and the Serve application on it."""
 
-    def __init__(self, cluster, head, worker, url):
-        self.cluster, self.head, self.worker, self.url = cluster, head, worker, url
+    def __init__(self, local):
+        self.local, self.cluster, self.head, self.worker, self.url = (
+            local, local.cluster, local.head, local.workers[0], local.url)
 
     def post(self, body, timeout=30):
         return request(self.url + "/v1/completions", body, timeout)
@@ -80,38 +70,24 @@ class Deployment:
 
 @pytest.fixture(scope="module")
 def deployment(options):
-    import ray
     from ray import serve
-    from ray.cluster_utils import Cluster
 
     from itera_serve.deployment import IteraDeployment
+    from itera_serve.local_cluster import LocalCluster, deployment_options
 
-    temp_dir = tempfile.mkdtemp(prefix="itera-ray-")  # short: Ray's socket paths live under it
-    node = {"num_cpus": 1, "resources": {"itera_replica": 1}, "node_ip_address": "127.0.0.1"}
+    args, deploy = deployment_options(os.path.join(SOURCE, "serve", "config.yaml"))
+    assert deploy["num_replicas"] == 2 and deploy["ray_actor_options"]["resources"] == {"itera_replica": 1}
+    args["model"] = options["model"]
     t0 = time.monotonic()
-    cluster = None
+    local = LocalCluster([{"itera_replica": 1}, {"itera_replica": 1}])
     try:
-        cluster = Cluster(initialize_head=True,
-                          head_node_args={**node, "include_dashboard": False, "temp_dir": temp_dir})
-        worker = cluster.add_node(**node)
-        cluster.wait_for_nodes(timeout=60)
-        ray.init(address=cluster.address, logging_level="warning", log_to_driver=False)
-        # both nodes are 127.0.0.1: the driver must hold the head's raylet, or removing the worker breaks it
-        assert ray.get_runtime_context().get_node_id() == cluster.head_node.node_id
-        print(f"\n  two Ray nodes up on 127.0.0.1 in {time.monotonic() - t0:.1f} s")
-        port = free_port()
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        app = IteraDeployment.options(num_replicas=2, ray_actor_options={"num_cpus": 1, "resources": {"itera_replica": 1}})
-        serve.run(app.bind(model=options["model"], parallel=32, queue=64), name="itera", route_prefix="/")
-        print(f"  Serve application with 2 replicas running after {time.monotonic() - t0:.1f} s, "
-              f"http://127.0.0.1:{port}")
-        yield Deployment(cluster, cluster.head_node, worker, f"http://127.0.0.1:{port}")
+        local.start()
+        print(f"\n  two Ray nodes on 127.0.0.1 and Serve up in {time.monotonic() - t0:.1f} s")
+        serve.run(IteraDeployment.options(**deploy).bind(**args), name="itera", route_prefix="/")
+        print(f"  serve/config.yaml's application ({deploy['num_replicas']} replicas, {args}) running after "
+              f"{time.monotonic() - t0:.1f} s at {local.url}")
+        yield Deployment(local)
     finally:
         t1 = time.monotonic()
-        for stop in (lambda: serve.shutdown(), lambda: ray.shutdown(), lambda: cluster and cluster.shutdown()):
-            try:
-                stop()
-            except Exception as e:  # keep stopping the rest
-                print(f"  while stopping the cluster: {e!r}")
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        print(f"  cluster stopped in {time.monotonic() - t1:.1f} s")
+        errors = local.stop()
+        print(f"  cluster stopped in {time.monotonic() - t1:.1f} s{': ' + '; '.join(errors) if errors else ''}")

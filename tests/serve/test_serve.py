@@ -240,6 +240,13 @@ def test_worker_node_removed(deployment, expected):
         assert text + "\n" == expected[PROMPTS[i % 4]]
         nodes.add(headers["x-itera-node"])
     assert nodes == {head}, nodes
-    state = serve.status().applications["itera"].deployments["itera"].replica_states
     print(f"  {time.monotonic() - removed_at[0]:.1f} s after the removal: 16 more requests, all right, all answered "
-          f"by the head's replica without a retry; Serve's replica states {dict(state)}")
+          "by the head's replica without a retry")
+    deadline = removed_at[0] + 30
+    while time.monotonic() < deadline:  # when Serve's own view catches up (printed, not asserted)
+        state = dict(serve.status().applications["itera"].deployments["itera"].replica_states)
+        if state.get("RUNNING", 0) == 1:
+            break
+        time.sleep(0.5)
+    print(f"  Serve's replica states {time.monotonic() - removed_at[0]:.1f} s after the removal: {state} "
+          "(the lost replica waits for a node with an itera_replica resource)")
