@@ -60,7 +60,10 @@ class IteraDeployment:
         return self.json(e.status, e.body(), headers)
 
     async def __call__(self, request):
-        route = (request.method, request.url.path.rstrip("/") or "/")
+        path = request.scope["path"]  # under an application's route_prefix, Serve puts it in root_path
+        root = request.scope.get("root_path", "")
+        path = path[len(root):] if root and path.startswith(root) else path
+        route = (request.method, path.rstrip("/") or "/")
         if route == ("GET", "/health"):
             return self.json(200, {"status": "ok"})
         if route == ("GET", "/v1/models"):
@@ -101,19 +104,14 @@ class IteraDeployment:
         if request.stream:
             return StreamingResponse(self.events(job, head, echo), media_type="text/event-stream",
                                      headers={**self.identity, "Cache-Control": "no-cache"})
-        text = [echo]
         try:
-            while True:
-                event = await job.events.get()
-                if event[0] == "text":
-                    text.append(event[1])
-                elif event[0] == "error":
-                    return self.error(event[1])
-                else:
-                    self.served_requests += 1
-                    usage = {"prompt_tokens": len(request.prompt), "completion_tokens": event[2],
-                             "total_tokens": len(request.prompt) + event[2]}
-                    return self.json(200, {**head, "choices": [choice("".join(text), event[1])], "usage": usage})
+            event = await job.events.get()  # a whole response's one event: its end
+            if event[0] == "error":
+                return self.error(event[1])
+            self.served_requests += 1
+            usage = {"prompt_tokens": len(request.prompt), "completion_tokens": event[2],
+                     "total_tokens": len(request.prompt) + event[2]}
+            return self.json(200, {**head, "choices": [choice(echo + event[3], event[1])], "usage": usage})
         finally:
             job.cancelled = True  # a no-op once it finished; frees the slot when the client left
 

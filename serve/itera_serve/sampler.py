@@ -26,6 +26,11 @@ class Sampler:
         self.top_p = _f32(top_p)
         self.state = (seed ^ _GOLDEN) & _MASK
 
+    @property
+    def is_greedy(self):
+        """Always the most likely token (the argmax), as greedy=True or temperature <= 0."""
+        return self.greedy or self.temperature <= 0.0
+
     def uniform(self):
         self.state = (self.state + _GOLDEN) & _MASK
         z = self.state
@@ -38,7 +43,7 @@ class Sampler:
         """The next token id from float32 logits [vocab]; ValueError on NaN (as the C API)."""
         if np.isnan(logits).any():
             raise ValueError("the model produced NaN logits (non-finite weights?)")
-        if self.greedy or self.temperature <= 0.0:
+        if self.is_greedy:
             return int(np.argmax(logits))  # the first of equal maxima, as the C++ argmax
         n = len(logits)
         keep = self.top_k if 0 < self.top_k < n else n

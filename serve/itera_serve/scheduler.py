@@ -8,14 +8,18 @@ import collections
 import threading
 import time
 
+import numpy as np
+
 from .request import ApiError
 from .sampler import Sampler
 from .stop_strings import find_stop, releasable
 
 
 class Job:
-    """One request in the scheduler. Events go to `events` (an asyncio.Queue on `loop`):
-    ("text", str), then ("finish", reason, completion_tokens) or ("error", ApiError)."""
+    """One request in the scheduler. Events go to `events` (an asyncio.Queue on `loop`): for a
+    streamed request ("text", piece) per token, then ("finish", reason, completion_tokens, ""); for
+    a whole one only ("finish", reason, completion_tokens, text), so the event loop is woken once
+    per request, not per token. Or ("error", ApiError)."""
 
     def __init__(self, request, loop, events):
         self.request, self.loop, self.events = request, loop, events
@@ -89,7 +93,7 @@ class Scheduler:
                 continue
             if job.request.max_tokens == 0:  # nothing to generate: no slot needed
                 self.queue.popleft()
-                job.emit("finish", "length", 0)
+                job.emit("finish", "length", 0, "")
                 continue
             seq = next(free, None)
             if seq is None:
@@ -127,40 +131,38 @@ class Scheduler:
         self.steps += 1
         self.step_sequences += len(feeds)
         self.step_seconds += time.perf_counter() - start
+        # the greedy picks and NaN checks of every row at once; sampled rows go through their Sampler
+        best = logits.argmax(axis=1).tolist()
+        nan = np.isnan(logits).any(axis=1).tolist()
         for row, seq in enumerate(feeds):
-            self.next_token(seq, logits[row])
+            self.next_token(seq, logits[row], None if nan[row] else best[row])
 
-    def next_token(self, seq, logits):
+    def next_token(self, seq, logits, best):
         """As itera-run's loop: <EOS> ends the request unfed and unsent; the last allowed token is
-        sent but not fed."""
+        sent but not fed. best: the row's argmax, None when it holds NaN."""
         s = self.slots[seq]
         job, stops = s.job, s.job.request.stop
         try:
-            token = s.sampler.sample(logits)
+            token = best if s.sampler.is_greedy and best is not None else s.sampler.sample(logits)
         except ValueError as e:
             job.emit("error", ApiError(500, "internal_error", f"sampling failed: {e}"))
             self.release(seq)
             return
         if token == self.served.eos:
-            self.send(s, len(s.text))
-            job.emit("finish", "stop", s.generated)
-            self.release(seq)
+            self.finish(seq, len(s.text), "stop")
             return
         s.generated += 1
         start = s.sent
         s.text += self.served.pieces[token]
         at = find_stop(s.text, start, stops)
         if at >= 0:
-            self.send(s, at)
-            job.emit("finish", "stop", s.generated)
-            self.release(seq)
+            self.finish(seq, at, "stop")
             return
         if s.generated == job.request.max_tokens:
-            self.send(s, len(s.text))
-            job.emit("finish", "length", s.generated)
-            self.release(seq)
+            self.finish(seq, len(s.text), "length")
             return
-        self.send(s, releasable(s.text, stops) if stops else len(s.text))
+        if job.request.stream:
+            self.send(s, releasable(s.text, stops) if stops else len(s.text))
         s.feed = [token]
 
     @staticmethod
@@ -168,6 +170,16 @@ class Scheduler:
         if end > s.sent:
             s.job.emit("text", s.text[s.sent:end].decode("utf-8", errors="replace"))
             s.sent = end
+
+    def finish(self, seq, end, reason):
+        """Ends the slot's request with its text up to `end`."""
+        s = self.slots[seq]
+        if s.job.request.stream:
+            self.send(s, end)
+            s.job.emit("finish", reason, s.generated, "")
+        else:
+            s.job.emit("finish", reason, s.generated, s.text[:end].decode("utf-8", errors="replace"))
+        self.release(seq)
 
     def release(self, seq):
         self.slots[seq].job = None
