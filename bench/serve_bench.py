@@ -13,13 +13,15 @@ bench/server_load drives each (whole responses, greedy, 100 tokens, --clients at
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
 
 import itera_serve.local_cluster as local_cluster  # before Ray: its loopback settings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from server_bench import start_server as start_itera_server  # noqa: E402
 
 
 def server_load(build, port, prompt, clients, seconds, pid):
@@ -48,17 +50,6 @@ def cpu_by_role():
         if role:
             cpu[role] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
     return cpu
-
-
-def start_itera_server(build, model, parallel):
-    p = subprocess.Popen([os.path.join(build, "itera-server"), "-m", model, "--port", "0", "--parallel", str(parallel),
-                          "--queue", "512"], stdout=subprocess.PIPE, text=True)
-    for _ in range(5):
-        m = re.search(r"listening on http://[0-9.]+:(\d+)", p.stdout.readline())
-        if m:
-            return p, int(m.group(1))
-    p.kill()
-    sys.exit("itera-server did not start")
 
 
 def main():
