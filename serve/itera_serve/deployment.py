@@ -73,7 +73,8 @@ class IteraDeployment:
             s = self.scheduler
             return self.json(200, {**self.identity, "pid": os.getpid(), "served": self.served_requests,
                                    "steps": s.steps, "step_sequences": s.step_sequences,
-                                   "step_seconds": s.step_seconds, "active": s.active, "queued": len(s.queue)})
+                                   "step_seconds": s.step_seconds, "active": s.active, "queued": len(s.queue),
+                                   "cancelled": s.cancelled})
         if route == ("POST", "/v1/completions"):
             try:
                 return await self.completions(request)

@@ -26,7 +26,10 @@ class Job:
         self.cancelled = False  # set by the handler when its client left
 
     def emit(self, *event):
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the replica's event loop is closed: it is shutting down, nobody waits
+            pass
 
 
 class Slot:
@@ -44,6 +47,7 @@ class Scheduler:
         self.stopping = False
         self.wake = threading.Condition()
         self.steps = 0
+        self.cancelled = 0  # requests whose client left before the end
         self.step_sequences = 0
         self.step_seconds = 0.0
         self.thread = threading.Thread(target=self.run, name="itera-scheduler", daemon=True)
@@ -90,6 +94,7 @@ class Scheduler:
             job = self.queue[0]
             if job.cancelled:
                 self.queue.popleft()
+                self.cancelled += 1
                 continue
             if job.request.max_tokens == 0:  # nothing to generate: no slot needed
                 self.queue.popleft()
@@ -115,6 +120,7 @@ class Scheduler:
             if s.job is None:
                 continue
             if s.job.cancelled:
+                self.cancelled += 1
                 self.release(seq)
                 continue
             feeds[seq] = s.feed

@@ -120,6 +120,31 @@ def test_streaming(deployment, expected):
     print("  streamed: events join to itera-run's text, [DONE] last; a stop string ends it with finish 'stop'")
 
 
+def test_client_leaving_frees_its_slot(deployment):
+    """A stream of 1000 tokens (past the 128-token window: each token re-runs the window, seconds in
+    all) closed after its first events: the replica counts it cancelled and its slot is free."""
+    u = urllib.parse.urlsplit(deployment.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.request("POST", "/v1/completions", json.dumps({"prompt": PROMPTS[0], "max_tokens": 1000, "temperature": 0,
+                                                         "stream": True}), {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    replica = r.getheader("x-itera-replica")
+    before = stats(deployment)[replica]["cancelled"]
+    events = 0
+    for line in r:
+        events += line.startswith(b"data: ")
+        if events == 3:
+            break
+    conn.close()
+    deadline = time.monotonic() + 20
+    s = stats(deployment)[replica]
+    while (s["cancelled"] == before or s["active"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        s = stats(deployment, tries=10).get(replica, s)
+    assert s["cancelled"] == before + 1 and s["active"] == 0, s
+    print(f"  a stream of 1000 tokens closed after 3 events: replica {replica} counted it cancelled, no slot busy")
+
+
 def test_bad_requests_are_json_errors(deployment):
     cases = [(b"{not json", 400, "invalid_json"), ({"max_tokens": 3}, 400, "missing_field"),
              ({"prompt": "and god", "max_tokens": -1}, 400, "invalid_value"),
