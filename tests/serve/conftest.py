@@ -86,6 +86,14 @@ def deployment(options):
         serve.run(IteraDeployment.options(**deploy).bind(**args), name="itera", route_prefix="/")
         print(f"  serve/config.yaml's application ({deploy['num_replicas']} replicas, {args}) running after "
               f"{time.monotonic() - t0:.1f} s at {local.url}")
+        tag = os.environ.get("ITERA_SERVE_TEST_TAG")
+        if tag:  # the leftover check of run_serve_tests.py finds the cluster's processes by this tag
+            from run_serve_tests import tagged
+
+            titles = " ".join(tagged(tag).values())
+            for name in ("gcs_server", "raylet", "ray::ServeReplica", "ray::ProxyActor"):
+                assert name in titles, f"{name} does not carry the test's tag: {titles[:500]}"
+            print(f"  gcs_server, raylets, Serve's proxy and replicas carry the run's tag ({len(tagged(tag))} processes)")
         yield Deployment(local)
     finally:
         t1 = time.monotonic()

@@ -105,6 +105,9 @@ def main():
         passed += 1
     if still:
         print(f"could not kill: {still}")
+    others = subprocess.run(["pgrep", "-fa", "ray::|raylet|gcs_server"], capture_output=True, text=True).stdout
+    if others.strip():  # not tagged: another user's Ray on this machine (listed, not touched)
+        print(f"Ray processes of others on this machine (not the test's):\n{others[:1000]}")
     if child.returncode not in (0, 1) and failed == 0:
         failed = 1
     print(f"{passed} passed, {failed} failed")
