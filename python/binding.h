@@ -116,6 +116,7 @@ void bind_batch(nb::module_& m);
 void bind_generate(nb::module_& m);
 void bind_perplexity(nb::class_<Model>& cls);  // Model.perplexity (perplexity.cpp)
 void bind_convert(nb::module_& m);             // itera._itera.convert (convert.cpp)
+void bind_sampler(nb::module_& m);             // itera.Sampler (sampler.cpp)
 
 // Model.batch (batch.cpp).
 nb::object new_batch(nb::object model, nb::handle n, nb::handle threads, const std::string& device);

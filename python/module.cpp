@@ -42,6 +42,7 @@ NB_MODULE(_itera, m) {
     bind_batch(m);
     bind_generate(m);
     bind_convert(m);
+    bind_sampler(m);
     m.def(
         "version", [] { return std::string(itera_version()); }, "The library's version (\"0.2.0\").");
     m.def(

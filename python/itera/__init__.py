@@ -18,7 +18,7 @@ from ._errors import (BufferTooSmallError, Error, FileError, FormatError, Intern
                       NoTokenizerError, OutOfMemoryError, UnknownTokenError)
 from ._checkpoint import checkpoint_bytes
 from ._convert import convert
-from ._itera import Batch, Context, Generator, Model, device_available, version
+from ._itera import Batch, Context, Generator, Model, Sampler, device_available, version
 from ._perplexity import Perplexity
 
 __version__ = version()
@@ -26,6 +26,6 @@ __version__ = version()
 __all__ = [
     "Batch", "BufferTooSmallError", "Context", "Error", "FileError", "FormatError", "Generator",
     "InternalError", "InvalidArgumentError", "Model", "ModelMismatchError", "NoCudaError",
-    "NoDeviceError", "NoTokenizerError", "OutOfMemoryError", "Perplexity", "UnknownTokenError",
+    "NoDeviceError", "NoTokenizerError", "OutOfMemoryError", "Perplexity", "Sampler", "UnknownTokenError",
     "checkpoint_bytes", "convert", "device_available", "version",
 ]

@@ -7,6 +7,7 @@ import os
 from typing import Annotated, Any
 
 import numpy
+import numpy.typing
 from numpy.typing import NDArray
 
 import itera._perplexity
@@ -334,6 +335,29 @@ def convert(checkpoint: bytes, output: bytes, *, tokenizer_json: str | None, con
     does); returns (the --report JSON, the summary lines). The fields are itera_convert_params'; use
     itera.convert, which takes the CLI's options as Python values. The GIL is released throughout.
     """
+
+class Sampler:
+    """
+    Draws token ids from logits as itera-run and itera-server do.
+
+    Sampler(*, temperature=0.8, top_k=40, top_p=0.95, seed=None, greedy=False): greedy (or
+    temperature <= 0) takes the most likely id; otherwise softmax at the temperature over the top_k
+    largest logits (0: all), cut to the smallest set whose probability reaches top_p, one draw from a
+    stream seeded by seed (None: a random seed). The same settings and seed give the same ids as
+    `itera-run --seed` and itera-server on the same logits.
+    """
+
+    def __init__(self, *, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, seed: int | None = None, greedy: bool = False) -> None: ...
+
+    @property
+    def greedy(self) -> bool:
+        """Whether sample() is the argmax (greedy=True or temperature <= 0)."""
+
+    def sample(self, logits: numpy.typing.NDArray[numpy.float32]) -> int:
+        """
+        The next token id from one row of float32 logits (a 1-D C-contiguous array, e.g. a row of
+        Batch.run's result). Advances the seeded stream. NaN logits raise itera.InvalidArgumentError.
+        """
 
 def version() -> str:
     """The library's version ("0.2.0")."""

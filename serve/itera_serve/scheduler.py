@@ -1,17 +1,17 @@
 """Continuous batching in a replica, as itera-server's scheduler (server/scheduler.cpp): one thread
 owns an itera.Batch of `parallel` slots. Each step it admits queued requests into free slots, feeds
 every active slot in one Batch.run (a new request's whole prompt beside the others' last token),
-samples each slot's next token with the request's own Sampler and hands the piece to the request's
+samples each slot's next token with the request's own itera.Sampler (the library's sampler) and hands the piece to the request's
 asyncio queue. A slot is freed at max_tokens, <EOS>, a stop string, or when its client left.
 Batch.run releases the GIL, so the replica's event loop keeps serving HTTP while a step runs."""
 import collections
 import threading
 import time
 
+import itera
 import numpy as np
 
 from .request import ApiError
-from .sampler import Sampler
 from .stop_strings import find_stop, releasable
 
 
@@ -107,7 +107,7 @@ class Scheduler:
             r = job.request
             s = self.slots[seq]
             s.job = job
-            s.sampler = Sampler(greedy=r.greedy, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, seed=r.seed)
+            s.sampler = itera.Sampler(greedy=r.greedy, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, seed=r.seed)
             s.feed = r.prompt
             s.text = b""
             s.sent = 0
@@ -149,7 +149,7 @@ class Scheduler:
         s = self.slots[seq]
         job, stops = s.job, s.job.request.stop
         try:
-            token = best if s.sampler.is_greedy and best is not None else s.sampler.sample(logits)
+            token = best if s.sampler.greedy and best is not None else s.sampler.sample(logits)
         except ValueError as e:
             job.emit("error", ApiError(500, "internal_error", f"sampling failed: {e}"))
             self.release(seq)
