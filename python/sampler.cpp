@@ -36,8 +36,8 @@ void bind_sampler(nb::module_& m) {
         .def(
             "__init__",
             [](Sampler* self, double temperature, nb::handle top_k, double top_p, nb::handle seed, bool greedy) {
-                const GenerateOptions o = generate_options(nb::int_(0), temperature, top_k, top_p, seed, greedy,
-                                                           nb::none());
+                const GenerateOptions o =
+                    generate_options(nb::int_(0), temperature, top_k, top_p, seed, greedy, nb::none());
                 new (self) Sampler();
                 self->params = o.sampling;
                 check(itera_sampler_new(&self->params, &self->sampler));
@@ -57,13 +57,12 @@ void bind_sampler(nb::module_& m) {
                 int32_t token = -1;
                 {
                     nb::gil_scoped_release released;
-                    check(itera_sampler_sample(s.sampler, logits.data(), static_cast<int32_t>(logits.shape(0)),
-                                               &token));
+                    check(
+                        itera_sampler_sample(s.sampler, logits.data(), static_cast<int32_t>(logits.shape(0)), &token));
                 }
                 return token;
             },
-            "logits"_a,
-            nb::sig("def sample(self, logits: numpy.typing.NDArray[numpy.float32]) -> int"),
+            "logits"_a, nb::sig("def sample(self, logits: numpy.typing.NDArray[numpy.float32]) -> int"),
             R"(The next token id from one row of float32 logits (a 1-D C-contiguous array, e.g. a row of
 Batch.run's result). Advances the seeded stream. NaN logits raise itera.InvalidArgumentError.)");
 }
