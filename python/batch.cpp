@@ -111,18 +111,7 @@ nb::object logits(Batch& self, nb::handle i) {
     const std::shared_ptr<BatchCore> core = self.core;
     const int32_t seq = sequence_index(*core, i);
     const size_t vocab = static_cast<size_t>(core->vocab);
-    std::unique_ptr<float[]> out(new float[vocab]);
-    {
-        nb::gil_scoped_release released;
-        std::lock_guard<std::mutex> lock(core->mutex);
-        const float* l = itera_batch_logits(core->batch, seq);
-        if (!l)
-            out.reset();
-        else
-            std::memcpy(out.get(), l, vocab * sizeof(float));
-    }
-    if (!out) return nb::none();
-    return nb::cast(float_array(out.release(), {vocab}));
+    return copy_logits(core->mutex, vocab, [&] { return itera_batch_logits(core->batch, seq); });
 }
 
 int32_t position(Batch& self, nb::handle i) {

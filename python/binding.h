@@ -11,6 +11,7 @@
 #include <nanobind/ndarray.h>
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -108,6 +109,25 @@ GenerateOptions generate_options(nb::handle max_tokens, double temperature, nb::
 
 // The prompt of generate(): text (tokenized) or token ids.
 std::vector<int32_t> prompt_ids(const ModelCore& model, nb::handle prompt, bool allow_unknown);
+
+// A copy of one logits row of the library's (read() returns it, or nullptr when there is none) as a
+// new float32 array [vocab], or None. read() runs with the GIL released and `mutex` held, the
+// mutex of the context or batch whose row it reads.
+template <class Read>
+nb::object copy_logits(std::mutex& mutex, size_t vocab, Read read) {
+    std::unique_ptr<float[]> out(new float[vocab]);
+    {
+        nb::gil_scoped_release released;
+        std::lock_guard<std::mutex> lock(mutex);
+        const float* l = read();
+        if (!l)
+            out.reset();
+        else
+            std::memcpy(out.get(), l, vocab * sizeof(float));
+    }
+    if (!out) return nb::none();
+    return nb::cast(float_array(out.release(), {vocab}));
+}
 
 // ---- the parts of the module ----
 void bind_model(nb::module_& m);

@@ -38,18 +38,7 @@ nb::object eval(Context& self, nb::handle ids, bool want_logits) {
 nb::object logits(Context& self) {
     const std::shared_ptr<ContextCore> core = self.core;
     const size_t vocab = static_cast<size_t>(vocab_of(*core));
-    std::unique_ptr<float[]> out(new float[vocab]);
-    {
-        nb::gil_scoped_release released;
-        std::lock_guard<std::mutex> lock(core->mutex);
-        const float* l = itera_context_logits(core->ctx);
-        if (!l)
-            out.reset();
-        else
-            std::memcpy(out.get(), l, vocab * sizeof(float));
-    }
-    if (!out) return nb::none();
-    return nb::cast(float_array(out.release(), {vocab}));
+    return copy_logits(core->mutex, vocab, [&] { return itera_context_logits(core->ctx); });
 }
 
 int32_t position(Context& self) {
