@@ -17,8 +17,9 @@
 
 namespace itera {
 
-constexpr uint32_t kItlFormatVersion = 1;
-constexpr uint32_t kQuantVersion = 1;  // the block layouts of format/quant_blocks.h
+constexpr uint32_t kItlFormatVersion = 2;        // what the writer writes (2: newline-joined token lists)
+constexpr uint32_t kItlOldestFormatVersion = 1;  // the oldest the reader loads
+constexpr uint32_t kQuantVersion = 1;            // the block layouts of format/quant_blocks.h
 
 // Serialises a spec (tensors converted to their stored dtype; the tokenizer section zstd-compressed
 // when that is smaller). Throws itera::Error.

@@ -4,6 +4,7 @@
 #include <unistd.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstring>
@@ -138,7 +139,8 @@ uint64_t zstd_blocks_bound(const uint8_t* src, size_t size) {
 bool one_zstd_frame(const uint8_t* src, size_t size) { return ZSTD_findFrameCompressedSize(src, size) == size; }
 
 // Decompresses (at most raw_length bytes) and verifies the token list.
-TokenizerSpec read_tokenizer(const fb::Tokenizer& t, const uint8_t* data, uint64_t data_length, int32_t id_limit) {
+TokenizerSpec read_tokenizer(const fb::Tokenizer& t, const uint8_t* data, uint64_t data_length, int32_t id_limit,
+                             uint32_t format_version) {
     TokenizerSpec tokenizer;
     const int32_t kind = static_cast<int32_t>(t.kind());
     if (kind != static_cast<int32_t>(TokenizerKind::word) && kind != static_cast<int32_t>(TokenizerKind::chars))
@@ -179,6 +181,23 @@ TokenizerSpec read_tokenizer(const fb::Tokenizer& t, const uint8_t* data, uint64
         throw Error("tokenizer: unknown compression " + std::to_string(static_cast<int32_t>(s.compression())));
     }
 
+    if (t.encoding() == fb::TokenListEncoding::lines) {
+        if (format_version < 2) throw Error("tokenizer: newline-joined tokens in a format version 1 file");
+        if (raw_length > 0 && raw[raw_length - 1] != '\n') throw Error("tokenizer: last token not ended by a newline");
+        const uint64_t count = static_cast<uint64_t>(std::count(raw, raw + raw_length, uint8_t{'\n'}));
+        if (count > static_cast<uint64_t>(id_limit))
+            throw Error("tokenizer: " + std::to_string(count) + " tokens, more than the model's " +
+                        std::to_string(id_limit) + " token ids");
+        tokenizer.tokens.reserve(count);
+        for (const uint8_t* p = raw; p < raw + raw_length;) {
+            const uint8_t* end = std::find(p, raw + raw_length, uint8_t{'\n'});
+            tokenizer.tokens.emplace_back(reinterpret_cast<const char*>(p), static_cast<size_t>(end - p));
+            p = end + 1;
+        }
+        return tokenizer;
+    }
+    if (t.encoding() != fb::TokenListEncoding::flatbuffer)
+        throw Error("tokenizer: unknown encoding " + std::to_string(static_cast<int32_t>(t.encoding())));
     flatbuffers::Verifier verifier(raw, raw_length);
     if (!verifier.VerifyBuffer<fb::TokenList>(nullptr))
         throw Error("tokenizer: corrupt token list (FlatBuffers verification failed)");
@@ -201,9 +220,10 @@ void ItlFile::parse(LoadOptions options) {
         throw Error("truncated file: " + std::to_string(size_) + " bytes, smaller than the 64-byte .itl header");
     if (std::memcmp(base_, kItlMagic, sizeof kItlMagic) != 0) throw Error("not an .itl file (bad magic)");
     const ItlHeader h = load_itl_header(base_);
-    if (h.format_version != kItlFormatVersion)
+    if (h.format_version < kItlOldestFormatVersion || h.format_version > kItlFormatVersion)
         throw Error("unsupported .itl format version " + std::to_string(h.format_version) +
-                    " (this reader supports version " + std::to_string(kItlFormatVersion) + ")");
+                    " (this reader supports versions " + std::to_string(kItlOldestFormatVersion) + " to " +
+                    std::to_string(kItlFormatVersion) + ")");
     format_version_ = h.format_version;
     checksum_ = h.checksum;
     if (h.header_bytes != kItlHeaderBytes || h.meta_offset != h.header_bytes)
@@ -301,7 +321,8 @@ void ItlFile::parse(LoadOptions options) {
     if (model->tokenizer()) {
         // token ids run to the last vocab_id when rows were dropped
         tokenizer_ = read_tokenizer(*model->tokenizer(), data, h.data_length,
-                                    config_.vocab_ids.empty() ? config_.vocab_size : config_.vocab_ids.back() + 1);
+                                    config_.vocab_ids.empty() ? config_.vocab_size : config_.vocab_ids.back() + 1,
+                                    h.format_version);
         has_tokenizer_ = true;
     }
     if (const fb::Provenance* p = model->provenance()) {

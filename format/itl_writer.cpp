@@ -4,6 +4,7 @@
 #include <unistd.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstdio>
@@ -25,8 +26,22 @@ namespace {
 
 constexpr int kZstdLevel = 19;  // token lists are small: spend the time, the file is written once
 
-// The tokenizer section's raw bytes: a FlatBuffer with root TokenList.
-std::vector<uint8_t> token_list_bytes(const std::vector<std::string>& tokens) {
+// The tokenizer section's raw bytes: each token followed by '\n' when no token holds one (half
+// the bytes of a TokenList, and zstd packs them to half as many: docs/compression.md), else a
+// FlatBuffer with root TokenList.
+std::vector<uint8_t> token_list_bytes(const std::vector<std::string>& tokens, fb::TokenListEncoding* encoding) {
+    const bool lines = std::none_of(tokens.begin(), tokens.end(),
+                                    [](const std::string& t) { return t.find('\n') != std::string::npos; });
+    if (lines) {
+        *encoding = fb::TokenListEncoding::lines;
+        std::vector<uint8_t> raw;
+        for (const std::string& t : tokens) {
+            raw.insert(raw.end(), t.begin(), t.end());
+            raw.push_back('\n');
+        }
+        return raw;
+    }
+    *encoding = fb::TokenListEncoding::flatbuffer;
     flatbuffers::FlatBufferBuilder fbb;
     const auto list = fbb.CreateVectorOfStrings(tokens);
     fbb.Finish(fb::CreateTokenList(fbb, list));
@@ -99,6 +114,7 @@ std::vector<uint8_t> serialize_itl(const ModelSpec& spec, const WriteOptions& op
     std::vector<uint8_t> token_raw, token_stored;
     Placed token_place;
     fb::Compression compression = fb::Compression::none;
+    fb::TokenListEncoding encoding = fb::TokenListEncoding::flatbuffer;
     if (spec.has_tokenizer) {
         const TokenizerKind kind = spec.tokenizer.kind;
         if (kind != TokenizerKind::word && kind != TokenizerKind::chars)
@@ -109,7 +125,7 @@ std::vector<uint8_t> serialize_itl(const ModelSpec& spec, const WriteOptions& op
         if (spec.tokenizer.tokens.size() > static_cast<size_t>(id_limit))
             throw Error("tokenizer has " + std::to_string(spec.tokenizer.tokens.size()) + " tokens, more than " +
                         (ids.empty() ? "vocab_size " : "the last vocab_id + 1 = ") + std::to_string(id_limit));
-        token_raw = token_list_bytes(spec.tokenizer.tokens);
+        token_raw = token_list_bytes(spec.tokenizer.tokens, &encoding);
         if (token_raw.size() > kItlMaxTokenizerBytes) throw Error("tokenizer is larger than 64 MiB");
         token_stored = zstd_compress(token_raw);
         if (token_stored.size() < token_raw.size()) {
@@ -136,7 +152,7 @@ std::vector<uint8_t> serialize_itl(const ModelSpec& spec, const WriteOptions& op
     if (spec.has_tokenizer) {
         const auto section =
             fb::CreateSection(fbb, token_place.offset, token_place.length, compression, token_raw.size());
-        tokenizer = fb::CreateTokenizer(fbb, static_cast<fb::TokenizerKind>(spec.tokenizer.kind), section);
+        tokenizer = fb::CreateTokenizer(fbb, static_cast<fb::TokenizerKind>(spec.tokenizer.kind), section, encoding);
     }
     const Provenance& p = spec.provenance;
     const auto provenance =

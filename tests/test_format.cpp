@@ -87,11 +87,24 @@ std::vector<std::string> char_tokens() {  // the layout of upstream's character 
     return tokens;
 }
 
-std::vector<std::string> random_tokens() {  // two short high-entropy tokens: zstd cannot win
+// Two short high-entropy tokens, so zstd cannot win. The first holds a newline, so the section
+// is a TokenList FlatBuffer (the version 1 encoding; version 2 writes it only then).
+std::vector<std::string> random_tokens() {
     std::mt19937 rng(99);
     std::vector<std::string> tokens(2);
     for (std::string& t : tokens)
         for (int i = 0; i < 11; i++) t.push_back(static_cast<char>(rng()));
+    tokens[0][5] = '\n';
+    return tokens;
+}
+
+// 50 random 3-byte tokens without a newline: a newline-joined section that zstd cannot shrink.
+std::vector<std::string> random_line_tokens() {
+    std::mt19937 rng(5);
+    std::vector<std::string> tokens(50);
+    for (std::string& t : tokens)
+        while (t.size() < 3)
+            if (const char c = static_cast<char>(rng()); c != '\n') t.push_back(c);
     return tokens;
 }
 
@@ -229,7 +242,6 @@ void check_matches(const ItlFile& file, const ModelSpec& spec) {
     CHECK(file.provenance().source_sha256 == spec.provenance.source_sha256);
     CHECK(file.provenance().converter_version == spec.provenance.converter_version);
     CHECK(file.provenance().options == spec.provenance.options);
-    CHECK(file.format_version() == kItlFormatVersion);
 
     REQUIRE(file.tensors().size() == spec.tensors.size());
     for (size_t i = 0; i < spec.tensors.size(); i++) CHECK(file.tensors()[i].name == spec.tensors[i].name);
@@ -421,14 +433,21 @@ TEST_CASE("round trip: odd shapes, fp32/fp16, per-expert widths, both tokenizer 
         if (*k.compression) CHECK(compressed == (std::string(k.compression) == "zstd"));
         CHECK((section->length() < section->raw_length()) == compressed);
         CHECK((section->length() == section->raw_length()) == !compressed);
+        // Newline-joined unless a token holds a newline.
+        const bool newline = std::any_of(k.tokens.begin(), k.tokens.end(),
+                                         [](const std::string& t) { return t.find('\n') != std::string::npos; });
+        const fb::TokenListEncoding encoding = metadata(bytes)->tokenizer()->encoding();
+        CHECK(encoding == (newline ? fb::TokenListEncoding::flatbuffer : fb::TokenListEncoding::lines));
         MESSAGE(spec.tokenizer.tokens.size(), " tokens: section ", section->length(), " bytes stored, ",
-                section->raw_length(), " raw (", compressed ? "zstd" : "none", "); file ", bytes.size(), " bytes");
+                section->raw_length(), " raw (", compressed ? "zstd" : "none", ", ",
+                std::string(fb::EnumNameTokenListEncoding(encoding)), "); file ", bytes.size(), " bytes");
 
         // In place from an aligned buffer; copied from a misaligned one.
         for (size_t shift : {size_t{0}, size_t{1}, size_t{8}}) {
             const AlignedCopy buf(bytes, shift);
             const auto file = ItlFile::from_memory(buf.data, bytes.size());
             check_matches(*file, spec);
+            CHECK(file->format_version() == kItlFormatVersion);
             CHECK(file->file_size() == bytes.size());
             const uint8_t* first = static_cast<const uint8_t*>(file->tensors()[0].data);
             const bool in_place = first >= buf.data && first < buf.data + bytes.size();
@@ -632,10 +651,10 @@ TEST_CASE("corrupt headers, checksum and metadata are rejected with their messag
 
     CHECK(load_error(edited([](auto& b) { b[0] = 'X'; })) == "not an .itl file (bad magic)");
     CHECK(load_error(edited([](auto& b) { b[5] = '1'; })) == "not an .itl file (bad magic)");
-    CHECK(load_error(edited([](auto& b) { b[8] = 2; })) ==
-          "unsupported .itl format version 2 (this reader supports version 1)");
+    CHECK(load_error(edited([](auto& b) { b[8] = 3; })) ==
+          "unsupported .itl format version 3 (this reader supports versions 1 to 2)");
     CHECK(load_error(edited([](auto& b) { b[8] = 0; })) ==
-          "unsupported .itl format version 0 (this reader supports version 1)");
+          "unsupported .itl format version 0 (this reader supports versions 1 to 2)");
     CHECK(contains(load_error(edited([](auto& b) { b[12] = 128; })), "corrupt header: header_bytes 128"));
     CHECK(contains(load_error(edited([](auto& b) { b[56] = 2; })), "corrupt header: unknown flags 2"));
     CHECK(contains(load_error(edited([](auto& b) { b[60] = 1; })),
@@ -827,7 +846,7 @@ TEST_CASE("bad tensor entries, config and tokenizer are rejected with their mess
         contains(error_after([&](auto m) { set(m->config()->layers()->Get(1), fb::LayerConfig::VT_KIND, int8_t{7}); }),
                  "layers[1].kind = 7"));
     CHECK(contains(error_after([&](auto m) { set(m, fb::Model::VT_FORMAT_VERSION, uint32_t{3}); }),
-                   "corrupt metadata: format_version 3 differs from the header's 1"));
+                   "corrupt metadata: format_version 3 differs from the header's 2"));
 
     // Uncompressed tokenizer section: wrong raw_length, broken nested FlatBuffer, range.
     auto sec = [](const fb::Model* m) { return m->tokenizer()->tokens(); };
@@ -926,10 +945,70 @@ TEST_CASE("zstd tokenizer: bombs, wrong raw_length and broken frames are rejecte
             "by a skippable one rejected");
 }
 
+TEST_CASE("token list encodings: newline-joined in version 2, TokenList in version 1 files") {
+    auto set = [](auto* t, auto field, auto value) { REQUIRE(table(t)->SetField(field, value)); };
+    auto as_version_1 = [&](std::vector<uint8_t>* b) {
+        (*b)[8] = 1;
+        set(metadata(*b), fb::Model::VT_FORMAT_VERSION, uint32_t{1});
+    };
+
+    // A newline-joined section, stored raw so its bytes can be edited.
+    const ModelSpec spec = make_spec(TokenizerKind::word, random_line_tokens());
+    const std::vector<uint8_t> good = serialize_plain(spec);
+    std::vector<uint8_t> probe = good;
+    const fb::Tokenizer* t = metadata(probe)->tokenizer();
+    REQUIRE(t->encoding() == fb::TokenListEncoding::lines);
+    REQUIRE(t->tokens()->compression() == fb::Compression::none);
+    REQUIRE(t->tokens()->raw_length() == 200);  // 50 tokens of 3 bytes and a newline
+    const uint64_t at = u64_at(good, 32) + t->tokens()->offset(), length = t->tokens()->length();
+    auto error_after = [&](const std::function<void(std::vector<uint8_t>&)>& edit) {
+        std::vector<uint8_t> b = good;
+        edit(b);
+        reseal(&b);
+        return load_error(b);
+    };
+    CHECK(error_after([](auto&) {}) == "(loaded)");
+    CHECK(error_after([&](auto& b) { b[at + length - 1] = 'x'; }) == "tokenizer: last token not ended by a newline");
+    CHECK(error_after([&](auto& b) { b[at] = '\n'; }) == "tokenizer: 51 tokens, more than the model's 50 token ids");
+    CHECK(error_after([&](auto& b) { set(metadata(b)->tokenizer(), fb::Tokenizer::VT_ENCODING, int8_t{7}); }) ==
+          "tokenizer: unknown encoding 7");
+    CHECK(error_after([&](auto& b) { as_version_1(&b); }) ==
+          "tokenizer: newline-joined tokens in a format version 1 file");
+    {  // an empty token is a token: token 1's newline moved to its start empties it, token 2 takes its bytes
+        std::vector<uint8_t> b = good;
+        b[at + 4] = '\n', b[at + 7] = 'q';
+        reseal(&b);
+        const auto file = ItlFile::from_memory(b.data(), b.size());
+        REQUIRE(file->tokenizer().tokens.size() == 50);
+        CHECK(file->tokenizer().tokens[1].empty());
+        CHECK(file->tokenizer().tokens[2].size() == 6);
+    }
+
+    // Version 1: a file whose token holds a newline is a TokenList, and with both version fields
+    // set to 1 it is what the version 1 writer wrote. It loads, the same.
+    const ModelSpec v1_spec = make_spec(TokenizerKind::chars, random_tokens());
+    std::vector<uint8_t> v1 = serialize_plain(v1_spec);
+    REQUIRE(metadata(v1)->tokenizer()->encoding() == fb::TokenListEncoding::flatbuffer);
+    as_version_1(&v1);
+    reseal(&v1);
+    const auto file = ItlFile::from_memory(v1.data(), v1.size());
+    CHECK(file->format_version() == 1);
+    check_matches(*file, v1_spec);
+    // A file the version 1 converter wrote (a fuzz seed of docs/fuzzing.md, kept in the repository).
+    const auto old = ItlFile::open(ITERA_SOURCE_DIR "/tests/fuzz_regressions/itl_loader/tiny_moe_tokenizer.itl");
+    CHECK(old->format_version() == 1);
+    CHECK(old->tokenizer().tokens.size() == 12);
+    CHECK(old->tokenizer().tokens[1] == "<UNK>");
+    MESSAGE(
+        "newline-joined section: missing final newline, too many tokens, unknown encoding, lines in a version 1 "
+        "file rejected; empty tokens kept; version 1 files (edited, and one written by the old converter) load");
+}
+
 TEST_CASE("every single-byte corruption of metadata and tokenizer is loaded safely or rejected") {
     // Resealed, so the checksum does not hide anything: the verifier and the field checks must.
     // Under ASan a read outside the buffer fails the test, so every accepted file is fully read.
-    for (const auto& tokens : {char_tokens(), random_tokens()}) {  // zstd and raw tokenizer sections
+    // zstd and raw sections; newline-joined (char_tokens, random_line_tokens) and TokenList
+    for (const auto& tokens : {char_tokens(), random_tokens(), random_line_tokens()}) {
         std::vector<uint8_t> good = serialize_plain(make_spec(TokenizerKind::chars, tokens));
         const uint64_t meta_length = u64_at(good, 24), data_offset = u64_at(good, 32);
         const fb::Section* s = metadata(good)->tokenizer()->tokens();

@@ -4,8 +4,9 @@
 usage: /usr/bin/python3 tools/tokenizer_section.py MODEL.itl TOKENIZER.json [WORDS.txt]
 
 MODEL.itl is any file itera-convert wrote with TOKENIZER.json: its tokenizer section (a zstd frame
-of a FlatBuffer TokenList, docs/format.md) is read back from it, so the first row is what the
-writer stores today. Every other row is an encoding the format does not have; each is compressed
+of the token list, docs/format.md) is read back from it, so the first row is what that writer
+stored: a FlatBuffer TokenList in a format version 1 file, the words each followed by a newline in
+version 2 (the TokenList rows need a version 1 file). Every other row is an encoding, compressed
 with the zstd command line (the same library and frame as the writer's ZSTD_compress: no
 checksum, content size in the header). WORDS.txt (one word a line, from elsewhere: Debian's
 wamerican /usr/share/dict/words) makes shared zstd dictionaries, which the runtime would have to
@@ -83,16 +84,19 @@ def main():
     itl, tokenizer = sys.argv[1:3]
     toks = words(tokenizer)
     frame, raw = stored_section(itl)
-    lines = "\n".join(toks).encode()
+    lines = "".join(t + "\n" for t in toks).encode()  # the version 2 encoding
     order = sorted(range(len(toks)), key=lambda i: toks[i].encode())
     sorted_fc = front_coded([toks[i] for i in order])
     rank = [0] * len(toks)  # id -> position in the sorted list: what restores the ids
     for pos, i in enumerate(order):
         rank[i] = pos
     perm = struct.pack(f"<{len(toks)}H", *rank)
-    rows = [("today: FlatBuffer TokenList, zstd 19 (stored in the file)", len(raw), len(frame))]
-    for level in (1, 3, 9, 19, 22):
-        rows.append((f"FlatBuffer TokenList, zstd {level}", len(raw), zstd(raw, level)))
+    version = struct.unpack_from("<I", open(itl, "rb").read(12), 8)[0]
+    stored = "FlatBuffer TokenList" if version == 1 else "words each followed by a newline"
+    rows = [(f"stored: {stored}, zstd 19 (format version {version})", len(raw), len(frame))]
+    if version == 1:
+        for level in (1, 3, 9, 19, 22):
+            rows.append((f"FlatBuffer TokenList, zstd {level}", len(raw), zstd(raw, level)))
     for level in (19, 22):
         rows.append((f"words joined by newlines (id order), zstd {level}", len(lines), zstd(lines, level)))
     rows.append(("front-coded, id order, zstd 19", len(front_coded(toks)), zstd(front_coded(toks), 19)))
@@ -100,7 +104,7 @@ def main():
                  zstd(sorted_fc, 19)))
     rows.append(("sorted, front-coded + id permutation (uint16), zstd 19 each", len(sorted_fc) + len(perm),
                  zstd(sorted_fc, 19) + zstd(perm, 19)))
-    sorted_lines = "\n".join(toks[i] for i in order).encode()
+    sorted_lines = "".join(toks[i] + "\n" for i in order).encode()
     rows.append(("sorted, joined by newlines, zstd 19 (ids renumbered in sorted order)", len(sorted_lines),
                  zstd(sorted_lines, 19)))
     if len(sys.argv) > 3:
@@ -113,7 +117,7 @@ def main():
     rows.append(("words joined by newlines, zstd 19, dictionary = this same list (a tokenizer the runtime "
                   "already has)", len(lines), zstd(lines, 19, lines)))
     print(f"{len(toks)} tokens, {sum(len(t.encode()) for t in toks)} bytes of text")
-    print("| encoding | raw bytes | stored bytes | vs today |")
+    print("| encoding | raw bytes | stored bytes | vs stored |")
     print("|---|---:|---:|---:|")
     for name, r, s in rows:
         print(f"| {name} | {r:,} | {s:,} | {s - len(frame):+,} |")
