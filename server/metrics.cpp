@@ -59,7 +59,7 @@ std::string Metrics::prometheus(int32_t parallel) const {
     std::string out;
     {
         std::lock_guard<std::mutex> lock(mutex_);
-        line(out, "# HELP itera_requests_total HTTP responses sent, by status\n# TYPE itera_requests_total counter\n");
+        out += "# HELP itera_requests_total HTTP responses sent, by status\n# TYPE itera_requests_total counter\n";
         for (const auto& [status, n] : responses_)
             line(out, "itera_requests_total{status=\"%d\"} %llu\n", status, static_cast<unsigned long long>(n));
         step_.print(out, "itera_step_seconds", "time of one scheduler step (one batch run over every active sequence)");
