@@ -7,7 +7,9 @@
 # `/usr/bin/python3 models/make_corpus.py /tmp/kjv`; OpenBLAS as in models/README.md):
 #   sh docs/measure_distill.sh build /tmp/kjv [teacher|students|all] [OUT_DIR]
 # OUT_DIR (default /tmp/distill) keeps every file, log and row (row.NAME.json); a point whose
-# .itl is already there is only measured again. Calibration = the first 60,000 bytes of train.txt.
+# .itl is already there is only measured again (converted again from its checkpoint and plan when
+# an older itera-convert wrote it in format 1: the same weights, 10,139 bytes less tokenizer
+# section). Calibration = the first 60,000 bytes of train.txt.
 # Each student is one models/distill.py run (at most 30 minutes on a free core); each teacher
 # point one --target-size conversion and 600 recovery steps. The chart needs python3-matplotlib.
 set -eu
@@ -27,15 +29,29 @@ row() {  # line name short-label file.itl command: writes OUT/row.NAME.json {lin
     line=$1 name=$2 short=$3 itl=$4 cmd=$5
     ppl=$($run ppl -m "$itl" --file "$corpus/heldout.txt" --json)
     info=$($run info -m "$itl" --json)
-    /usr/bin/python3 - "$line" "$short" "$ppl" "$info" "$cmd" "$out/row.$name.json" <<'PY'
-import json, sys
-line, short, ppl, info, cmd, path = sys.argv[1:]
+    /usr/bin/python3 - "$line" "$short" "$ppl" "$info" "$cmd" "$out/row.$name.json" "$itl.format1" <<'PY'
+import json, os, sys
+line, short, ppl, info, cmd, path, format1 = sys.argv[1:]
 ppl, info = json.loads(ppl), json.loads(info)
 row = {"line": line, "short": short, "file_bytes": info["file_bytes"], "ppl": round(ppl["ppl"], 4),
        "parameters": info["parameters"], "command": cmd}
+if os.path.exists(format1):  # the same weights as an older itera-convert wrote them
+    row["format1_bytes"] = os.path.getsize(format1)
 json.dump(row, open(path, "w"))
 print(f"| {line} | {short} | {row['file_bytes']:,} | {row['parameters']:,} | {row['ppl']:.2f} |")
 PY
+}
+
+# A file in format 1 (before the newline-joined tokenizer section) is converted again, with the
+# same dtypes: the same weights and perplexity in the current format.
+current() {  # file.itl checkpoint itera-convert-arguments... (sh has no local variables: own names)
+    current_itl=$1 current_src=$2
+    shift 2
+    version=$($run info -m "$current_itl" --json |
+        /usr/bin/python3 -c "import json, sys; print(json.load(sys.stdin)['format_version'])")
+    [ "$version" = 1 ] || return 0
+    mv "$current_itl" "$current_itl.format1"
+    $convert "$current_src" -o "$current_itl" --tokenizer $tok "$@" > /dev/null
 }
 
 precision() {  # the --precision map of an itera-convert --report
@@ -64,6 +80,7 @@ teacher_point() {  # name checkpoint target-bytes label: --target-size with prun
         $convert "$out/$name.pt" -o "$out/$name.itl" --tokenizer $tok --precision "$(precision "$out/$name.json")" \
             > /dev/null
     fi
+    current "$out/$name.itl" "$out/$name.pt" --precision "$(precision "$out/$name.json")"
     row teacher "$name" "$4" "$out/$name.itl" \
         "itera-convert $src --target-size $((target - 256)) --prune-scope moe,ffn,ssm --calib; recover.py 600 steps"
 }
@@ -72,6 +89,7 @@ echo "| line | point | bytes | parameters | held-out perplexity |"
 echo "|---|---|---:|---:|---:|"
 if [ "$what" != students ]; then
     [ -f "$out/teacher.itl" ] || $convert $ck -o "$out/teacher.itl" --tokenizer $tok > /dev/null
+    current "$out/teacher.itl" $ck
     row reference teacher "teacher FP32" "$out/teacher.itl" "itera-convert $ck"
     teacher_point t250000 $ck 250000 t250k
     # Below ~150 kB the teacher's 3000 x 96 embedding does not fit: keep the 64 or 32 residual
@@ -87,9 +105,10 @@ fi
 if [ "$what" != teacher ]; then
     # budget:steps:qat, fewer steps for the students that are slower per step, so that each run
     # stays near 30 minutes on one core of the shared machine (docs/compression.md has the wall
-    # times). 69,408 bytes is the smallest student: no budget under it (see the docs). The 84 kB
-    # student fake-quantizes its last 60% (--qat 0.6: 46.98 against 48.49 with the default 0.3).
-    for point in 70000:5000:0.3 83702:5000:0.6 100000:3000:0.3 120000:2000:0.3; do
+    # times). 59,269 bytes is the smallest student: no budget under it (see the docs). The 60 kB
+    # and 84 kB students fake-quantize their last 60% (--qat 0.6: 46.98 against 48.49 with the
+    # default 0.3 for the 84 kB one in format 1).
+    for point in 60000:5000:0.6 70000:5000:0.3 83702:5000:0.6 100000:3000:0.3 120000:2000:0.3; do
         budget=${point%%:*} qat=${point##*:} steps=${point#*:}
         steps=${steps%:*}
         name=s$budget
@@ -97,6 +116,7 @@ if [ "$what" != teacher ]; then
         [ -f "$out/$name.itl" ] || /usr/bin/time -f "%e s wall, %U s user, %S s system" \
             $py models/distill.py "$corpus" --budget "$budget" --steps "$steps" --qat "$qat" \
             --convert "$convert" --out "$out/$name.pt" > "$out/$name.log" 2>&1
+        current "$out/$name.itl" "$out/$name.pt" --precision "$(cat "$out/$name.precision")"
         cmd="distill.py --budget $budget --steps $steps"
         [ "$qat" = 0.3 ] || cmd="$cmd --qat $qat"  # 0.3 is distill.py's default
         row student "$name" "s$(((budget + 500) / 1000))k" "$out/$name.itl" "$cmd"

@@ -51,7 +51,7 @@ TOKENIZER = os.path.join(HERE, "tokenizer_kjv.json")
 # ---- 1. sizes: the bytes itera-convert writes -----------------------------------------------------
 
 BLOCK_BYTES = {"q8": 34, "q4": 18, "nf4": 34, "q3": 14, "q2": 18}  # per block of R.BLOCK[dtype]
-TOKENIZER_BYTES = 20192  # tokenizer_kjv.json's section as the writer stores it (zstd 19)
+TOKENIZER_BYTES = 10053  # tokenizer_kjv.json's section as the writer stores it (newline-joined, zstd 19)
 HEADER_BYTES = 64
 PRECISION_SLACK = 256  # bytes the --precision rules add to the file's compressed provenance, at most
 
