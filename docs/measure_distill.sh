@@ -87,10 +87,10 @@ teacher_point() {  # name checkpoint target-bytes label: --target-size with prun
 
 echo "| line | point | bytes | parameters | held-out perplexity |"
 echo "|---|---|---:|---:|---:|"
+[ -f "$out/teacher.itl" ] || $convert $ck -o "$out/teacher.itl" --tokenizer $tok > /dev/null
+current "$out/teacher.itl" $ck
+row reference teacher "teacher FP32" "$out/teacher.itl" "itera-convert $ck"  # the chart's reference line
 if [ "$what" != students ]; then
-    [ -f "$out/teacher.itl" ] || $convert $ck -o "$out/teacher.itl" --tokenizer $tok > /dev/null
-    current "$out/teacher.itl" $ck
-    row reference teacher "teacher FP32" "$out/teacher.itl" "itera-convert $ck"
     teacher_point t250000 $ck 250000 t250k
     # Below ~150 kB the teacher's 3000 x 96 embedding does not fit: keep the 64 or 32 residual
     # channels of largest RMS first (recover.py --hidden, no training), then the same recipe.
@@ -125,8 +125,9 @@ fi
 /usr/bin/python3 - "$out" docs/distill_curve.json <<'PY'
 import glob, json, os, sys
 rows = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(sys.argv[1], "row.*.json")))]
-ref = [r["ppl"] for r in rows if r["line"] == "reference"]
-json.dump({"teacher_fp32_ppl": ref[0] if ref else 35.2763, "rows": [r for r in rows if r["line"] != "reference"]},
+ref = [r for r in rows if r["line"] == "reference"][0]
+json.dump({"teacher_fp32_ppl": ref["ppl"], "teacher_fp32_bytes": ref["file_bytes"],
+           "rows": [r for r in rows if r["line"] != "reference"]},
           open(sys.argv[2], "w"), indent=1)
 PY
 /usr/bin/python3 docs/plot_distill.py docs/distill_curve.json docs/distill.svg

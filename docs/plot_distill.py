@@ -31,7 +31,8 @@ def main():
             ax.annotate(r["short"], (r["file_bytes"] / 1000, r["ppl"]), textcoords="offset points", xytext=(5, 4),
                         fontsize=7, color=color)
     fp32 = curve["teacher_fp32_ppl"]
-    ax.axhline(fp32, color="#4c4c4c", ls="--", lw=1, label=f"teacher FP32 ({fp32:.2f}, 2,519,648-byte .itl)")
+    ax.axhline(fp32, color="#4c4c4c", ls="--", lw=1,
+               label=f"teacher FP32 ({fp32:.2f}, {curve['teacher_fp32_bytes']:,}-byte .itl)")
     ax.axhline(1.35 * fp32, color="#999999", ls=":", lw=1, label=f"1.35x the teacher ({1.35 * fp32:.1f}): the goal")
     for x, text in ((83.702, "30x (83,702 B)"), (60.0, "60 kB")):
         ax.axvline(x, color="#999999", ls=":", lw=1)
