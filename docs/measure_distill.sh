@@ -47,9 +47,8 @@ PY
 current() {  # file.itl checkpoint itera-convert-arguments... (sh has no local variables: own names)
     current_itl=$1 current_src=$2
     shift 2
-    version=$($run info -m "$current_itl" --json |
-        /usr/bin/python3 -c "import json, sys; print(json.load(sys.stdin)['format_version'])")
-    [ "$version" = 1 ] || return 0
+    # the header's format_version: a little-endian u32 at byte 8 (docs/format.md)
+    [ "$(od -An -tu4 -j8 -N4 "$current_itl" | tr -d ' ')" = 1 ] || return 0
     mv "$current_itl" "$current_itl.format1"
     $convert "$current_src" -o "$current_itl" --tokenizer $tok "$@" > /dev/null
 }

@@ -176,6 +176,11 @@ flatbuffers::Table* table(const T* t) {
     return reinterpret_cast<flatbuffers::Table*>(const_cast<T*>(t));
 }
 
+template <typename T, typename V>
+void set_field(const T* t, flatbuffers::voffset_t field, V value) {
+    REQUIRE(table(t)->SetField(field, value));
+}
+
 // Recomputes the header checksum the way docs/format.md defines it: XXH3-64 over metadata || data.
 void reseal(std::vector<uint8_t>* file) {
     const uint64_t meta_length = u64_at(*file, 24), data_offset = u64_at(*file, 32), data_length = u64_at(*file, 40);
@@ -787,34 +792,33 @@ TEST_CASE("bad tensor entries, config and tokenizer are rejected with their mess
     };
     // Tensor 1 is position_embedding.weight [17, 24] fp16 at a non-zero offset.
     auto t1 = [](const fb::Model* m) { return m->tensors()->Get(1); };
-    auto set = [](auto* t, auto field, auto value) { REQUIRE(table(t)->SetField(field, value)); };
 
     const uint64_t beyond = (data_length + 63) / 64 * 64 + 64;
-    CHECK(contains(error_after([&](auto m) { set(t1(m), fb::Tensor::VT_OFFSET, beyond); }),
+    CHECK(contains(error_after([&](auto m) { set_field(t1(m), fb::Tensor::VT_OFFSET, beyond); }),
                    "tensor 'position_embedding.weight': bytes at offset " + std::to_string(beyond) +
                        " (length 816) lie outside the data region (" + std::to_string(data_length) + " bytes)"));
-    CHECK(contains(error_after([&](auto m) { set(t1(m), fb::Tensor::VT_OFFSET, uint64_t{1} << 63); }),
+    CHECK(contains(error_after([&](auto m) { set_field(t1(m), fb::Tensor::VT_OFFSET, uint64_t{1} << 63); }),
                    "lie outside the data region"));
-    CHECK(contains(error_after([&](auto m) { set(t1(m), fb::Tensor::VT_LENGTH, ~uint64_t{0} - 63); }),
+    CHECK(contains(error_after([&](auto m) { set_field(t1(m), fb::Tensor::VT_LENGTH, ~uint64_t{0} - 63); }),
                    "lie outside the data region"));
     std::vector<uint8_t> copy = good;
     const uint64_t t1_offset = t1(metadata(copy))->offset();
     REQUIRE(t1_offset > 0);
     CHECK(contains(
-        error_after([&](auto m) { set(t1(m), fb::Tensor::VT_OFFSET, t1_offset + 8); }),
+        error_after([&](auto m) { set_field(t1(m), fb::Tensor::VT_OFFSET, t1_offset + 8); }),
         "tensor 'position_embedding.weight': offset " + std::to_string(t1_offset + 8) + " is not a multiple of 64"));
-    CHECK(contains(error_after([&](auto m) { set(t1(m), fb::Tensor::VT_LENGTH, uint64_t{814}); }),
+    CHECK(contains(error_after([&](auto m) { set_field(t1(m), fb::Tensor::VT_LENGTH, uint64_t{814}); }),
                    "tensor 'position_embedding.weight': 814 bytes, its shape and dtype need 816"));
-    CHECK(contains(error_after([&](auto m) { set(t1(m), fb::Tensor::VT_DTYPE, int32_t{9}); }),
+    CHECK(contains(error_after([&](auto m) { set_field(t1(m), fb::Tensor::VT_DTYPE, int32_t{9}); }),
                    "tensor 'position_embedding.weight': unsupported dtype 9"));
-    CHECK(contains(error_after([&](auto m) { set(t1(m), fb::Tensor::VT_DTYPE, int32_t{0}); }),
+    CHECK(contains(error_after([&](auto m) { set_field(t1(m), fb::Tensor::VT_DTYPE, int32_t{0}); }),
                    "816 bytes, its shape and dtype need 1632"));
     // [17, 24] as q3_0: 17 rows of one 14-byte block; as q2_0: of one 18-byte block.
-    CHECK(contains(error_after([&](auto m) { set(t1(m), fb::Tensor::VT_DTYPE, int32_t{5}); }),
+    CHECK(contains(error_after([&](auto m) { set_field(t1(m), fb::Tensor::VT_DTYPE, int32_t{5}); }),
                    "816 bytes, its shape and dtype need 238"));
-    CHECK(contains(error_after([&](auto m) { set(t1(m), fb::Tensor::VT_DTYPE, int32_t{6}); }),
+    CHECK(contains(error_after([&](auto m) { set_field(t1(m), fb::Tensor::VT_DTYPE, int32_t{6}); }),
                    "816 bytes, its shape and dtype need 306"));
-    CHECK(contains(error_after([&](auto m) { set(t1(m), fb::Tensor::VT_DTYPE, int32_t{7}); }),
+    CHECK(contains(error_after([&](auto m) { set_field(t1(m), fb::Tensor::VT_DTYPE, int32_t{7}); }),
                    "tensor 'position_embedding.weight': unsupported dtype 7"));
 
     // Absurd dimensions.
@@ -837,29 +841,30 @@ TEST_CASE("bad tensor entries, config and tokenizer are rejected with their mess
           }) == "duplicate tensor name 'embedding.weight'");
 
     // Config.
-    CHECK(contains(error_after([&](auto m) { set(m->config(), fb::ModelConfig::VT_HIDDEN, int32_t{0}); }),
+    CHECK(contains(error_after([&](auto m) { set_field(m->config(), fb::ModelConfig::VT_HIDDEN, int32_t{0}); }),
                    "invalid model config: hidden = 0"));
     CHECK(contains(
-        error_after([&](auto m) { set(m->config()->layers()->Get(1), fb::LayerConfig::VT_TOP_K, int32_t{9}); }),
+        error_after([&](auto m) { set_field(m->config()->layers()->Get(1), fb::LayerConfig::VT_TOP_K, int32_t{9}); }),
         "invalid model config: layers[1].top_k = 9 (must be 1..3)"));
-    CHECK(
-        contains(error_after([&](auto m) { set(m->config()->layers()->Get(1), fb::LayerConfig::VT_KIND, int8_t{7}); }),
-                 "layers[1].kind = 7"));
-    CHECK(contains(error_after([&](auto m) { set(m, fb::Model::VT_FORMAT_VERSION, uint32_t{3}); }),
+    CHECK(contains(
+        error_after([&](auto m) { set_field(m->config()->layers()->Get(1), fb::LayerConfig::VT_KIND, int8_t{7}); }),
+        "layers[1].kind = 7"));
+    CHECK(contains(error_after([&](auto m) { set_field(m, fb::Model::VT_FORMAT_VERSION, uint32_t{3}); }),
                    "corrupt metadata: format_version 3 differs from the header's 2"));
 
     // Uncompressed tokenizer section: wrong raw_length, broken nested FlatBuffer, range.
     auto sec = [](const fb::Model* m) { return m->tokenizer()->tokens(); };
     CHECK(metadata(copy)->tokenizer()->tokens()->compression() == fb::Compression::none);
-    CHECK(contains(error_after([&](auto m) { set(sec(m), fb::Section::VT_RAW_LENGTH, sec(m)->raw_length() + 1); }),
-                   "tokenizer: uncompressed section of"));
-    CHECK(contains(error_after([&](auto m) { set(sec(m), fb::Section::VT_OFFSET, sec(m)->offset() + 32); }),
+    CHECK(
+        contains(error_after([&](auto m) { set_field(sec(m), fb::Section::VT_RAW_LENGTH, sec(m)->raw_length() + 1); }),
+                 "tokenizer: uncompressed section of"));
+    CHECK(contains(error_after([&](auto m) { set_field(sec(m), fb::Section::VT_OFFSET, sec(m)->offset() + 32); }),
                    "tokenizer: offset"));
-    CHECK(contains(error_after([&](auto m) { set(sec(m), fb::Section::VT_LENGTH, data_length); }),
+    CHECK(contains(error_after([&](auto m) { set_field(sec(m), fb::Section::VT_LENGTH, data_length); }),
                    "tokenizer: bytes at offset"));
-    CHECK(contains(error_after([&](auto m) { set(m->tokenizer(), fb::Tokenizer::VT_KIND, int8_t{4}); }),
+    CHECK(contains(error_after([&](auto m) { set_field(m->tokenizer(), fb::Tokenizer::VT_KIND, int8_t{4}); }),
                    "tokenizer: unknown kind 4"));
-    CHECK(contains(error_after([&](auto m) { set(sec(m), fb::Section::VT_RAW_LENGTH, uint64_t{1} << 40); }),
+    CHECK(contains(error_after([&](auto m) { set_field(sec(m), fb::Section::VT_RAW_LENGTH, uint64_t{1} << 40); }),
                    "tokenizer: raw_length 1099511627776 exceeds the 64 MiB limit"));
     {
         std::vector<uint8_t> b = good;
@@ -946,10 +951,9 @@ TEST_CASE("zstd tokenizer: bombs, wrong raw_length and broken frames are rejecte
 }
 
 TEST_CASE("token list encodings: newline-joined in version 2, TokenList in version 1 files") {
-    auto set = [](auto* t, auto field, auto value) { REQUIRE(table(t)->SetField(field, value)); };
     auto as_version_1 = [&](std::vector<uint8_t>* b) {
         (*b)[8] = 1;
-        set(metadata(*b), fb::Model::VT_FORMAT_VERSION, uint32_t{1});
+        set_field(metadata(*b), fb::Model::VT_FORMAT_VERSION, uint32_t{1});
     };
 
     // A newline-joined section, stored raw so its bytes can be edited.
@@ -970,7 +974,7 @@ TEST_CASE("token list encodings: newline-joined in version 2, TokenList in versi
     CHECK(error_after([](auto&) {}) == "(loaded)");
     CHECK(error_after([&](auto& b) { b[at + length - 1] = 'x'; }) == "tokenizer: last token not ended by a newline");
     CHECK(error_after([&](auto& b) { b[at] = '\n'; }) == "tokenizer: 51 tokens, more than the model's 50 token ids");
-    CHECK(error_after([&](auto& b) { set(metadata(b)->tokenizer(), fb::Tokenizer::VT_ENCODING, int8_t{7}); }) ==
+    CHECK(error_after([&](auto& b) { set_field(metadata(b)->tokenizer(), fb::Tokenizer::VT_ENCODING, int8_t{7}); }) ==
           "tokenizer: unknown encoding 7");
     CHECK(error_after([&](auto& b) { as_version_1(&b); }) ==
           "tokenizer: newline-joined tokens in a format version 1 file");

@@ -37,16 +37,17 @@ def zstd(data, level, dictionary=None):
 
 
 def stored_section(itl):
-    """The tokenizer section as stored: the writer puts it last in the data region, 64-aligned,
-    so it is the last 64-aligned zstd frame of the file that decompresses to a whole FlatBuffer
-    running to the end of the file."""
+    """The file's format version and its tokenizer section as stored: the writer puts it last in
+    the data region, 64-aligned, so it is the last 64-aligned zstd frame of the file that
+    decompresses whole, running to the end of the file."""
     data = open(itl, "rb").read()
+    version = struct.unpack_from("<I", data, 8)[0]
     data_offset = struct.unpack_from("<Q", data, 32)[0]
     for off in range(data_offset + (len(data) - data_offset - 1) // 64 * 64, data_offset - 1, -64):
         if data[off:off + 4] == ZSTD_MAGIC:
             raw = subprocess.run(["zstd", "-d", "-q", "-c"], input=data[off:], capture_output=True)
             if raw.returncode == 0:
-                return data[off:], raw.stdout
+                return version, data[off:], raw.stdout
     raise SystemExit(f"error: no zstd tokenizer section at the end of {itl}")
 
 
@@ -83,7 +84,7 @@ def front_coded(tokens):
 def main():
     itl, tokenizer = sys.argv[1:3]
     toks = words(tokenizer)
-    frame, raw = stored_section(itl)
+    version, frame, raw = stored_section(itl)
     lines = "".join(t + "\n" for t in toks).encode()  # the version 2 encoding
     order = sorted(range(len(toks)), key=lambda i: toks[i].encode())
     sorted_fc = front_coded([toks[i] for i in order])
@@ -91,7 +92,6 @@ def main():
     for pos, i in enumerate(order):
         rank[i] = pos
     perm = struct.pack(f"<{len(toks)}H", *rank)
-    version = struct.unpack_from("<I", open(itl, "rb").read(12), 8)[0]
     stored = "FlatBuffer TokenList" if version == 1 else "words each followed by a newline"
     rows = [(f"stored: {stored}, zstd 19 (format version {version})", len(raw), len(frame))]
     if version == 1:
