@@ -565,9 +565,10 @@ def layouts(t, files):
           f"the rest row_major")
     check(all(e["layout"] == "row_major" for e in plain) and
           [(e["name"], e["bytes"]) for e in plain] == [(e["name"], e["bytes"]) for e in default] and
-          os.path.getsize(plain_itl) <= os.path.getsize(files["q4"]),
+          abs(os.path.getsize(plain_itl) - os.path.getsize(files["q4"])) <= 64,
           f"--layout row_major: every tensor row_major, the same bytes per tensor "
-          f"({os.path.getsize(plain_itl)} vs {os.path.getsize(files['q4'])} bytes on disk)")
+          f"({os.path.getsize(plain_itl)} vs {os.path.getsize(files['q4'])} bytes on disk: within the metadata's "
+          f"64-byte padding, which holds the longer command line)")
     ids = list(range(1, 25))
     a, _ = t.logits(files["q4"], ids)
     b, _ = t.logits(plain_itl, ids)
