@@ -29,14 +29,12 @@ row() {  # line name short-label file.itl command: writes OUT/row.NAME.json {lin
     line=$1 name=$2 short=$3 itl=$4 cmd=$5
     ppl=$($run ppl -m "$itl" --file "$corpus/heldout.txt" --json)
     info=$($run info -m "$itl" --json)
-    /usr/bin/python3 - "$line" "$short" "$ppl" "$info" "$cmd" "$out/row.$name.json" "$itl.format1" <<'PY'
-import json, os, sys
-line, short, ppl, info, cmd, path, format1 = sys.argv[1:]
+    /usr/bin/python3 - "$line" "$short" "$ppl" "$info" "$cmd" "$out/row.$name.json" <<'PY'
+import json, sys
+line, short, ppl, info, cmd, path = sys.argv[1:]
 ppl, info = json.loads(ppl), json.loads(info)
 row = {"line": line, "short": short, "file_bytes": info["file_bytes"], "ppl": round(ppl["ppl"], 4),
        "parameters": info["parameters"], "command": cmd}
-if os.path.exists(format1):  # the same weights as an older itera-convert wrote them
-    row["format1_bytes"] = os.path.getsize(format1)
 json.dump(row, open(path, "w"))
 print(f"| {line} | {short} | {row['file_bytes']:,} | {row['parameters']:,} | {row['ppl']:.2f} |")
 PY

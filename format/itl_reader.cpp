@@ -138,6 +138,13 @@ uint64_t zstd_blocks_bound(const uint8_t* src, size_t size) {
 // after it (a skippable one decodes to nothing), bytes that no declared size accounts for.
 bool one_zstd_frame(const uint8_t* src, size_t size) { return ZSTD_findFrameCompressedSize(src, size) == size; }
 
+// Checked before the tokens are built, so a section of empty tokens cannot make a huge vector.
+void check_token_count(uint64_t count, int32_t id_limit) {
+    if (count > static_cast<uint64_t>(id_limit))
+        throw Error("tokenizer: " + std::to_string(count) + " tokens, more than the model's " +
+                    std::to_string(id_limit) + " token ids");
+}
+
 // Decompresses (at most raw_length bytes) and verifies the token list.
 TokenizerSpec read_tokenizer(const fb::Tokenizer& t, const uint8_t* data, uint64_t data_length, int32_t id_limit,
                              uint32_t format_version) {
@@ -185,9 +192,7 @@ TokenizerSpec read_tokenizer(const fb::Tokenizer& t, const uint8_t* data, uint64
         if (format_version < 2) throw Error("tokenizer: newline-joined tokens in a format version 1 file");
         if (raw_length > 0 && raw[raw_length - 1] != '\n') throw Error("tokenizer: last token not ended by a newline");
         const uint64_t count = static_cast<uint64_t>(std::count(raw, raw + raw_length, uint8_t{'\n'}));
-        if (count > static_cast<uint64_t>(id_limit))
-            throw Error("tokenizer: " + std::to_string(count) + " tokens, more than the model's " +
-                        std::to_string(id_limit) + " token ids");
+        check_token_count(count, id_limit);
         tokenizer.tokens.reserve(count);
         for (const uint8_t* p = raw; p < raw + raw_length;) {
             const uint8_t* end = std::find(p, raw + raw_length, uint8_t{'\n'});
@@ -203,9 +208,7 @@ TokenizerSpec read_tokenizer(const fb::Tokenizer& t, const uint8_t* data, uint64
         throw Error("tokenizer: corrupt token list (FlatBuffers verification failed)");
     const fb::TokenList* list = flatbuffers::GetRoot<fb::TokenList>(raw);
     if (list->tokens()) {
-        if (list->tokens()->size() > static_cast<uint32_t>(id_limit))
-            throw Error("tokenizer: " + std::to_string(list->tokens()->size()) + " tokens, more than the model's " +
-                        std::to_string(id_limit) + " token ids");
+        check_token_count(list->tokens()->size(), id_limit);
         for (const flatbuffers::String* token : *list->tokens()) tokenizer.tokens.push_back(token->str());
     }
     return tokenizer;

@@ -998,6 +998,12 @@ TEST_CASE("token list encodings: newline-joined in version 2, TokenList in versi
     const auto file = ItlFile::from_memory(v1.data(), v1.size());
     CHECK(file->format_version() == 1);
     check_matches(*file, v1_spec);
+    {  // a TokenList of more tokens than the model has ids
+        std::vector<uint8_t> b = v1;
+        set_field(metadata(b)->config(), fb::ModelConfig::VT_VOCAB_SIZE, int32_t{1});
+        reseal(&b);
+        CHECK(load_error(b) == "tokenizer: 2 tokens, more than the model's 1 token ids");
+    }
     // A file the version 1 converter wrote (a fuzz seed of docs/fuzzing.md, kept in the repository).
     // The version 2 converter wrote the other file from the same checkpoint and tokenizer.
     const std::string dir = ITERA_SOURCE_DIR "/tests/fuzz_regressions/itl_loader/";
@@ -1013,7 +1019,8 @@ TEST_CASE("token list encodings: newline-joined in version 2, TokenList in versi
         CHECK((old->tensors()[i].name == now->tensors()[i].name && old->tensors()[i].shape == now->tensors()[i].shape));
     MESSAGE(
         "newline-joined section: missing final newline, too many tokens, unknown encoding, lines in a version 1 "
-        "file rejected; empty tokens kept; version 1 files (edited, and one written by the old converter) load, the "
+        "file rejected; empty tokens kept; a TokenList of too many tokens rejected; version 1 files (edited, and one "
+        "written by the old converter) load, the "
         "latter with the tokens the version 2 converter writes");
 }
 
